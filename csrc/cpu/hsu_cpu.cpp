@@ -1,0 +1,333 @@
+// The C++ CPU kernel: energy and gradient fused in one pass over row blocks, multi-threaded with
+// at::parallel_for, no N x N buffer (SPEC §6).
+//
+// Two inner engines, chosen by D:
+//  * direct (D <= kDirectMaxD): the per-pair math dominates, so each row streams the columns of a
+//    transposed copy of Y in chunks; the dot products, the pair terms and the accumulation are plain loops
+//    the compiler vectorizes (omp simd).
+//  * tiled GEMM (larger D): the two products dominate, so each (row block, column block) tile gets its dot
+//    products from BLAS (at::mm_out), the pair terms are applied in place while the tile is in cache, and
+//    a second BLAS call (at::addmm_) accumulates coefficient-tile @ Y_J into the rows' gradient.
+//
+// Determinism: work is split into fixed row blocks (independent of the thread count), each row's sums
+// are accumulated in a fixed order, and the per-row energies are reduced serially in double.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../hsu_checks.h"
+#include "../hsu_pair.h"
+
+namespace hsu {
+namespace {
+
+constexpr int64_t kDirectMaxD = 32;  // crossover measured with bench/ (direct vs GEMM engine)
+constexpr int64_t kRowBlock = 32;    // rows per parallel task
+constexpr int64_t kChunk = 256;      // columns per vectorized chunk (direct engine)
+constexpr int64_t kColBlock = 512;   // columns per tile (GEMM engine)
+
+// Per-row outputs of one pass: e_i = sum_j psi_ij (double), a_i = sum_j cj w_j, b_i = sum_j ci.
+template <typename T>
+struct RowOut {
+  double* e;
+  T* a;
+  T* b;
+};
+
+// Per-pair terms with kind / half-space / normalize fixed at compile time, so each instantiation of the
+// inner loop has no branches on them and vectorizes.
+template <typename T, int64_t KIND, bool HS, bool NORM>
+inline void pair_fixed(const Params<T>& p, T dot, T si, T sj, T& e, T& cj, T& ci) {
+  Params<T> q{KIND, p.s, p.t, p.eps_ang, HS, NORM};
+  pair_terms(q, dot, si, sj, e, cj, ci);
+}
+
+// Direct engine over rows [i0, i1) of X against all n2 rows of Y, given Y transposed (YT: [D, n2]).
+template <typename T, int64_t KIND, bool HS, bool NORM>
+void direct_rows(const Params<T>& p, const T* X, const T* sx, int64_t i0, int64_t i1, const T* YT,
+                 const T* sy, int64_t n2, int64_t D, bool self, RowOut<T> out) {
+  T dot[kChunk];
+  T cj[kChunk];
+  std::vector<T> acc(D);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = X + i * D;
+    const T si = sx[i];
+    std::fill(acc.begin(), acc.end(), T(0));
+    double erow = 0.0;
+    T brow = T(0);
+    for (int64_t j0 = 0; j0 < n2; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, n2 - j0);
+      for (int64_t jj = 0; jj < m; ++jj) dot[jj] = T(0);
+      for (int64_t d = 0; d < D; ++d) {
+        const T xd = xi[d];
+        const T* yt = YT + d * n2 + j0;
+#pragma omp simd
+        for (int64_t jj = 0; jj < m; ++jj) dot[jj] += xd * yt[jj];
+      }
+      // Index of the diagonal inside this chunk, or -1: that pair is not a pair and must contribute 0
+      // (selected away, never subtracted: its value may be infinite when eps_norm = 0).
+      const int64_t skip = (self && i >= j0 && i < j0 + m) ? i - j0 : -1;
+      T esum = T(0), bsum = T(0);
+      const T* syc = sy + j0;
+#pragma omp simd reduction(+ : esum, bsum)
+      for (int64_t jj = 0; jj < m; ++jj) {
+        T e, c, ci;
+        pair_fixed<T, KIND, HS, NORM>(p, dot[jj], si, syc[jj], e, c, ci);
+        const bool keep = jj != skip;
+        esum += keep ? e : T(0);
+        bsum += keep ? ci : T(0);
+        cj[jj] = keep ? c : T(0);
+      }
+      erow += static_cast<double>(esum);
+      brow += bsum;
+      for (int64_t d = 0; d < D; ++d) {
+        const T* yt = YT + d * n2 + j0;
+        T s = T(0);
+#pragma omp simd reduction(+ : s)
+        for (int64_t jj = 0; jj < m; ++jj) s += cj[jj] * yt[jj];
+        acc[d] += s;
+      }
+    }
+    out.e[i] = erow;
+    if (out.b) out.b[i] = brow;
+    std::copy(acc.begin(), acc.end(), out.a + i * D);
+  }
+}
+
+// GEMM engine over rows [i0, i1) of X (a [n1, D] tensor) against all rows of Y ([n2, D]).
+template <typename T, int64_t KIND, bool HS, bool NORM>
+void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0, int64_t i1,
+               const at::Tensor& Y, const T* sy, bool self, RowOut<T> out) {
+  const int64_t n2 = Y.size(0), D = X.size(1);
+  const int64_t bi = i1 - i0;
+  at::Tensor xi = X.narrow(0, i0, bi);
+  at::Tensor S = at::empty({bi, std::min(kColBlock, n2)}, X.options());
+  at::Tensor a = at::zeros({bi, D}, X.options());
+  std::vector<double> erow(bi, 0.0);
+  std::vector<T> brow(bi, T(0));
+  for (int64_t j0 = 0; j0 < n2; j0 += kColBlock) {
+    const int64_t m = std::min(kColBlock, n2 - j0);
+    at::Tensor yj = Y.narrow(0, j0, m);
+    at::Tensor St = S.narrow(1, 0, m);
+    at::mm_out(St, xi, yj.t());
+    T* sp = S.data_ptr<T>();
+    const int64_t ld = S.stride(0);
+    for (int64_t r = 0; r < bi; ++r) {
+      const int64_t i = i0 + r;
+      const T si = sx[i];
+      T* row = sp + r * ld;
+      const T* syc = sy + j0;
+      const int64_t skip = (self && i >= j0 && i < j0 + m) ? i - j0 : -1;
+      T esum = T(0), bsum = T(0);
+#pragma omp simd reduction(+ : esum, bsum)
+      for (int64_t jj = 0; jj < m; ++jj) {
+        T e, c, ci;
+        pair_fixed<T, KIND, HS, NORM>(p, row[jj], si, syc[jj], e, c, ci);
+        const bool keep = jj != skip;
+        esum += keep ? e : T(0);
+        bsum += keep ? ci : T(0);
+        row[jj] = keep ? c : T(0);
+      }
+      erow[r] += static_cast<double>(esum);
+      brow[r] += bsum;
+    }
+    a.addmm_(St, yj);
+  }
+  const T* ap = a.data_ptr<T>();
+  std::copy(ap, ap + bi * D, out.a + i0 * D);
+  for (int64_t r = 0; r < bi; ++r) {
+    out.e[i0 + r] = erow[r];
+    if (out.b) out.b[i0 + r] = brow[r];
+  }
+}
+
+// One pass for every batch entry: rows of X[b] against rows of Y[b]. Tasks are (batch, row block) pairs.
+template <typename T, int64_t KIND, bool HS, bool NORM>
+void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
+                    const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+  const int64_t B = X.size(0), n1 = X.size(1), n2 = Y.size(1), D = X.size(2);
+  const bool direct = D <= kDirectMaxD;
+  at::Tensor YT;
+  if (direct) YT = Y.transpose(1, 2).contiguous();  // [B, D, n2]: columns contiguous per coordinate
+  const int64_t nblk = (n1 + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t bb = task / nblk, blk = task % nblk;
+      const int64_t i0 = blk * kRowBlock, i1 = std::min(n1, i0 + kRowBlock);
+      RowOut<T> out{e + bb * n1, a + bb * n1 * D, b ? b + bb * n1 : nullptr};
+      const T* sxp = sx.data_ptr<T>() + bb * n1;
+      const T* syp = sy.data_ptr<T>() + bb * n2;
+      if (direct) {
+        direct_rows<T, KIND, HS, NORM>(p, X.data_ptr<T>() + bb * n1 * D, sxp, i0, i1,
+                                       YT.data_ptr<T>() + bb * D * n2, syp, n2, D, self, out);
+      } else {
+        gemm_rows<T, KIND, HS, NORM>(p, X[bb], sxp, i0, i1, Y[bb], syp, self, out);
+      }
+    }
+  });
+}
+
+template <typename T, int64_t KIND>
+void row_pass_kind(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
+                   const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+  if (p.normalize) {
+    if (p.half_space) row_pass_fixed<T, KIND, true, true>(p, X, sx, Y, sy, self, e, a, b);
+    else row_pass_fixed<T, KIND, false, true>(p, X, sx, Y, sy, self, e, a, b);
+  } else if constexpr (KIND == kRiesz || KIND == kLog || KIND == kGaussian) {
+    if (p.half_space) row_pass_fixed<T, KIND, true, false>(p, X, sx, Y, sy, self, e, a, b);
+    else row_pass_fixed<T, KIND, false, false>(p, X, sx, Y, sy, self, e, a, b);
+  } else {
+    TORCH_CHECK_VALUE(false, "angular kinds need normalize=True");
+  }
+}
+
+template <typename T>
+void row_pass(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
+              const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+  switch (p.kind) {
+    case kRiesz: return row_pass_kind<T, kRiesz>(p, X, sx, Y, sy, self, e, a, b);
+    case kLog: return row_pass_kind<T, kLog>(p, X, sx, Y, sy, self, e, a, b);
+    case kAngular: return row_pass_kind<T, kAngular>(p, X, sx, Y, sy, self, e, a, b);
+    case kAngularLog: return row_pass_kind<T, kAngularLog>(p, X, sx, Y, sy, self, e, a, b);
+    default: return row_pass_kind<T, kGaussian>(p, X, sx, Y, sy, self, e, a, b);
+  }
+}
+
+// Squared row norms and row statistics; refuses NaN/Inf (also when called from a compiled graph, where
+// the Python-side check cannot run).
+template <typename T>
+void row_statistics(const Params<T>& p, const at::Tensor& X, T eps_norm, const char* name, at::Tensor& sq,
+                    at::Tensor& st) {
+  const int64_t rows = X.size(0) * X.size(1), D = X.size(2);
+  sq = at::empty({X.size(0), X.size(1)}, X.options());
+  st = at::empty_like(sq);
+  const T* xp = X.data_ptr<T>();
+  T* sqp = sq.data_ptr<T>();
+  T* stp = st.data_ptr<T>();
+  at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T acc = T(0);
+      for (int64_t d = 0; d < D; ++d) acc += xp[r * D + d] * xp[r * D + d];
+      sqp[r] = acc;
+      stp[r] = row_stat(p, acc, eps_norm);
+    }
+  });
+  TORCH_CHECK_VALUE(at::isfinite(sq).all().item<bool>(), name,
+                    " contains NaN or Inf (or a row whose squared norm overflows)");
+  if (eps_norm == T(0) && p.normalize) {
+    TORCH_CHECK_VALUE(!(sq == 0).any().item<bool>(), name,
+                      " has a zero row, which has no direction when eps_norm=0");
+  }
+}
+
+// dE/dw from the accumulators, in place over `a`, plus the half-space self terms; returns their energy.
+template <typename T>
+std::vector<double> finish_rows(const Params<T>& p, const at::Tensor& X, const at::Tensor& sq,
+                                const at::Tensor& st, at::Tensor& a, const T* b, T scale, T eps_norm,
+                                bool with_diag) {
+  const int64_t B = X.size(0), n = X.size(1), D = X.size(2);
+  std::vector<double> ediag(B * n, 0.0);
+  const T* xp = X.data_ptr<T>();
+  const T* sqp = sq.data_ptr<T>();
+  const T* stp = st.data_ptr<T>();
+  T* ap = a.data_ptr<T>();
+  at::parallel_for(0, B * n, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T ed = T(0), k = T(0);
+      if (with_diag) diag_term(p, sqp[r], eps_norm, ed, k);
+      ediag[r] = static_cast<double>(ed);
+      row_grad(p, xp + r * D, stp[r], ap + r * D, b ? b[r] : T(0), scale, k, D, ap + r * D);
+    }
+  });
+  return ediag;
+}
+
+at::ScalarType out_dtype(const at::Tensor& w) {
+  return w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
+                                                   double eps_norm, double eps_ang, bool half_space,
+                                                   bool normalize) {
+  check_common(w_in, "w", kind, s, t, eps_norm, normalize);
+  TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
+  const at::Tensor w = w_in.to(out_dtype(w_in)).contiguous();
+  const int64_t B = w.size(0), n = w.size(1);
+  at::Tensor energy = at::empty({B}, w.options().dtype(at::kDouble));
+  at::Tensor grad = at::empty_like(w);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hsu_energy_grad_cpu", [&] {
+    using T = scalar_t;
+    const auto p = make_params<T>(kind, s, t, eps_ang, half_space, normalize);
+    at::Tensor sq, st;
+    row_statistics(p, w, static_cast<T>(eps_norm), "w", sq, st);
+    std::vector<double> e(B * n);
+    at::Tensor b = normalize ? at::Tensor() : at::empty({B, n}, w.options());
+    row_pass<T>(p, w, st, w, st, true, e.data(), grad.data_ptr<T>(), normalize ? nullptr : b.data_ptr<T>());
+    const T ps = pair_scale<T>(true, half_space);
+    std::vector<double> ed = finish_rows<T>(p, w, sq, st, grad, normalize ? nullptr : b.data_ptr<T>(),
+                                            grad_scale<T>(true, half_space), static_cast<T>(eps_norm), half_space);
+    double* ep = energy.data_ptr<double>();
+    for (int64_t bb = 0; bb < B; ++bb) {
+      double pairs = 0.0, diag = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        pairs += e[bb * n + i];
+        diag += ed[bb * n + i];
+      }
+      ep[bb] = static_cast<double>(ps) * pairs + diag;
+    }
+  });
+  return {energy.to(out_dtype(w_in)), grad.to(w_in.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
+                                                                     int64_t kind, double s, double t,
+                                                                     double eps_norm, double eps_ang,
+                                                                     bool half_space, bool normalize) {
+  check_common(x_in, "x", kind, s, t, eps_norm, normalize);
+  check_common(y_in, "y", kind, s, t, eps_norm, normalize);
+  TORCH_CHECK_VALUE(x_in.size(0) == y_in.size(0) && x_in.size(2) == y_in.size(2),
+                    "x and y must have the same batch size and D, got ", x_in.sizes(), " and ", y_in.sizes());
+  const auto dt =
+      (x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+  const at::Tensor x = x_in.to(dt).contiguous();
+  const at::Tensor y = y_in.to(dt).contiguous();
+  const int64_t B = x.size(0), nx = x.size(1), ny = y.size(1);
+  at::Tensor energy = at::empty({B}, x.options().dtype(at::kDouble));
+  at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hsu_cross_energy_grad_cpu", [&] {
+    using T = scalar_t;
+    const auto p = make_params<T>(kind, s, t, eps_ang, half_space, normalize);
+    at::Tensor sqx, stx, sqy, sty;
+    row_statistics(p, x, static_cast<T>(eps_norm), "x", sqx, stx);
+    row_statistics(p, y, static_cast<T>(eps_norm), "y", sqy, sty);
+    std::vector<double> ex(B * nx), ey(B * ny);
+    at::Tensor bx = normalize ? at::Tensor() : at::empty({B, nx}, x.options());
+    at::Tensor by = normalize ? at::Tensor() : at::empty({B, ny}, y.options());
+    T* bxp = normalize ? nullptr : bx.data_ptr<T>();
+    T* byp = normalize ? nullptr : by.data_ptr<T>();
+    row_pass<T>(p, x, stx, y, sty, false, ex.data(), gx.data_ptr<T>(), bxp);
+    row_pass<T>(p, y, sty, x, stx, false, ey.data(), gy.data_ptr<T>(), byp);
+    finish_rows<T>(p, x, sqx, stx, gx, bxp, T(1), static_cast<T>(eps_norm), false);
+    finish_rows<T>(p, y, sqy, sty, gy, byp, T(1), static_cast<T>(eps_norm), false);
+    double* ep = energy.data_ptr<double>();
+    for (int64_t bb = 0; bb < B; ++bb) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < nx; ++i) acc += ex[bb * nx + i];
+      ep[bb] = acc;
+    }
+  });
+  return {energy.to(dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hsu, CPU, m) {
+  m.impl("energy_grad", &energy_grad_cpu);
+  m.impl("cross_energy_grad", &cross_energy_grad_cpu);
+}
+
+}  // namespace hsu

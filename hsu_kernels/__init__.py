@@ -1,0 +1,36 @@
+"""hsu-kernels: fused, tiled kernels for hyperspherical-uniformity regularizers (MHE and its family).
+
+The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func:`uniformity_loss`,
+:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See SPEC.md for the numbers.
+"""
+
+from . import reference
+from ._params import KINDS, POWERS
+from .ops import (
+    BACKENDS,
+    align_loss,
+    available_backends,
+    cross_energy,
+    energy,
+    energy_many,
+    min_separation,
+    resolve_backend,
+    uniformity_loss,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "KINDS",
+    "POWERS",
+    "align_loss",
+    "available_backends",
+    "cross_energy",
+    "energy",
+    "energy_many",
+    "min_separation",
+    "reference",
+    "resolve_backend",
+    "uniformity_loss",
+]

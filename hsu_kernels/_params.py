@@ -1,0 +1,155 @@
+"""Argument parsing and validation shared by every public function.
+
+Every check runs before any work and raises ``ValueError``/``TypeError`` naming the argument, so a bad
+call never reaches a kernel. The numeric kind codes match ``csrc/hsu_pair.h``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+KINDS = ("riesz", "log", "angular", "angular_log", "gaussian")
+KIND_CODE = {name: code for code, name in enumerate(KINDS)}
+ANGULAR_KINDS = ("angular", "angular_log")
+REDUCTIONS = ("mean", "sum")
+
+#: The reference code's ``power`` strings and the (kind, s) they stand for.
+POWERS = {
+    "0": ("log", 0.0),
+    "1": ("riesz", 1.0),
+    "2": ("riesz", 2.0),
+    "a0": ("angular_log", 0.0),
+    "a1": ("angular", 1.0),
+    "a2": ("angular", 2.0),
+}
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class EnergyParams:
+    """The validated parameters of one energy (everything but the tensor)."""
+
+    kind: str
+    s: float
+    t: float
+    eps_norm: float
+    eps_ang: float
+    half_space: bool
+    normalize: bool
+
+    @property
+    def code(self) -> int:
+        return KIND_CODE[self.kind]
+
+    def as_args(self) -> Tuple[int, float, float, float, float, bool, bool]:
+        """Positional arguments of the compiled ops, in schema order."""
+        return (self.code, self.s, self.t, self.eps_norm, self.eps_ang, self.half_space, self.normalize)
+
+
+def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if nonneg and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def make_params(
+    kind: str = "riesz",
+    s: float = 1.0,
+    *,
+    half_space: bool = False,
+    normalize: bool = True,
+    eps_norm: float = 1e-4,
+    eps_ang: float = 1e-4,
+    t: float = 2.0,
+    power: Optional[str] = None,
+) -> EnergyParams:
+    """Validate the scalar arguments of an energy and resolve ``power`` into ``kind``/``s``."""
+    if power is not None:
+        if not isinstance(power, str) or power not in POWERS:
+            raise ValueError(f"power must be one of {sorted(POWERS)}, got {power!r}")
+        kind, s = POWERS[power]
+    if not isinstance(kind, str) or kind not in KIND_CODE:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    if kind in ("riesz", "angular"):
+        s = _check_number("s", s, positive=True)
+    else:
+        s = _check_number("s", s)
+    t = _check_number("t", t, positive=True)
+    eps_norm = _check_number("eps_norm", eps_norm, nonneg=True)
+    eps_ang = _check_number("eps_ang", eps_ang, nonneg=True)
+    for name, flag in (("half_space", half_space), ("normalize", normalize)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if kind in ANGULAR_KINDS and not normalize:
+        raise ValueError(f"kind={kind!r} measures angles and needs normalize=True")
+    return EnergyParams(kind, s, t, eps_norm, eps_ang, half_space, normalize)
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
+def check_matrix(
+    w, name: str = "w", *, allow_batch: bool = True, min_rows: int = 2, eps_norm: Optional[float] = None
+) -> torch.Tensor:
+    """Check a ``[N, D]`` (or ``[B, N, D]``) floating tensor and return it as given.
+
+    Args:
+        w: the tensor to check.
+        name: the argument's name, used in every message.
+        allow_batch: accept a leading batch dimension.
+        min_rows: the smallest N allowed (2 for a self energy, 1 for one side of a cross energy).
+        eps_norm: when exactly 0, zero rows are an error (they have no direction).
+    """
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    ranks = "2 ([N, D]) or 3 ([B, N, D])" if allow_batch else "2 ([N, D])"
+    if w.dim() not in ((2, 3) if allow_batch else (2,)):
+        raise ValueError(f"{name} must have rank {ranks}, got shape {tuple(w.shape)}")
+    if w.is_complex() or not w.is_floating_point():
+        raise TypeError(f"{name} must be a real floating tensor (float32, float64, float16, bfloat16), got {w.dtype}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has unsupported dtype {w.dtype}")
+    n, d = w.shape[-2], w.shape[-1]
+    if n < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} rows (N >= {min_rows}), got N = {n}")
+    if d < 1:
+        raise ValueError(f"{name} must have at least one column (D >= 1), got D = {d}")
+    if w.dim() == 3 and w.shape[0] < 1:
+        raise ValueError(f"{name} has an empty batch dimension (B = 0)")
+    if w.device.type != "meta" and not _is_fake(w) and not torch.compiler.is_compiling():
+        # Data-dependent checks cannot run while torch.compile traces; the compiled ops repeat the
+        # finiteness check inside the kernel, so a compiled graph still refuses NaN/Inf.
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+        if eps_norm == 0 and bool((w.detach().abs().amax(dim=-1) == 0).any()):
+            raise ValueError(f"{name} has a zero row, which has no direction when eps_norm=0")
+    return w
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        return isinstance(t, FakeTensor)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def num_pairs(n: int, half_space: bool) -> int:
+    """Unordered pairs the mean divides by: N(N-1)/2, or N(2N-1) for the 2N half-space points."""
+    return n * (2 * n - 1) if half_space else n * (n - 1) // 2

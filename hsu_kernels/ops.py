@@ -1,0 +1,415 @@
+"""Public functions and the one dispatch point that picks a backend.
+
+Backends (``backend=``):
+
+============  ==========================================================================================
+``reference`` plain PyTorch that materializes the N x N matrix (``reference.py``): the oracle, O(N^2) memory
+``torch``     tiled PyTorch (``tiled.py``): any device, O(N * block) memory, energy + gradient in one pass
+``cpu``       the C++ kernel (``csrc/cpu/``), registered as ``torch.ops.hsu.energy_grad``
+``cuda``      the CUDA C++ kernel (``csrc/cuda/``), same op for the CUDA dispatch key
+``triton``    the Triton kernels (``hsu_kernels/triton/``); CPU tensors under ``TRITON_INTERPRET=1``
+``auto``      the fastest available for the tensor's device and size; never the reference unless nothing
+              else can run
+============  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import _ext, reference, tiled
+from ._params import EnergyParams, check_matrix, check_reduction, make_params, num_pairs
+
+BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
+
+#: On CUDA tensors, ``auto`` uses the CUDA C++ kernel up to this D and Triton above it (where both exist).
+CUDA_SMALL_D = 32
+
+
+def _triton_module():
+    """The Triton backend module, or None when Triton is not installed."""
+    try:
+        from . import triton as hsu_triton
+    except ImportError:
+        return None
+    return hsu_triton if hsu_triton.available() else None
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _backend_ok(name: str, device: torch.device) -> Tuple[bool, str]:
+    """Whether ``name`` can run on ``device``, and why not."""
+    if name in ("reference", "torch"):
+        return True, ""
+    if name == "cpu":
+        if not _ext.available():
+            return False, f"the compiled extension did not load ({_ext.load_error()})"
+        return (device.type == "cpu", f"it runs on CPU tensors, got a {device.type} tensor")
+    if name == "cuda":
+        if device.type != "cuda":
+            return False, f"it runs on CUDA tensors, got a {device.type} tensor"
+        if not _ext.has_cuda_kernel():
+            return False, "the extension was built without CUDA (see README: building with CUDA)"
+        return True, ""
+    if name == "triton":
+        if _triton_module() is None:
+            return False, "triton is not installed (pip install hsu-kernels[triton])"
+        if device.type == "cuda" or (device.type == "cpu" and _triton_interpret()):
+            return True, ""
+        return False, "it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)"
+    return False, "unknown backend"
+
+
+def available_backends(device="cpu") -> List[str]:
+    """The backends that can run on ``device`` on this machine (``auto`` excluded)."""
+    device = torch.device(device)
+    return [b for b in BACKENDS[1:] if _backend_ok(b, device)[0]]
+
+
+def resolve_backend(backend: str, device: torch.device, d: int = 0) -> str:
+    """The concrete backend ``backend`` stands for on ``device`` with rows of length ``d``."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        ok, why = _backend_ok(backend, device)
+        if not ok:
+            raise ValueError(
+                f"backend={backend!r} is not available for {device.type} tensors here: {why}. "
+                f"Available: {available_backends(device)}"
+            )
+        return backend
+    if device.type == "cpu":
+        order = ["cpu", "torch"]
+    elif device.type == "cuda":
+        order = ["cuda", "triton", "torch"] if d <= CUDA_SMALL_D else ["triton", "cuda", "torch"]
+    else:
+        order = ["torch"]
+    for name in order:
+        if _backend_ok(name, device)[0]:
+            return name
+    return "reference"  # pragma: no cover  (torch always runs)
+
+
+class _FusedEnergy(torch.autograd.Function):
+    """Autograd for a Python backend's one-pass ``energy_grad``: the forward keeps the gradient, the
+    backward scales it by ``grad_output``."""
+
+    @staticmethod
+    def forward(ctx, w, fn, p):
+        energy, grad = fn(w, p)
+        ctx.save_for_backward(grad)
+        return energy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_energy):
+        (grad,) = ctx.saved_tensors
+        return grad_energy.to(grad.dtype)[:, None, None] * grad, None, None
+
+
+class _FusedCrossEnergy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, fn, p):
+        energy, gx, gy = fn(x, y, p)
+        ctx.save_for_backward(gx, gy)
+        return energy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_energy):
+        gx, gy = ctx.saved_tensors
+        s = grad_energy[:, None, None]
+        return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None
+
+
+def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str) -> torch.Tensor:
+    """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``."""
+    if backend == "reference":
+        return reference.energy_sum(w3, p)
+    if backend in ("cpu", "cuda"):
+        w_in = w3
+        if backend == "cpu" and w3.dtype in (torch.float16, torch.bfloat16):
+            w_in = w3.float()
+        return torch.ops.hsu.energy_grad(w_in, *p.as_args())[0]
+    if backend == "triton":
+        return _FusedEnergy.apply(w3, _triton_module().energy_grad, p)
+    return _FusedEnergy.apply(w3, tiled.energy_grad, p)
+
+
+def energy(
+    w: torch.Tensor,
+    kind: str = "riesz",
+    s: float = 1.0,
+    *,
+    half_space: bool = False,
+    normalize: bool = True,
+    eps_norm: float = 1e-4,
+    eps_ang: float = 1e-4,
+    t: float = 2.0,
+    reduction: str = "mean",
+    backend: str = "auto",
+    power: Optional[str] = None,
+) -> torch.Tensor:
+    """Hyperspherical energy of the rows of ``w`` (SPEC.md §3-§5), differentiable.
+
+    ``E = sum_{i<j} phi(g_ij)`` with ``g_ij`` the cosine of rows ``i`` and ``j`` after
+    ``u_i = w_i / sqrt(|w_i|^2 + eps_norm)``, and ``phi`` by ``kind``:
+
+    - ``riesz``: ``(2 - 2g)^(-s/2)``, any real ``s > 0``;  ``log``: ``-log(2 - 2g)``;
+    - ``angular``: ``(acos(g)/pi + eps_ang)^(-s)``;  ``angular_log``: ``-log(acos(g)/pi + eps_ang)``;
+    - ``gaussian``: ``exp(-t (2 - 2g))`` (``uniformity_loss`` is the log of its mean).
+
+    Energy and gradient are computed in one pass; no backend but ``reference`` allocates O(N^2).
+
+    Args:
+        w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``, float32/float64 (float16/bfloat16 computed in float32).
+        kind: the per-pair term, see above.
+        s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
+        half_space: the energy of the 2N points ``{u_i} u {-u_i}`` (mean over their ``N(2N-1)`` pairs),
+            computed without concatenating ``[W, -W]``.
+        normalize: project rows onto the sphere first. With ``False`` the rows are used as given and
+            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
+        eps_norm: added to ``|w_i|^2`` inside the square root (the reference code's 1e-4); 0 gives
+            exact unit rows, and then a zero row is an error.
+        eps_ang: the angular kinds' offset.
+        t: the Gaussian kind's temperature (> 0).
+        reduction: ``"mean"`` over unordered pairs (the reference code's value) or ``"sum"``.
+        backend: see the module docstring.
+        power: the reference code's shorthand ``"0","1","2","a0","a1","a2"``; overrides ``kind``/``s``.
+
+    Returns:
+        A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
+        ``w``'s dtype.
+    """
+    p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
+                    t=t, power=power)
+    check_reduction(reduction)
+    check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
+    name = resolve_backend(backend, w.device, w.shape[-1])
+    w3 = w if w.dim() == 3 else w.unsqueeze(0)
+    e = _energy_sum(w3, p, name)
+    if reduction == "mean":
+        e = e / num_pairs(w.shape[-2], p.half_space)
+    return e if w.dim() == 3 else e[0]
+
+
+def energy_many(
+    ws: Sequence[torch.Tensor],
+    kind: str = "riesz",
+    s: float = 1.0,
+    *,
+    half_space: bool = False,
+    normalize: bool = True,
+    eps_norm: float = 1e-4,
+    eps_ang: float = 1e-4,
+    t: float = 2.0,
+    reduction: str = "mean",
+    backend: str = "auto",
+    power: Optional[str] = None,
+) -> torch.Tensor:
+    """The energies of several matrices of different shapes (a network's layers) in one call.
+
+    Args:
+        ws: a non-empty sequence of ``Tensor[N_k, D_k]`` on one device; ``N_k``/``D_k`` may all differ.
+        other arguments: as in :func:`energy`, shared by every matrix.
+
+    Returns:
+        ``Tensor[K]``, one energy per matrix, differentiable with respect to each. The Triton backend runs
+        the whole list in a few launches (a ragged batch); the others loop over the list.
+    """
+    if isinstance(ws, torch.Tensor) or not isinstance(ws, (list, tuple)):
+        raise TypeError("ws must be a list or tuple of [N, D] tensors")
+    if len(ws) == 0:
+        raise ValueError("ws must hold at least one matrix")
+    p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
+                    t=t, power=power)
+    check_reduction(reduction)
+    for k, w in enumerate(ws):
+        check_matrix(w, f"ws[{k}]", allow_batch=False, eps_norm=eps_norm if normalize else None)
+        if w.device != ws[0].device:
+            raise ValueError(f"ws[{k}] is on {w.device}, ws[0] on {ws[0].device}: all must share a device")
+    name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws))
+    if name == "triton":
+        many = getattr(_triton_module(), "energy_many_sum", None)
+        if many is not None:
+            e = many(list(ws), p)
+        else:
+            e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0] for w in ws])
+    else:
+        e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0].to(_common_dtype(ws)) for w in ws])
+    if reduction == "mean":
+        e = e / torch.tensor([num_pairs(w.shape[0], p.half_space) for w in ws], dtype=e.dtype, device=e.device)
+    return e
+
+
+def _common_dtype(ws: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(w.dtype == torch.float64 for w in ws) else torch.float32
+
+
+def cross_energy(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: str = "riesz",
+    s: float = 1.0,
+    *,
+    half_space: bool = False,
+    normalize: bool = True,
+    eps_norm: float = 1e-4,
+    eps_ang: float = 1e-4,
+    t: float = 2.0,
+    reduction: str = "sum",
+    backend: str = "auto",
+    power: Optional[str] = None,
+) -> torch.Tensor:
+    """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (no diagonal removed), with gradients to
+    both. ``half_space=True`` adds ``phi(-g)`` (the pairs of ``x`` with ``-y``).
+
+    Args:
+        x: ``Tensor[Nx, D]`` or ``Tensor[B, Nx, D]``.
+        y: ``Tensor[Ny, D]`` or ``Tensor[B, Ny, D]``, same batch size, D, device and dtype as ``x``.
+        reduction: ``"sum"`` (default) or ``"mean"`` over the ``Nx * Ny`` pairs.
+        other arguments: as in :func:`energy`.
+
+    Returns:
+        A scalar, or ``Tensor[B]`` for batched input.
+    """
+    p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
+                    t=t, power=power)
+    check_reduction(reduction)
+    check_matrix(x, "x", min_rows=1, eps_norm=eps_norm if normalize else None)
+    check_matrix(y, "y", min_rows=1, eps_norm=eps_norm if normalize else None)
+    if x.dim() != y.dim() or x.shape[-1] != y.shape[-1] or (x.dim() == 3 and x.shape[0] != y.shape[0]):
+        raise ValueError(f"x and y must agree in rank, batch size and D, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} and y on {y.device}: both must be on one device")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    name = resolve_backend(backend, x.device, x.shape[-1])
+    x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
+    if name == "reference":
+        e = reference.cross_energy(x3, y3, p)
+    elif name in ("cpu", "cuda"):
+        if name == "cpu" and x3.dtype in (torch.float16, torch.bfloat16):
+            x3, y3 = x3.float(), y3.float()
+        e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args())[0]
+    else:
+        fn: Callable = _triton_module().cross_energy_grad if name == "triton" else tiled.cross_energy_grad
+        e = _FusedCrossEnergy.apply(x3, y3, fn, p)
+    if reduction == "mean":
+        e = e / (x.shape[-2] * y.shape[-2])
+    return e if x.dim() == 3 else e[0]
+
+
+def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -> torch.Tensor:
+    """The contrastive uniformity loss ``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given
+    (the caller normalizes features if it wants them on the sphere).
+
+    Args:
+        x: ``Tensor[N, D]`` or ``Tensor[B, N, D]`` features, N >= 2.
+        t: temperature, > 0 (2 in the paper).
+
+    Returns:
+        A scalar (``Tensor[B]`` for batched input). Every term is in (0, 1], so the mean needs no shift.
+    """
+    return torch.log(energy(x, "gaussian", t=t, normalize=False, reduction="mean", backend=backend))
+
+
+def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """The contrastive alignment loss ``mean_i |x_i - y_i|^alpha`` of positive pairs (rows as given).
+
+    Args:
+        x, y: ``Tensor[N, D]`` of the same shape.
+        alpha: exponent, > 0.
+    """
+    check_matrix(x, "x", allow_batch=False, min_rows=1)
+    check_matrix(y, "y", allow_batch=False, min_rows=1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    return (x - y).norm(dim=1).pow(alpha).mean()
+
+
+class _MinSeparation(torch.autograd.Function):
+    """``-min d2`` by tiles; the backward spreads ``grad_output`` evenly over every pair attaining the
+    minimum (as ``torch.amin`` does), differentiating only those pairs."""
+
+    @staticmethod
+    def forward(ctx, w3, half_space, eps_norm, block):
+        x = w3.to(tiled.acc_dtype(w3.dtype))
+        r = torch.rsqrt((x * x).sum(-1) + eps_norm)
+        u = x * r[..., None]
+        bsz, n, _ = x.shape
+        best = torch.full((bsz,), float("inf"), dtype=x.dtype, device=x.device)
+        for i0 in range(0, n, block):
+            g = torch.bmm(u[:, i0:i0 + block], u.transpose(1, 2))
+            best = torch.minimum(best, _tile_min(g, i0, half_space))
+        hits: List[torch.Tensor] = []  # rows (batch, i, j, sign) of every pair attaining the minimum
+        for i0 in range(0, n, block):
+            g = torch.bmm(u[:, i0:i0 + block], u.transpose(1, 2))
+            for sign, d2 in ((1, 2 - 2 * g), (-1, 2 + 2 * g)) if half_space else ((1, 2 - 2 * g),):
+                d2 = _mask_pairs(d2, i0, diagonal=sign == -1)
+                b, i, j = torch.nonzero(d2 == best[:, None, None], as_tuple=True)
+                hits.append(torch.stack([b, i + i0, j, torch.full_like(b, sign)], 1))
+        ctx.save_for_backward(w3, torch.cat(hits), best)
+        ctx.eps_norm = eps_norm
+        return -best.to(torch.float64 if w3.dtype == torch.float64 else torch.float32)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        w3, hits, best = ctx.saved_tensors
+        b, i, j, sign = hits.unbind(1)
+        with torch.enable_grad():
+            w = w3.detach().to(tiled.acc_dtype(w3.dtype)).requires_grad_(True)
+            u = reference.normalize_rows(w, ctx.eps_norm)
+            d2 = 2 - 2 * sign.to(u.dtype) * (u[b, i] * u[b, j]).sum(-1)
+            count = torch.zeros_like(best).index_add_(0, b, torch.ones_like(d2))
+            loss = (-(d2 * grad_out.to(u.dtype)[b] / count[b])).sum()
+            (grad,) = torch.autograd.grad(loss, w)
+        return grad.to(w3.dtype), None, None, None
+
+
+def _mask_pairs(d2: torch.Tensor, i0: int, diagonal: bool) -> torch.Tensor:
+    """Set every entry of a row tile (rows from ``i0``) to +inf but the pairs j > i, or j >= i with
+    ``diagonal`` (the half-space pairs of u_i with -u_j, where j == i is the point and its antipode)."""
+    rows = torch.arange(i0, i0 + d2.shape[1], device=d2.device)[:, None]
+    cols = torch.arange(d2.shape[2], device=d2.device)[None, :]
+    keep = cols >= rows if diagonal else cols > rows
+    return torch.where(keep[None], d2, torch.inf)
+
+
+def _tile_min(g: torch.Tensor, i0: int, half_space: bool) -> torch.Tensor:
+    m = _mask_pairs(2 - 2 * g, i0, diagonal=False).flatten(1).amin(-1)
+    if half_space:
+        m = torch.minimum(m, _mask_pairs(2 + 2 * g, i0, diagonal=True).flatten(1).amin(-1))
+    return m
+
+
+def min_separation(
+    w: torch.Tensor, half_space: bool = False, *, eps_norm: float = 1e-4, block: int = 256
+) -> torch.Tensor:
+    """The MHS value ``-min_{i<j} d2_ij`` (``d2 = 2 - 2g``) with its subgradient, tiled (O(N * block)).
+
+    Args:
+        w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``.
+        half_space: the minimum over the 2N points ``{u_i} u {-u_i}``.
+        eps_norm: as in :func:`energy`.
+        block: rows per tile.
+
+    Returns:
+        A scalar (``Tensor[B]`` batched). Its gradient goes to every pair attaining the minimum, shared
+        evenly among ties (as ``torch.amin``'s does).
+    """
+    check_matrix(w, "w", eps_norm=eps_norm)
+    if not isinstance(half_space, bool):
+        raise TypeError(f"half_space must be a bool, got {type(half_space).__name__}")
+    make_params("riesz", 1.0, eps_norm=eps_norm)
+    w3 = w if w.dim() == 3 else w.unsqueeze(0)
+    out = _MinSeparation.apply(w3, half_space, float(eps_norm), int(block))
+    return out if w.dim() == 3 else out[0]

@@ -1,0 +1,103 @@
+"""The oracle: SPEC.md written as plainly as possible in PyTorch.
+
+Every function here materializes the full ``N x N`` matrix and lets autograd differentiate it. That is
+O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
+against it in float64. Half-space energies are computed the naive way, by concatenating ``[U, -U]``, so the
+kernels' ``2 sum [phi(g) + phi(-g)] + sum phi(-g_ii)`` shortcut is tested against an independent form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._params import EnergyParams, num_pairs
+
+
+def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
+    """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (SPEC §1)."""
+    return w / torch.sqrt((w * w).sum(dim=-1, keepdim=True) + eps_norm)
+
+
+def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The per-pair term as a function of the cosine of two normalized rows (SPEC §3)."""
+    if p.kind in ("angular", "angular_log"):
+        a = torch.acos(g) / math.pi + p.eps_ang
+        return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
+    return phi_of_d2(2 - 2 * g, p)
+
+
+def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The per-pair term as a function of the squared distance (Riesz, log, Gaussian)."""
+    if p.kind == "riesz":
+        return d2.pow(-p.s / 2)
+    if p.kind == "log":
+        return -torch.log(d2)
+    if p.kind == "gaussian":
+        return torch.exp(-p.t * d2)
+    raise ValueError(f"kind={p.kind!r} needs normalized rows")
+
+
+def _pair_terms(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``phi`` of every pair (x_i, y_j): a ``[..., Nx, Ny]`` matrix."""
+    if p.normalize:
+        g = normalize_rows(x, p.eps_norm) @ normalize_rows(y, p.eps_norm).transpose(-1, -2)
+        return phi_of_g(g, p)
+    d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
+    return phi_of_d2(d2.clamp_min(0), p)
+
+
+def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
+    half-space points ``{w_i} u {-w_i}``."""
+    if p.half_space:
+        w = torch.cat([w, -w], dim=-2)
+    n = w.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1, device=w.device)
+    phi = _pair_terms(w, w, p)
+    return phi[..., iu[0], iu[1]].sum(-1)
+
+
+def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
+    """The energy, summed or averaged over unordered pairs (SPEC §4)."""
+    e = energy_sum(w, p)
+    if reduction == "mean":
+        e = e / num_pairs(w.shape[-2], p.half_space)
+    return e
+
+
+def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum") -> torch.Tensor:
+    """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
+    mode), or its mean over the ``Nx * Ny`` pairs."""
+    phi = _pair_terms(x, y, p)
+    if p.half_space:
+        phi = phi + _pair_terms(x, -y, p)
+    e = phi.sum((-1, -2))
+    if reduction == "mean":
+        e = e / (x.shape[-2] * y.shape[-2])
+    return e
+
+
+def squared_distances(w: torch.Tensor, half_space: bool = False, eps_norm: float = 1e-4) -> torch.Tensor:
+    """``d2_ij = 2 - 2 g_ij`` over the unordered pairs of normalized rows (of ``[W, -W]`` in half-space
+    mode), as a ``[..., P]`` vector."""
+    if half_space:
+        w = torch.cat([w, -w], dim=-2)
+    u = normalize_rows(w, eps_norm)
+    n = w.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1, device=w.device)
+    g = u @ u.transpose(-1, -2)
+    return (2 - 2 * g)[..., iu[0], iu[1]]
+
+
+def min_separation(w: torch.Tensor, half_space: bool = False, eps_norm: float = 1e-4) -> torch.Tensor:
+    """MHS: ``-min_{i<j} d2_ij`` (SPEC §7)."""
+    return -squared_distances(w, half_space, eps_norm).amin(-1)
+
+
+def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (SPEC §4, §7), with
+    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` clamped at 0 (SPEC §5)."""
+    p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
+    return torch.log(energy(x, p, "mean"))

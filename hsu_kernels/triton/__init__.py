@@ -1,0 +1,5 @@
+"""Triton backend (placeholder until the Triton kernels land): reports itself unavailable."""
+
+
+def available() -> bool:
+    return False
