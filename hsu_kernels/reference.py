@@ -39,24 +39,28 @@ def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     raise ValueError(f"kind={p.kind!r} needs normalized rows")
 
 
-def _pair_terms(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``phi`` of every pair (x_i, y_j): a ``[..., Nx, Ny]`` matrix."""
+def _geometry(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The cosine ``g`` (normalized) or the squared distance ``d2`` (un-normalized) of every pair
+    ``(x_i, y_j)``: a ``[..., Nx, Ny]`` matrix."""
     if p.normalize:
-        g = normalize_rows(x, p.eps_norm) @ normalize_rows(y, p.eps_norm).transpose(-1, -2)
-        return phi_of_g(g, p)
+        return normalize_rows(x, p.eps_norm) @ normalize_rows(y, p.eps_norm).transpose(-1, -2)
     d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
-    return phi_of_d2(d2.clamp_min(0), p)
+    return d2.clamp_min(0)
+
+
+def _phi(geom: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    return phi_of_g(geom, p) if p.normalize else phi_of_d2(geom, p)
 
 
 def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
-    half-space points ``{w_i} u {-w_i}``."""
+    half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
+    diagonal (not a pair) never enters the graph."""
     if p.half_space:
         w = torch.cat([w, -w], dim=-2)
     n = w.shape[-2]
     iu = torch.triu_indices(n, n, offset=1, device=w.device)
-    phi = _pair_terms(w, w, p)
-    return phi[..., iu[0], iu[1]].sum(-1)
+    return _phi(_geometry(w, w, p)[..., iu[0], iu[1]], p).sum(-1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
@@ -70,9 +74,9 @@ def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.T
 def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum") -> torch.Tensor:
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
     mode), or its mean over the ``Nx * Ny`` pairs."""
-    phi = _pair_terms(x, y, p)
+    phi = _phi(_geometry(x, y, p), p)
     if p.half_space:
-        phi = phi + _pair_terms(x, -y, p)
+        phi = phi + _phi(_geometry(x, -y, p), p)
     e = phi.sum((-1, -2))
     if reduction == "mean":
         e = e / (x.shape[-2] * y.shape[-2])

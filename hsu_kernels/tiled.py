@@ -46,17 +46,18 @@ def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tens
     return f, -p.t * f
 
 
-def _phi_g(g: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3)."""
+def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3), computed in ``dtype``. ``g`` may come
+    in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows)."""
     if p.kind in ("angular", "angular_log"):
-        gc = g.clamp(-1, 1)
+        gc = g.to(dtype).clamp(-1, 1)
         a = torch.acos(gc) * _INV_PI + p.eps_ang
         dtheta = -_INV_PI / torch.sqrt((1 - gc * gc).clamp_min(0))
         if p.kind == "angular":
             f = a.pow(-p.s)
             return f, -p.s * f / a * dtheta
         return -torch.log(a), -dtheta / a
-    f, df = _phi_d2(2 - 2 * g, p)
+    f, df = _phi_d2((2 - 2 * g).to(dtype), p)
     return f, -2 * df
 
 
@@ -66,20 +67,21 @@ def row_stats(x: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     return torch.rsqrt(sq + p.eps_norm) if p.normalize else sq
 
 
-def pair_terms(dot: torch.Tensor, si: torch.Tensor, sj: torch.Tensor, p: EnergyParams):
+def pair_terms(dot: torch.Tensor, si: torch.Tensor, sj: torch.Tensor, p: EnergyParams, dtype: torch.dtype):
     """Energy ``e``, coefficient ``cj`` of ``w_j`` and (un-normalized) coefficient ``ci`` of ``w_i`` of
-    every pair in a tile; ``si``/``sj`` are the row statistics broadcast along rows and columns."""
+    every pair in a tile, in ``dtype``; ``si``/``sj`` are the row statistics broadcast along rows and
+    columns, and ``dot``/``si``/``sj`` may be in a wider dtype (see ``_phi_g``)."""
     if p.normalize:
         g = dot * si * sj
-        e, c = _phi_g(g, p)
+        e, c = _phi_g(g, p, dtype)
         if p.half_space:
-            e2, c2 = _phi_g(-g, p)
+            e2, c2 = _phi_g(-g, p, dtype)
             e, c = e + e2, c - c2
-        return e, c * sj, None
-    e, df = _phi_d2(si + sj - 2 * dot, p)
+        return e, c * sj.to(dtype), None
+    e, df = _phi_d2((si + sj - 2 * dot).to(dtype), p)
     cj, ci = -2 * df, 2 * df
     if p.half_space:
-        e2, df2 = _phi_d2(si + sj + 2 * dot, p)
+        e2, df2 = _phi_d2((si + sj + 2 * dot).to(dtype), p)
         e, cj, ci = e + e2, cj + 2 * df2, ci + 2 * df2
     return e, cj, ci
 
@@ -88,27 +90,35 @@ def diag_terms(sq: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.T
     """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``."""
     if p.normalize:
         n2 = sq + p.eps_norm
-        f, df = _phi_g(-(sq / n2), p)
+        f, df = _phi_g(-(sq / n2), p, sq.dtype)
         k = torch.zeros_like(sq) if p.eps_norm == 0 else -df * 2 * p.eps_norm / (n2 * n2)
         return f, k
     f, df = _phi_d2(4 * sq, p)
     return f, 8 * df
 
 
+#: Up to this D, float32 tiles get their dot products and row statistics in float64 (cheap there, and
+#: nearly parallel rows, common among points on a low-dimensional sphere, keep their digits).
+PRECISE_MAX_D = 32
+
+
 def row_pass(x, sx, y, sy, p: EnergyParams, self_mode: bool, block: int = DEFAULT_BLOCK):
     """Per-row sums for the rows of ``x`` against every row of ``y``:
     ``e_i = sum_j psi_ij``, ``a_i = sum_j cj_ij y_j``, ``b_i = sum_j ci_ij`` (``j != i`` when ``self_mode``)."""
-    bsz, n1, _ = x.shape
+    bsz, n1, d = x.shape
     n2 = y.shape[1]
     e = x.new_zeros(bsz, n1)
     a = torch.zeros_like(x)
     b = x.new_zeros(bsz, n1) if not p.normalize else None
-    yt = y.transpose(1, 2)
+    geo = torch.float64 if d <= PRECISE_MAX_D and x.device.type != "mps" else x.dtype  # mps has no float64
+    xg, yg = x.to(geo), y.to(geo)
+    sxg, syg = row_stats(xg, p), row_stats(yg, p)
+    ygt = yg.transpose(1, 2)
     cols = torch.arange(n2, device=x.device)
     for i0 in range(0, n1, block):
         i1 = min(i0 + block, n1)
-        dot = torch.bmm(x[:, i0:i1], yt)
-        et, cj, ci = pair_terms(dot, sx[:, i0:i1, None], sy[:, None, :], p)
+        dot = torch.bmm(xg[:, i0:i1], ygt)
+        et, cj, ci = pair_terms(dot, sxg[:, i0:i1, None], syg[:, None, :], p, x.dtype)
         if self_mode:
             diag = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None]
             et = torch.where(diag, 0.0, et)

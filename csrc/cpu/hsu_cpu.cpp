@@ -38,45 +38,46 @@ struct RowOut {
   T* b;
 };
 
-// Per-pair terms with kind / half-space / normalize fixed at compile time, so each instantiation of the
-// inner loop has no branches on them and vectorizes.
-template <typename T, int64_t KIND, bool HS, bool NORM>
-inline void pair_fixed(const Params<T>& p, T dot, T si, T sj, T& e, T& cj, T& ci) {
-  Params<T> q{KIND, p.s, p.t, p.eps_ang, HS, NORM};
-  pair_terms(q, dot, si, sj, e, cj, ci);
+// Per-pair terms with kind / half-space / normalize / exponent mode fixed at compile time, so each
+// instantiation of the inner loop has no branches on them and vectorizes.
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, typename G>
+inline void pair_fixed(const Params<T>& p, G dot, G si, G sj, T& e, T& cj, T& ci) {
+  pair_terms_k<KIND, HS, NORM, MODE>(p.s, p.t, p.eps_ang, dot, si, sj, e, cj, ci);
 }
 
 // Direct engine over rows [i0, i1) of X against all n2 rows of Y, given Y transposed (YT: [D, n2]).
-template <typename T, int64_t KIND, bool HS, bool NORM>
-void direct_rows(const Params<T>& p, const T* X, const T* sx, int64_t i0, int64_t i1, const T* YT,
-                 const T* sy, int64_t n2, int64_t D, bool self, RowOut<T> out) {
-  T dot[kChunk];
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
+void direct_rows(const Params<T>& p, const T* X, const double* sx, int64_t i0, int64_t i1, const T* YT,
+                 const double* sy, int64_t n2, int64_t D, bool self, RowOut<T> out) {
+  // Dot products and row statistics in double: exact products of float inputs, so 2 - 2g does not lose
+  // the digits that matter for nearly parallel rows (points on a sphere, D = 3).
+  double dot[kChunk];
   T cj[kChunk];
   std::vector<T> acc(D);
   for (int64_t i = i0; i < i1; ++i) {
     const T* xi = X + i * D;
-    const T si = sx[i];
+    const double si = sx[i];
     std::fill(acc.begin(), acc.end(), T(0));
     double erow = 0.0;
     T brow = T(0);
     for (int64_t j0 = 0; j0 < n2; j0 += kChunk) {
       const int64_t m = std::min(kChunk, n2 - j0);
-      for (int64_t jj = 0; jj < m; ++jj) dot[jj] = T(0);
+      for (int64_t jj = 0; jj < m; ++jj) dot[jj] = 0.0;
       for (int64_t d = 0; d < D; ++d) {
-        const T xd = xi[d];
+        const double xd = xi[d];
         const T* yt = YT + d * n2 + j0;
 #pragma omp simd
-        for (int64_t jj = 0; jj < m; ++jj) dot[jj] += xd * yt[jj];
+        for (int64_t jj = 0; jj < m; ++jj) dot[jj] += xd * static_cast<double>(yt[jj]);
       }
       // Index of the diagonal inside this chunk, or -1: that pair is not a pair and must contribute 0
       // (selected away, never subtracted: its value may be infinite when eps_norm = 0).
       const int64_t skip = (self && i >= j0 && i < j0 + m) ? i - j0 : -1;
       T esum = T(0), bsum = T(0);
-      const T* syc = sy + j0;
+      const double* syc = sy + j0;
 #pragma omp simd reduction(+ : esum, bsum)
       for (int64_t jj = 0; jj < m; ++jj) {
         T e, c, ci;
-        pair_fixed<T, KIND, HS, NORM>(p, dot[jj], si, syc[jj], e, c, ci);
+        pair_fixed<T, KIND, HS, NORM, MODE>(p, dot[jj], si, syc[jj], e, c, ci);
         const bool keep = jj != skip;
         esum += keep ? e : T(0);
         bsum += keep ? ci : T(0);
@@ -99,7 +100,7 @@ void direct_rows(const Params<T>& p, const T* X, const T* sx, int64_t i0, int64_
 }
 
 // GEMM engine over rows [i0, i1) of X (a [n1, D] tensor) against all rows of Y ([n2, D]).
-template <typename T, int64_t KIND, bool HS, bool NORM>
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0, int64_t i1,
                const at::Tensor& Y, const T* sy, bool self, RowOut<T> out) {
   const int64_t n2 = Y.size(0), D = X.size(1);
@@ -126,7 +127,7 @@ void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0,
 #pragma omp simd reduction(+ : esum, bsum)
       for (int64_t jj = 0; jj < m; ++jj) {
         T e, c, ci;
-        pair_fixed<T, KIND, HS, NORM>(p, row[jj], si, syc[jj], e, c, ci);
+        pair_fixed<T, KIND, HS, NORM, MODE>(p, row[jj], si, syc[jj], e, c, ci);
         const bool keep = jj != skip;
         esum += keep ? e : T(0);
         bsum += keep ? ci : T(0);
@@ -145,10 +146,21 @@ void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0,
   }
 }
 
+// Row statistics in double for the direct engine (see direct_rows).
+struct RowStats {
+  const double* x;
+  const double* y;
+};
+
+at::Tensor double_stats(const at::Tensor& X, double eps_norm, bool normalize) {
+  at::Tensor sq = X.to(at::kDouble).pow(2).sum(-1).contiguous();
+  return normalize ? (sq + eps_norm).rsqrt() : sq;
+}
+
 // One pass for every batch entry: rows of X[b] against rows of Y[b]. Tasks are (batch, row block) pairs.
-template <typename T, int64_t KIND, bool HS, bool NORM>
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
-                    const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+                    const at::Tensor& sy, const RowStats& st, bool self, double* e, T* a, T* b) {
   const int64_t B = X.size(0), n1 = X.size(1), n2 = Y.size(1), D = X.size(2);
   const bool direct = D <= kDirectMaxD;
   at::Tensor YT;
@@ -162,38 +174,50 @@ void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& s
       const T* sxp = sx.data_ptr<T>() + bb * n1;
       const T* syp = sy.data_ptr<T>() + bb * n2;
       if (direct) {
-        direct_rows<T, KIND, HS, NORM>(p, X.data_ptr<T>() + bb * n1 * D, sxp, i0, i1,
-                                       YT.data_ptr<T>() + bb * D * n2, syp, n2, D, self, out);
+        direct_rows<T, KIND, HS, NORM, MODE>(p, X.data_ptr<T>() + bb * n1 * D, st.x + bb * n1, i0, i1,
+                                             YT.data_ptr<T>() + bb * D * n2, st.y + bb * n2, n2, D, self, out);
       } else {
-        gemm_rows<T, KIND, HS, NORM>(p, X[bb], sxp, i0, i1, Y[bb], syp, self, out);
+        gemm_rows<T, KIND, HS, NORM, MODE>(p, X[bb], sxp, i0, i1, Y[bb], syp, self, out);
       }
     }
   });
 }
 
-template <typename T, int64_t KIND>
+template <typename T, int64_t KIND, int MODE>
 void row_pass_kind(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
-                   const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+                   const at::Tensor& sy, const RowStats& st, bool self, double* e, T* a, T* b) {
   if (p.normalize) {
-    if (p.half_space) row_pass_fixed<T, KIND, true, true>(p, X, sx, Y, sy, self, e, a, b);
-    else row_pass_fixed<T, KIND, false, true>(p, X, sx, Y, sy, self, e, a, b);
+    if (p.half_space) row_pass_fixed<T, KIND, true, true, MODE>(p, X, sx, Y, sy, st, self, e, a, b);
+    else row_pass_fixed<T, KIND, false, true, MODE>(p, X, sx, Y, sy, st, self, e, a, b);
   } else if constexpr (KIND == kRiesz || KIND == kLog || KIND == kGaussian) {
-    if (p.half_space) row_pass_fixed<T, KIND, true, false>(p, X, sx, Y, sy, self, e, a, b);
-    else row_pass_fixed<T, KIND, false, false>(p, X, sx, Y, sy, self, e, a, b);
+    if (p.half_space) row_pass_fixed<T, KIND, true, false, MODE>(p, X, sx, Y, sy, st, self, e, a, b);
+    else row_pass_fixed<T, KIND, false, false, MODE>(p, X, sx, Y, sy, st, self, e, a, b);
   } else {
     TORCH_CHECK_VALUE(false, "angular kinds need normalize=True");
   }
 }
 
+// The exponent of x^(-p) (s/2 for Riesz, s for angular) picks a loop without exp/log where it can.
+template <typename T, int64_t KIND>
+void row_pass_pow(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
+                  const at::Tensor& sy, const RowStats& st, bool self, double* e, T* a, T* b) {
+  switch (pow_mode(KIND == kRiesz ? T(0.5) * p.s : p.s)) {
+    case kPowRsqrt: return row_pass_kind<T, KIND, kPowRsqrt>(p, X, sx, Y, sy, st, self, e, a, b);
+    case kPowRecip: return row_pass_kind<T, KIND, kPowRecip>(p, X, sx, Y, sy, st, self, e, a, b);
+    case kPowRecip2: return row_pass_kind<T, KIND, kPowRecip2>(p, X, sx, Y, sy, st, self, e, a, b);
+    default: return row_pass_kind<T, KIND, kPowGeneral>(p, X, sx, Y, sy, st, self, e, a, b);
+  }
+}
+
 template <typename T>
 void row_pass(const Params<T>& p, const at::Tensor& X, const at::Tensor& sx, const at::Tensor& Y,
-              const at::Tensor& sy, bool self, double* e, T* a, T* b) {
+              const at::Tensor& sy, const RowStats& st, bool self, double* e, T* a, T* b) {
   switch (p.kind) {
-    case kRiesz: return row_pass_kind<T, kRiesz>(p, X, sx, Y, sy, self, e, a, b);
-    case kLog: return row_pass_kind<T, kLog>(p, X, sx, Y, sy, self, e, a, b);
-    case kAngular: return row_pass_kind<T, kAngular>(p, X, sx, Y, sy, self, e, a, b);
-    case kAngularLog: return row_pass_kind<T, kAngularLog>(p, X, sx, Y, sy, self, e, a, b);
-    default: return row_pass_kind<T, kGaussian>(p, X, sx, Y, sy, self, e, a, b);
+    case kRiesz: return row_pass_pow<T, kRiesz>(p, X, sx, Y, sy, st, self, e, a, b);
+    case kLog: return row_pass_kind<T, kLog, kPowGeneral>(p, X, sx, Y, sy, st, self, e, a, b);
+    case kAngular: return row_pass_pow<T, kAngular>(p, X, sx, Y, sy, st, self, e, a, b);
+    case kAngularLog: return row_pass_kind<T, kAngularLog, kPowGeneral>(p, X, sx, Y, sy, st, self, e, a, b);
+    default: return row_pass_kind<T, kGaussian, kPowGeneral>(p, X, sx, Y, sy, st, self, e, a, b);
   }
 }
 
@@ -266,7 +290,9 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
     row_statistics(p, w, static_cast<T>(eps_norm), "w", sq, st);
     std::vector<double> e(B * n);
     at::Tensor b = normalize ? at::Tensor() : at::empty({B, n}, w.options());
-    row_pass<T>(p, w, st, w, st, true, e.data(), grad.data_ptr<T>(), normalize ? nullptr : b.data_ptr<T>());
+    const at::Tensor sd = double_stats(w, eps_norm, normalize);
+    const RowStats rs{sd.data_ptr<double>(), sd.data_ptr<double>()};
+    row_pass<T>(p, w, st, w, st, rs, true, e.data(), grad.data_ptr<T>(), normalize ? nullptr : b.data_ptr<T>());
     const T ps = pair_scale<T>(true, half_space);
     std::vector<double> ed = finish_rows<T>(p, w, sq, st, grad, normalize ? nullptr : b.data_ptr<T>(),
                                             grad_scale<T>(true, half_space), static_cast<T>(eps_norm), half_space);
@@ -309,8 +335,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
     at::Tensor by = normalize ? at::Tensor() : at::empty({B, ny}, y.options());
     T* bxp = normalize ? nullptr : bx.data_ptr<T>();
     T* byp = normalize ? nullptr : by.data_ptr<T>();
-    row_pass<T>(p, x, stx, y, sty, false, ex.data(), gx.data_ptr<T>(), bxp);
-    row_pass<T>(p, y, sty, x, stx, false, ey.data(), gy.data_ptr<T>(), byp);
+    const at::Tensor sdx = double_stats(x, eps_norm, normalize), sdy = double_stats(y, eps_norm, normalize);
+    row_pass<T>(p, x, stx, y, sty, RowStats{sdx.data_ptr<double>(), sdy.data_ptr<double>()}, false, ex.data(),
+                gx.data_ptr<T>(), bxp);
+    row_pass<T>(p, y, sty, x, stx, RowStats{sdy.data_ptr<double>(), sdx.data_ptr<double>()}, false, ey.data(),
+                gy.data_ptr<T>(), byp);
     finish_rows<T>(p, x, sqx, stx, gx, bxp, T(1), static_cast<T>(eps_norm), false);
     finish_rows<T>(p, y, sqy, sty, gy, byp, T(1), static_cast<T>(eps_norm), false);
     double* ep = energy.data_ptr<double>();
