@@ -190,33 +190,23 @@ def _ring_owner(w3, kw, c, group, rank, world, ranks, sizes, need):
 
 
 def _ring_pair(w3, kw, c, group, rank, world, ranks, sizes, need):
-    """Every unordered pair of blocks once: at ring step ``k = 1..P//2`` rank r computes ``X(W_r, W_{r-k})``
-    (for even P, the pairs at distance P/2 only on ranks ``r < P/2``). The gradient with respect to the
-    visiting block travels on with it, one step behind, and goes straight to its owner after the last step.
-    About half the pair work of :func:`_ring_owner`, ``P//2`` ring steps, and a gradient message per step."""
+    """Every unordered pair of blocks once: at ring step ``k = 1..P//2`` rank r computes ``X(W_r, W_{r-k})``.
+    For even P the blocks at distance P/2 meet on both of their ranks at the last step, so the work is split:
+    rank ``r < P/2`` takes the first half of its own rows against the visitor, the visitor's owner the other
+    half (as the visiting block). The gradient with respect to the visiting block travels on with it, one step
+    behind, and goes straight to its owner after the last step. About half the pair work of
+    :func:`_ring_owner`, in ``P//2`` ring steps, with one gradient message per step."""
     ring = _Ring(group, ranks)
     right, left = (rank + 1) % world, (rank - 1) % world
     bsz, n, d = w3.shape
     steps = world // 2
+    split_last = world % 2 == 0
     energy_acc = torch.zeros(bsz, dtype=torch.float64, device=w3.device)
     grad = torch.zeros_like(w3) if need else None
-
-    def computes(r: int, k: int) -> bool:
-        return not (world % 2 == 0 and k == steps and r >= steps)
-
-    def final_expected(q: int) -> bool:
-        # The gradient of block q comes home unless nobody ever computed with it (P = 2, second rank's block).
-        return steps >= 2 or computes((q + 1) % world, 1)
-
-    # The gradient of our own rows computed by others comes back from rank r + steps: post that receive first.
-    home = None
-    home_req = None
-    if need and steps >= 1 and final_expected(rank):
-        home = torch.empty_like(w3)
-        home_req = ring.recv(home, (rank + steps) % world, _TAG_FINAL)
-    peak = _nbytes(w3, grad, home)
+    peak = _nbytes(w3, grad)
 
     cur = w3
+    home, home_req = None, None
     pending_grad_send, pending_buf = None, None
     for k in range(steps + 1):
         nxt, reqs = None, ()
@@ -224,6 +214,10 @@ def _ring_pair(w3, kw, c, group, rank, world, ranks, sizes, need):
             src = (rank - k - 1) % world
             nxt = w3.new_empty(bsz, sizes[src], d)
             reqs = (ring.send(cur, right, _TAG_ROWS), ring.recv(nxt, left, _TAG_ROWS))
+        if k == steps and need and steps >= 1:
+            # Our own rows' gradient from the others comes back from rank r + P//2 after its last step.
+            home = torch.empty_like(w3)
+            home_req = ring.recv(home, (rank + steps) % world, _TAG_FINAL)
         peak = max(peak, _nbytes(w3, grad, home, cur, nxt, pending_buf))
         if k == 0:
             if n > 0:
@@ -231,33 +225,39 @@ def _ring_pair(w3, kw, c, group, rank, world, ranks, sizes, need):
                 energy_acc += e.double()
                 if need:
                     grad += g[0]
-        else:
-            q = (rank - k) % world
-            g_in, g_req = None, None
-            if need and k >= 2:
-                g_in = torch.empty_like(cur)
-                g_req = ring.recv(g_in, left, _TAG_GRAD)
-            g_acc = None
-            if computes(rank, k) and n > 0 and cur.shape[1] > 0:
-                e, g = _with_grads(lambda a, b: cross_energy(a, b, **kw), (w3, cur), need)
-                energy_acc += c * e.double()
-                if need:
-                    grad += c * g[0]
-                    g_acc = c * g[1]
-            _Ring.wait(g_req)
+            _Ring.wait(*reqs)
+            cur = nxt
+            continue
+        q = (rank - k) % world
+        g_acc, g_req = None, None
+        if need:
+            g_acc = torch.zeros_like(cur) if k == 1 else torch.empty_like(cur)
+            if k >= 2:
+                g_req = ring.recv(g_acc, left, _TAG_GRAD)
+        # Which of our rows [mine) meet which rows of the visitor [theirs) at this step.
+        mine, theirs = (0, n), (0, cur.shape[1])
+        if split_last and k == steps:
+            if rank < steps:
+                mine = (0, n // 2)
+            else:
+                theirs = (cur.shape[1] // 2, cur.shape[1])
+        x, y = w3[:, mine[0]:mine[1]], cur[:, theirs[0]:theirs[1]]
+        gy = None
+        if x.shape[1] > 0 and y.shape[1] > 0:
+            e, g = _with_grads(lambda a, b: cross_energy(a, b, **kw), (x, y), need)
+            energy_acc += c * e.double()
             if need:
-                if g_in is not None:
-                    g_acc = g_in if g_acc is None else g_acc + g_in
-                g_acc = torch.zeros_like(cur) if g_acc is None else g_acc.contiguous()
-                peak = max(peak, _nbytes(w3, grad, home, cur, nxt, g_in, g_acc, pending_buf))
-                _Ring.wait(pending_grad_send)  # the previous step's gradient buffer is free from here on
-                if k < steps:
-                    pending_grad_send = ring.send(g_acc, right, _TAG_GRAD)
-                elif final_expected(q):
-                    pending_grad_send = ring.send(g_acc, q, _TAG_FINAL)
-                else:
-                    pending_grad_send = None
-                pending_buf = g_acc  # keep the buffer alive until its send completes
+                grad[:, mine[0]:mine[1]] += c * g[0]
+                gy = g[1]
+        _Ring.wait(g_req)
+        if need:
+            if gy is not None:
+                g_acc[:, theirs[0]:theirs[1]].add_(gy, alpha=c)
+                del gy, g
+            peak = max(peak, _nbytes(w3, grad, home, cur, nxt, g_acc, pending_buf))
+            _Ring.wait(pending_grad_send)  # the previous step's gradient buffer is free from here on
+            pending_grad_send = ring.send(g_acc, right if k < steps else q, _TAG_GRAD if k < steps else _TAG_FINAL)
+            pending_buf = g_acc  # keep the buffer alive until its send completes
         _Ring.wait(*reqs)
         cur = nxt
     _Ring.wait(pending_grad_send, home_req)

@@ -99,8 +99,15 @@ def _close(name, got, want, failures, rtol=1e-9, atol=1e-11):
 
 def _cases(world: int):
     """(label, energy kwargs, shard sizes, batch) of every check for this world size."""
-    uneven = {2: [(5, 9), (1, 6), (0, 7)], 3: [(4, 7, 2), (1, 5, 3), (6, 0, 4)]}[world]
+    uneven = {2: [(5, 9), (1, 6), (0, 7)], 3: [(4, 7, 2), (1, 5, 3), (6, 0, 4)],
+              4: [(3, 0, 5, 4), (1, 6, 2, 3), (4, 4, 4, 1)]}[world]
     cases = []
+    if world == 4:  # the even-ring path with a gradient that travels: one check per kind is enough
+        for i, kw in enumerate(KIND_CASES):
+            half_space, reduction = i % 2 == 1, ("sum", "mean")[i % 3 == 0]
+            cases.append((f"{kw}|half_space={half_space}|{reduction}|sizes={uneven[i % 3]}",
+                          dict(kw, half_space=half_space, reduction=reduction), uneven[i % 3], None))
+        return cases
     for i, kw in enumerate(KIND_CASES):
         for half_space in (False, True):
             for reduction in ("mean", "sum"):
@@ -147,13 +154,13 @@ def _check_worker(rank: int, world: int, init_file: str, seed: int) -> None:
         w = torch.randn(9, 5, generator=gen, dtype=torch.float64)
         p = hsu_kernels._params.make_params("riesz", 1.0, half_space=True)
         want = hsu_kernels.reference.energy(w, p, "mean")
-        a, b = _split(9, {2: (4, 5), 3: (2, 3, 4)}[world])[rank]
+        a, b = _split(9, {2: (4, 5), 3: (2, 3, 4), 4: (2, 2, 2, 3)}[world])[rank]
         got = hd.sharded_energy(w[a:b], kind="riesz", s=1.0, half_space=True)
         _close("sharded vs reference.energy half-space", got, want, failures)
 
         # float32 input: the value agrees to float32 accuracy, and is identical on every rank.
         w32 = torch.randn(11, 8, generator=gen)
-        a, b = _split(11, {2: (6, 5), 3: (3, 4, 4)}[world])[rank]
+        a, b = _split(11, {2: (6, 5), 3: (3, 4, 4), 4: (3, 3, 3, 2)}[world])[rank]
         got = hd.sharded_energy(w32[a:b].clone(), kind="riesz", s=2.0)
         want = hsu_kernels.energy(w32.double(), kind="riesz", s=2.0)
         _close("float32 sharded value", got.double(), want, failures, rtol=1e-5, atol=1e-6)
@@ -175,7 +182,7 @@ def _check_worker(rank: int, world: int, init_file: str, seed: int) -> None:
         raise AssertionError(f"rank {rank}: {len(failures)} check(s) failed:\n" + "\n".join(failures))
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_matches_single_process_energy(world):
     _spawn(_check_worker, world, 120.0, 1234 + world)
 
