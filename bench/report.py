@@ -1,0 +1,101 @@
+"""The markdown table and the results file (``bench/results/<device>-<date>.md``)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import measure
+from .runner import Row, speedups
+from .workloads import LABELS
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+COLUMNS = ["backend", "workload", "N", "D", "dtype", "time", "vs reference", "GFLOP/s", "% of peak",
+           "peak memory", "check", "notes"]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def table(rows: Sequence[Row], peaks: Dict[torch.dtype, Tuple[float, str]]) -> str:
+    """The markdown table, one line per (workload, dtype, backend)."""
+    sp = speedups(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        t = r.time
+        if t is None:
+            cells = [r.status if r.status != "ok" else "-", "", "", "", "", "", ""]
+        else:
+            rate = r.case.flops() / t
+            peak = peaks.get(r.dtype, (None, ""))[0]
+            speed = sp.get(id(r))
+            cells = [
+                f"{measure.fmt_time(t)} (x{len(r.times)})",
+                f"{speed:.1f}x" if speed is not None else "n/a",
+                f"{rate / 1e9:.1f}",
+                f"{100 * rate / peak:.1f}%" if peak else "-",
+                measure.fmt_bytes(r.peak_bytes),
+                r.check,
+                "; ".join(n for n in r.notes if not n.startswith("VmHWM")),
+            ]
+        lines.append("| " + " | ".join([LABELS[r.backend], r.case.name, r.case.n_label, r.case.d_label,
+                                           dtype_name(r.dtype)] + cells) + " |")
+    return "\n".join(lines)
+
+
+def header(device: str, info: Dict[str, str], peaks: Dict[torch.dtype, Tuple[float, str]],
+           skipped: Dict[str, str], energy_desc: str, opts_desc: str, memory_method: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        f"- command: `{command_line()}`",
+        f"- commit: `{measure.git_commit()}`",
+        f"- date: {now}",
+    ]
+    out += [f"- {k}: {v}" for k, v in info.items()]
+    for dtype, (rate, how) in peaks.items():
+        out.append(f"- measured peak, {dtype_name(dtype)}: {rate / 1e9:.1f} GFLOP/s ({how})")
+    out.append(f"- energy: {energy_desc}; flops counted as 4 N^2 D per matrix (energy + gradient)")
+    out.append(f"- timing: {opts_desc}")
+    out.append(f"- peak memory: {memory_method}")
+    for b, why in skipped.items():
+        out.append(f"- not run: {LABELS.get(b, b)}: {why}")
+    return "\n".join(out)
+
+
+def command_line() -> str:
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"python -m bench {args}".strip()
+
+
+def default_path(device: str, prefix: str = "", ext: str = ".md") -> str:
+    date = datetime.date.today().isoformat()
+    return os.path.join(RESULTS_DIR, f"{prefix}{measure.device_slug(device)}-{date}{ext}")
+
+
+def write(path: str, title: str, body: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# {title}\n\n{body}\n")
+    return path
+
+
+def summary_failures(rows: Sequence[Row]) -> List[str]:
+    return [f"{LABELS[r.backend]} on {r.case.name} N={r.case.n_label} D={r.case.d_label}: {r.status}"
+            for r in rows if r.status.startswith("FAILED")]
+
+
+def describe_memory(device: str, rows: Optional[Sequence[Row]] = None) -> str:
+    if torch.device(device).type == "cuda":
+        return ("torch.cuda.max_memory_allocated during one step minus the memory allocated before it "
+                "(the inputs are not counted)")
+    method = next((n for r in rows or [] for n in r.notes if n.startswith(("VmHWM", "ru_maxrss"))),
+                  "VmHWM after clear_refs - VmRSS before")
+    return (f"growth of the resident set during one step, measured in a fresh process per (backend, "
+            f"workload) with the same inputs ({method}); the inputs are not counted")

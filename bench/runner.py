@@ -1,0 +1,209 @@
+"""Runs every backend on every workload in this process and builds the table rows.
+
+For each (workload, dtype) the inputs are built once and shared by every backend. Each backend's first call
+is its warm-up and its correctness check: the loss and every gradient are compared with the first backend
+that ran (the eager reference where it can run). Then the step is timed (``measure.time_repeats``) and its
+peak memory measured (in-process on GPU, in a fresh process on CPU: ``bench/memprobe.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import measure
+from .workloads import (
+    LABELS,
+    MATERIALIZING,
+    Case,
+    Energy,
+    check_tolerance,
+    isfinite_all,
+    make_inputs,
+    make_step,
+    nbytes,
+    rel_err,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Row:
+    backend: str
+    case: Case
+    dtype: torch.dtype
+    status: str = "ok"  # "ok", "skipped (...)", "OOM", "FAILED check (...)", "error (...)"
+    times: List[float] = field(default_factory=list)
+    first_call: Optional[float] = None
+    peak_bytes: Optional[int] = None
+    check: str = ""
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def time(self) -> Optional[float]:
+        return measure.median(self.times) if self.times else None
+
+
+@dataclass
+class Options:
+    device: str = "cpu"
+    budget_s: float = 1.5
+    max_repeats: int = 20
+    max_matrix_bytes: float = 4e9
+    seed: int = 0
+    measure_memory: bool = True
+    verbose: bool = True
+
+
+def _log(opts: Options, msg: str) -> None:
+    if opts.verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _probe_memory_cpu(case: Case, energy: Energy, backend: str, dtype: torch.dtype, opts: Options,
+                      warmup: bool) -> Row:
+    """Peak RSS growth of one step in a fresh process; returns a Row carrying peak_bytes or a status."""
+    spec = {"case": dataclasses.asdict(case), "energy": dataclasses.asdict(energy), "backend": backend,
+            "dtype": str(dtype).replace("torch.", ""), "seed": opts.seed, "warmup": warmup,
+            "threads": torch.get_num_threads()}
+    row = Row(backend, case, dtype)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.memprobe", json.dumps(spec)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        row.status = "memory probe timed out"
+        return row
+    if proc.returncode != 0:
+        killed = proc.returncode in (-9, 137)
+        row.status = "OOM (memory probe killed)" if killed or measure.is_oom(Exception(proc.stderr)) else \
+            "memory probe failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
+        return row
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row.peak_bytes = out["peak_bytes"]
+    row.notes.append(out["method"])
+    return row
+
+
+#: The float64 oracle runs where the workload costs at most this many flops (a few seconds on 2 cores).
+TRUTH_MAX_FLOPS = 2e10
+
+
+def _max_err(loss, grads, loss0, grads0) -> float:
+    """The largest relative error of the loss and of each gradient (Frobenius norms)."""
+    return max([rel_err(loss, loss0)] + [rel_err(g, g0) for g, g0 in zip(grads, grads0)])
+
+
+def _float64_truth(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: Energy, opts: Options):
+    """(backend, loss, grads) of the workload in float64 on the fastest exact backend here, or None where
+    that is too costly or the inputs are float64 already (then backends are compared with each other)."""
+    if dtype == torch.float64 or case.flops() > TRUTH_MAX_FLOPS:
+        return None
+    for b in ("cpu", "cuda", "torch"):
+        if b in backends:
+            inputs = make_inputs(case, torch.float64, opts.device, opts.seed)
+            loss, grads = make_step(case, energy, b)(inputs)
+            return b, loss, grads
+    return None
+
+
+def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: Energy, opts: Options) -> List[Row]:
+    """Every backend on one workload and dtype."""
+    rows: List[Row] = []
+    inputs = make_inputs(case, dtype, opts.device, opts.seed)
+    truth = _float64_truth(case, dtype, backends, energy, opts)
+    baseline = None  # (backend, loss, grads, error vs truth) of the first backend that ran
+    on_gpu = torch.device(opts.device).type == "cuda"
+    for backend in backends:
+        row = Row(backend, case, dtype)
+        rows.append(row)
+        mbytes = case.matrix_bytes(nbytes(dtype), energy.half_space)
+        if backend in MATERIALIZING and mbytes > opts.max_matrix_bytes:
+            row.status = (f"skipped (its N x N matrix alone would be {measure.fmt_bytes(mbytes)}; "
+                          f"limit {measure.fmt_bytes(opts.max_matrix_bytes)}, --max-matrix-gb)")
+            _log(opts, f"  {LABELS[backend]:26s} {row.status}")
+            continue
+        _log(opts, f"  {LABELS[backend]:26s} ...")
+        holder: list = []
+        try:
+            step = make_step(case, energy, backend)
+            measure.sync(opts.device)
+            row.first_call = measure.time_call(lambda: holder.append(step(inputs)), opts.device)
+            loss, grads = holder.pop()
+            if not isfinite_all(loss, grads):
+                row.status = "FAILED check (non-finite loss or gradient)"
+                continue
+            if truth is not None:
+                err = _max_err(loss, grads, truth[1], truth[2])
+                row.check = f"{err:.1e} vs float64 {truth[0]}"
+                if baseline is None:
+                    baseline = (backend, loss, grads, err)
+                else:
+                    # STYLE.md's rule: at most about twice the first backend's own error in this dtype
+                    bound = max(2 * baseline[3], check_tolerance(dtype) / 10)
+                    if err > bound:
+                        row.status = f"FAILED check (rel. error {err:.1e} vs float64 > {bound:.1e})"
+                        continue
+            elif baseline is None:
+                baseline = (backend, loss, grads, None)
+                row.check = "baseline"
+            else:
+                err = _max_err(loss, grads, baseline[1], baseline[2])
+                row.check = f"{err:.1e} vs {baseline[0]}"
+                if err > check_tolerance(dtype):
+                    row.status = f"FAILED check (rel. error {err:.1e} vs {baseline[0]})"
+                    continue
+            del loss, grads
+            row.times = measure.time_repeats(lambda: step(inputs), opts.device, opts.budget_s, 1, opts.max_repeats)
+            if backend == "compile" or row.first_call > 2 * row.time:
+                row.notes.append(f"first call {measure.fmt_time(row.first_call)}")
+            if opts.measure_memory:
+                if on_gpu:
+                    row.peak_bytes = measure.cuda_growth(lambda: step(inputs), opts.device)
+                else:
+                    warm = backend == "compile" or row.time < 1.0
+                    probe = _probe_memory_cpu(case, energy, backend, dtype, opts, warm)
+                    row.peak_bytes = probe.peak_bytes
+                    if probe.status != "ok":
+                        row.notes.append(probe.status)
+        except Exception as err:  # one backend's failure must not stop the table
+            if measure.is_oom(err):
+                row.status = "OOM"
+            else:
+                row.status = f"error ({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})"
+            row.times = []
+        finally:
+            holder.clear()
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
+        t = row.time
+        _log(opts, f"  {LABELS[backend]:26s} {row.status} {measure.fmt_time(t) if t else ''} "
+                   f"mem {measure.fmt_bytes(row.peak_bytes)} {row.check}")
+    return rows
+
+
+def run_all(cases: Sequence[Case], dtypes: Sequence[torch.dtype], backends: Sequence[str], energy: Energy,
+            opts: Options) -> List[Row]:
+    rows: List[Row] = []
+    for case in cases:
+        for dtype in dtypes:
+            _log(opts, f"{case.name} N={case.n_label} D={case.d_label} {str(dtype)[6:]}")
+            rows.extend(run_case(case, dtype, backends, energy, opts))
+    return rows
+
+
+def speedups(rows: Sequence[Row]) -> Dict[int, Optional[float]]:
+    """Each row's speedup over the eager reference on the same workload and dtype (None where either
+    did not run)."""
+    ref = {(r.case, r.dtype): r.time for r in rows if r.backend == "reference" and r.time}
+    return {id(r): (ref[(r.case, r.dtype)] / r.time if r.time and (r.case, r.dtype) in ref else None)
+            for r in rows}
