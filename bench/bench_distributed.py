@@ -1,6 +1,6 @@
-"""Benchmark of hsu_kernels.distributed on gloo: time ratios over 1, 2 and 4 processes, and memory per rank.
+"""Benchmark of hsu_kernels.distributed on gloo: time ratios over 1, 2 and 4 processes, memory per rank over 1-8.
 
-    python bench/bench_distributed.py                     # defaults: N = 8192, D = 128, shard = 8192, worlds 1 2 4
+    python bench/bench_distributed.py                     # defaults: N = 8192, D = 128, worlds 1 2 4
     python bench/bench_distributed.py --n 8192 --worlds 1 2 --json bench/results/distributed.json
 
 Two measurements, each in fresh processes (one thread per rank, so P ranks use P cores):
@@ -8,8 +8,8 @@ Two measurements, each in fresh processes (one thread per rank, so P ranks use P
 1. Time (forward + backward, median of ``--repeats``, the slowest rank) of ``sharded_energy`` (both ring
    strategies) and ``parallel_energy`` on the same N rows split over P ranks, and its ratio to P = 1. On a
    machine with fewer cores than ranks the ratios say how the work divides, not what a cluster would do.
-2. Memory of ``sharded_energy`` with a fixed shard of ``--shard`` rows per rank while P grows (so the matrix
-   grows with P): the bytes of row/gradient buffers the ring held at once (``last_ring_peak_bytes``) and the
+2. Memory of ``sharded_energy`` with a fixed shard of ``--shard`` x ``--mem-d`` per rank while P grows
+   (``--mem-worlds``, default 1 2 4 8; the matrix grows with P): the bytes of row/gradient buffers the ring held at once (``last_ring_peak_bytes``) and the
    growth of the peak RSS during the call. Both must stay flat in P (O(shard size)), while the matrix grows.
 
 Every timing is preceded by a correctness check against single-process ``energy``.
@@ -71,14 +71,21 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _worker(rank, world, init_file, args, out_file):
+def _worker(rank, world, init_file, args, out_file, mode):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=300))
     kw = dict(kind=args.kind, s=args.s, half_space=args.half_space)
-    result = {"world": world}
+    result = _time_rows(rank, world, args, kw) if mode == "time" else _memory(rank, world, args, kw)
+    if rank == 0:
+        with open(out_file, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
 
-    # 1. time on a fixed problem
+
+def _time_rows(rank, world, args, kw) -> dict:
+    """Forward+backward seconds of each function on the same N x D problem split over the ranks."""
+    result = {"world": world}
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(args.n, args.d, generator=gen)
     want = hsu_kernels.energy(w.double(), **kw).item()
@@ -96,10 +103,16 @@ def _worker(rank, world, init_file, args, out_file):
             fn(w).backward()
 
         result[name + "_s"] = _timed(step, args.repeats)
+    return result
 
-    # 2. memory with a fixed shard per rank
+
+def _memory(rank, world, args, kw) -> dict:
+    """Ring buffer bytes and RSS growth of sharded_energy with a fixed shard per rank (max over ranks)."""
+    result = {"world": world}
     torch.manual_seed(rank)
-    shard = torch.randn(args.shard, args.d).requires_grad_(True)
+    shard = torch.randn(args.shard, args.mem_d).requires_grad_(True)
+    for strategy in hd.STRATEGIES:  # first-call costs (lazy initialization) on a tiny shard, not counted
+        hd.sharded_energy(torch.randn(2, 8, requires_grad=True), strategy=strategy, **kw).backward()
     for strategy in hd.STRATEGIES:
         dist.barrier()
         grown = _rss_growth(lambda: hd.sharded_energy(shard, strategy=strategy, **kw).backward())
@@ -109,18 +122,15 @@ def _worker(rank, world, init_file, args, out_file):
         result[f"rss_growth_{strategy}"] = int(peak[1])
     result["shard_bytes"] = shard.numel() * shard.element_size()
     result["matrix_bytes"] = world * result["shard_bytes"]
-    if rank == 0:
-        with open(out_file, "w") as f:
-            json.dump(result, f)
-    dist.destroy_process_group()
+    return result
 
 
-def _run(world: int, args) -> dict:
+def _run(world: int, args, mode: str) -> dict:
     fd, out_file = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     init_file = out_file + ".store"
     try:
-        ctx = mp.start_processes(_worker, args=(world, init_file, args, out_file), nprocs=world, join=False,
+        ctx = mp.start_processes(_worker, args=(world, init_file, args, out_file, mode), nprocs=world, join=False,
                                  start_method="spawn")
         deadline = time.monotonic() + args.timeout
         while not ctx.join(timeout=1.0):
@@ -141,7 +151,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=8192, help="rows of the timed problem")
     ap.add_argument("--d", type=int, default=128, help="row length D")
-    ap.add_argument("--shard", type=int, default=8192, help="rows per rank in the memory measurement")
+    ap.add_argument("--shard", type=int, default=512, help="rows per rank in the memory measurement")
+    ap.add_argument("--mem-d", type=int, default=4096, help="row length in the memory measurement")
+    ap.add_argument("--mem-worlds", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--kind", default="riesz")
     ap.add_argument("--s", type=float, default=1.0)
     ap.add_argument("--half-space", action="store_true")
@@ -155,7 +167,8 @@ def main():
             "cores": os.cpu_count(), "threads_per_rank": 1,
             "problem": f"N={args.n} D={args.d} kind={args.kind} s={args.s} half_space={args.half_space} float32"}
     print(json.dumps(info))
-    rows = [_run(world, args) for world in args.worlds]
+    rows = [_run(world, args, "time") for world in args.worlds]
+    mem = [_run(world, args, "mem") for world in args.mem_worlds]
     base = rows[0]
     print(f"\ntime, forward+backward, median of {args.repeats} (slowest rank); ratio = t(P) / t({base['world']})")
     print(f"{'P':>3} {'sharded pair':>20} {'sharded owner':>20} {'parallel':>20}")
@@ -163,15 +176,15 @@ def main():
         cells = [f"{r[k]:8.3f} s ({r[k] / base[k]:4.2f}x)" for k in ("sharded_pair_s", "sharded_owner_s", "parallel_s")]
         print(f"{r['world']:>3} " + " ".join(f"{c:>20}" for c in cells))
     mib = 1024.0 ** 2
-    print(f"\nmemory per rank, sharded_energy, {args.shard} rows x {args.d} per rank (shard {base['shard_bytes'] / mib:.1f}"
-          " MiB); max over ranks")
+    print(f"\nmemory per rank, sharded_energy, {args.shard} rows x {args.mem_d} per rank "
+          f"(shard {mem[0]['shard_bytes'] / mib:.1f} MiB); max over ranks")
     print(f"{'P':>3} {'matrix MiB':>11} {'ring pair':>10} {'ring owner':>11} {'RSS+ pair':>10} {'RSS+ owner':>11}")
-    for r in rows:
+    for r in mem:
         print(f"{r['world']:>3} {r['matrix_bytes'] / mib:11.1f} {r['ring_bytes_pair'] / mib:10.1f} "
               f"{r['ring_bytes_owner'] / mib:11.1f} {r['rss_growth_pair'] / mib:10.1f} {r['rss_growth_owner'] / mib:11.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
+            json.dump({"info": info, "time": rows, "memory": mem}, f, indent=1)
 
 
 if __name__ == "__main__":
