@@ -1,0 +1,489 @@
+"""Triton kernels of the hyperspherical energies (SPEC.md §2-§6): per-pair math, the fused kernel, and the
+three kernels of the row-strip path for large D.
+
+Every kernel walks a *ragged batch*: ``K`` matrices described by per-matrix tables (element offset of the
+rows of ``x`` and of ``y``, offset of the first row in the per-row outputs, ``Nx``, ``Ny``, ``D``), and a
+2-D grid ``(row blocks of the largest matrix, K)``; programs past the end of a smaller matrix return at once
+(the layout of variable-length attention). A batch ``[B, N, D]`` is the uniform case (``UNIFORM=True``):
+sizes are scalar arguments, so the compiler knows their divisibility and vectorizes the loads.
+
+Notation of the per-pair terms (the same as ``csrc/hsu_pair.h`` and ``hsu_kernels/tiled.py``): for row ``i``
+of ``x`` and row ``j`` of ``y`` with raw dot product ``dot`` and row statistics ``si``/``sj``
+(``r = 1/sqrt(|w|^2 + eps_norm)`` when normalizing, ``q = |w|^2`` otherwise)
+
+    e   = psi(i, j)                       phi(g), plus phi(-g) in half-space mode
+    cj  : a_i += cj * y_j                 the gradient accumulator of row i
+    ci  : b_i += ci                       (un-normalized only) the coefficient of x_i itself
+
+and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (SPEC §6):
+``r G - r^3 (G . x_i) x_i`` with ``G = scale * a_i`` (normalized) or ``scale * (a_i + b_i x_i)``.
+
+Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
+(Abramowitz & Stegun 4.4.46, |error| <= 2.2e-8 measured), so the same code runs on GPUs and in the CPU
+interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Kind codes, as in hsu_kernels/_params.py and csrc/hsu_pair.h.
+RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
+# Exponent modes of x^(-p): 0 general (exp/log), 1 p = 1/2, 2 p = 1, 3 p = 2.
+POW_GENERAL, POW_RSQRT, POW_RECIP, POW_RECIP2 = 0, 1, 2, 3
+
+
+def pow_mode(p: float) -> int:
+    """The exponent mode of ``x^(-p)`` (fixed at compile time, so the common exponents skip exp/log)."""
+    return {0.5: POW_RSQRT, 1.0: POW_RECIP, 2.0: POW_RECIP2}.get(float(p), POW_GENERAL)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-pair math (jit helpers, inlined into every kernel)
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _acos(x):
+    """acos(x) on [-1, 1]: ``sqrt(1-|x|) P(|x|)`` with the degree-7 P of A&S 4.4.46, reflected for x < 0."""
+    ax = tl.abs(x)
+    p = ax * -0.0012624911 + 0.0066700901
+    p = p * ax - 0.0170881256
+    p = p * ax + 0.0308918810
+    p = p * ax - 0.0501743046
+    p = p * ax + 0.0889789874
+    p = p * ax - 0.2145988016
+    p = p * ax + 1.5707963050
+    r = tl.sqrt(tl.maximum(1.0 - ax, 0.0)) * p
+    return tl.where(x < 0, 3.141592653589793 - r, r)
+
+
+@triton.jit
+def _pow_neg(x, p, MODE: tl.constexpr):
+    """``x^(-p)`` for ``x >= 0`` (``x = 0`` gives inf)."""
+    if MODE == 1:
+        y = 1.0 / tl.sqrt(x)
+    elif MODE == 2:
+        y = 1.0 / x
+    elif MODE == 3:
+        y = 1.0 / (x * x)
+    else:
+        y = tl.exp(-p * tl.log(x))
+    return y
+
+
+@triton.jit
+def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
+    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0."""
+    d2 = tl.maximum(d2, 0.0)
+    if KIND == 0:
+        half = 0.5 * s
+        f = _pow_neg(d2, half, POW)
+        df = -half * f / d2
+    elif KIND == 1:
+        f = -tl.log(d2)
+        df = -1.0 / d2
+    else:
+        f = tl.exp(-t * d2)
+        df = -t * f
+    return f, df
+
+
+@triton.jit
+def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3)."""
+    if KIND == 2 or KIND == 3:
+        gc = tl.minimum(tl.maximum(g, -1.0), 1.0)
+        a = _acos(gc) * 0.3183098861837907 + eps_ang
+        # (1-g)(1+g) keeps its relative accuracy near |g| = 1, where 1 - g*g cancels.
+        sin_t = tl.sqrt(tl.maximum((1.0 - gc) * (1.0 + gc), 0.0))
+        dtheta = -0.3183098861837907 / sin_t
+        if KIND == 2:
+            f = _pow_neg(a, s, POW)
+            df = -s * f / a * dtheta
+        else:
+            f = -tl.log(a)
+            df = -dtheta / a
+    else:
+        f, dfd = _phi_d2(2.0 - 2.0 * g, s, t, KIND, POW)
+        df = -2.0 * dfd
+    return f, df
+
+
+@triton.jit
+def _pair_terms(dot, si, sj, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
+                NORM: tl.constexpr):
+    """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``."""
+    if NORM:
+        g = dot * si * sj
+        e, c = _phi_g(g, s, t, eps_ang, KIND, POW)
+        if HS:
+            e2, c2 = _phi_g(-g, s, t, eps_ang, KIND, POW)
+            e = e + e2
+            c = c - c2
+        cj = c * sj
+        ci = cj
+    else:
+        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, KIND, POW)
+        cj = -2.0 * df
+        ci = 2.0 * df
+        if HS:
+            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, KIND, POW)
+            e = e + e2
+            cj = cj + 2.0 * df2
+            ci = ci + 2.0 * df2
+    return e, cj, ci
+
+
+@triton.jit
+def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr):
+    """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``."""
+    if NORM:
+        n2 = sq + eps_norm
+        f, df = _phi_g(-(sq / n2), s, t, eps_ang, KIND, POW)
+        # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
+        k = tl.where(eps_norm > 0, -df * 2.0 * eps_norm / (n2 * n2), 0.0)
+    else:
+        f, df = _phi_d2(4.0 * sq, s, t, KIND, POW)
+        k = 8.0 * df
+    return f, k
+
+
+@triton.jit
+def _row_stat(sq, eps_norm, NORM: tl.constexpr):
+    if NORM:
+        st = 1.0 / tl.sqrt(sq + eps_norm)
+    else:
+        st = sq
+    return st
+
+
+@triton.jit
+def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` in fp32. ``UPCAST`` (interpreter only) multiplies 16-bit operands as fp32, which is
+    exact for their products; the interpreter's native 16-bit dot is not usable."""
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
+    """Sizes and offsets of matrix ``k``: (nx, ny, D, x element offset, y element offset, first output row,
+    first coefficient element). ``tab_ptr`` is an int64 ``[7, K]`` table (ragged) or unused (uniform)."""
+    if UNIFORM:
+        nx = nx_u
+        ny = ny_u
+        D = d_u
+        kk = k.to(tl.int64)
+        xoff = kk * nx * D
+        yoff = kk * ny * D
+        xrow = kk * nx
+        cbase = kk * nx * ny
+    else:
+        nx = tl.load(tab_ptr + 0 * K + k)
+        ny = tl.load(tab_ptr + 1 * K + k)
+        D = tl.load(tab_ptr + 2 * K + k)
+        xoff = tl.load(tab_ptr + 3 * K + k)
+        yoff = tl.load(tab_ptr + 4 * K + k)
+        xrow = tl.load(tab_ptr + 5 * K + k)
+        cbase = tl.load(tab_ptr + 6 * K + k)
+    return nx, ny, D, xoff, yoff, xrow, cbase
+
+
+# --------------------------------------------------------------------------------------------------------
+# Autotuning
+# --------------------------------------------------------------------------------------------------------
+# Keys: N_KEY (the largest N, bucketed to a power of two by the host), D_KEY (the padded D), the kind and
+# mode flags; Triton adds the tensor dtypes. Under the interpreter one small config keeps tests fast.
+
+
+def _fused_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bm, bn, w, st in (
+            (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (32, 32, 4, 2),
+            (16, 32, 4, 2),
+        )
+    ]
+
+
+def _prune_fused(configs, named_args, **kwargs):
+    """Drop configs whose register tiles are too large for the padded D (accumulator BLOCK_M x BLOCK_D)."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] * bd <= 128 * 128 and c.kwargs["BLOCK_N"] * bd <= 64 * 256]
+    return keep or configs[-1:]
+
+
+def _strip_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+        for bm, bn, bk, w, st in (
+            (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3), (128, 128, 64, 8, 3),
+        )
+    ]
+
+
+def _gemm_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_D": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+        for bm, bd, bk, w, st in (
+            (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+        )
+    ]
+
+
+_KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The fused kernel (D <= FUSED_MAX_D): energy and gradient in one pass, nothing N x N stored
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_fused_configs(), key=_KEYS + ["BLOCK_D"], prune_configs_by={"early_config_prune": _prune_fused})
+@triton.jit
+def fused_kernel(
+    x_ptr, y_ptr, g_ptr, e_ptr, tab_ptr, K,
+    nx_u, ny_u, d_u,
+    s, t, eps_norm, eps_ang, pair_scale, grad_scale,
+    N_KEY, D_KEY,
+    KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
+    DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
+    C_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
+
+    Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32) and ``g[x_i] = dE/dx_i``.
+    """
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
+    row0 = pid * BLOCK_M
+    if row0 >= nx:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < nx
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    xi_off = xoff + rows[:, None].to(tl.int64) * D + offs_d[None, :]
+    xi = tl.load(x_ptr + xi_off, mask=rmask[:, None] & dmask[None, :], other=0.0)
+    xi32 = xi.to(tl.float32)
+    sq_i = tl.sum(xi32 * xi32, 1)
+    si = _row_stat(sq_i, eps_norm, NORM)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for c0 in range(0, ny, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < ny
+        yj = tl.load(y_ptr + yoff + cols[:, None].to(tl.int64) * D + offs_d[None, :],
+                     mask=cmask[:, None] & dmask[None, :], other=0.0)
+        yj32 = yj.to(tl.float32)
+        sj = _row_stat(tl.sum(yj32 * yj32, 1), eps_norm, NORM)
+        dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
+        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+        valid = rmask[:, None] & cmask[None, :]
+        if SELF:
+            valid = valid & (rows[:, None] != cols[None, :])
+        # where, never a product with the mask: masked lanes may hold inf/NaN (zero rows of the padding).
+        e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
+        if not NORM:
+            b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
+        cj = tl.where(valid, cj, 0.0)
+        acc = _mma(cj.to(C_DTYPE), yj.to(C_DTYPE), acc, PREC2, UPCAST)
+
+    # Row epilogue (SPEC §6), in float64: its two normalized terms cancel when a row's gradient is nearly
+    # radial (O(N D) work, once per row).
+    e_row = pair_scale * e_acc
+    xi64 = xi32.to(tl.float64)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
+    acc64 = acc.to(tl.float64)
+    sq64 = tl.sum(xi64 * xi64, 1)
+    kd = tl.zeros([BLOCK_M], dtype=tl.float64)
+    if DIAG:
+        ed, kd32 = _diag_terms(sq_i, s, t, eps_norm, eps_ang, KIND, POW, NORM)
+        e_row += ed
+        kd = kd32.to(tl.float64)
+    if NORM:
+        r64 = 1.0 / tl.sqrt(sq64 + eps_norm)
+        gw = tl.sum(acc64 * xi64, 1)
+        ca = grad_scale * r64
+        cx = kd - r64 * r64 * r64 * grad_scale * gw
+    else:
+        ca = tl.zeros([BLOCK_M], dtype=tl.float64) + grad_scale
+        cx = kd + grad_scale * b_acc.to(tl.float64)
+    grad = ca[:, None] * acc64 + cx[:, None] * xi64
+    tl.store(g_ptr + xi_off, grad.to(tl.float32).to(g_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The row-strip path (D > FUSED_MAX_D): coefficients, then a GEMM, then the row epilogue
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_strip_configs(), key=_KEYS)
+@triton.jit
+def coef_kernel(
+    x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, tab_ptr, K,
+    nx_u, ny_u, d_u, row_lo, row_hi,
+    s, t, eps_norm, eps_ang, pair_scale,
+    N_KEY, D_KEY,
+    KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
+    UNIFORM: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Rows ``[row_lo, row_hi)`` (of every matrix): the coefficient matrix ``C[i - row_lo, j] = cj_ij``
+    (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e`` and (un-normalized) ``b``.
+
+    The cosine tile is accumulated over D in chunks of BLOCK_K; the row statistics are accumulated in the
+    same loop, so nothing is precomputed on the host."""
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
+    row0 = row_lo + pid * BLOCK_M
+    row_end = tl.minimum(nx, row_hi)
+    if row0 >= row_end:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    offs_k = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + xoff + rows[:, None].to(tl.int64) * D
+    e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
+    for c0 in range(0, ny, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < ny
+        y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
+        dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        sq_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_K):
+            dm = (d0 + offs_k) < D
+            xc = tl.load(x_rows + d0 + offs_k[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+            yc = tl.load(y_rows + d0 + offs_k[None, :], mask=cmask[:, None] & dm[None, :], other=0.0)
+            dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
+            xc32 = xc.to(tl.float32)
+            yc32 = yc.to(tl.float32)
+            sq_i += tl.sum(xc32 * xc32, 1)
+            sq_j += tl.sum(yc32 * yc32, 1)
+        si = _row_stat(sq_i, eps_norm, NORM)
+        sj = _row_stat(sq_j, eps_norm, NORM)
+        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+        valid = rmask[:, None] & cmask[None, :]
+        if SELF:
+            valid = valid & (rows[:, None] != cols[None, :])
+        e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
+        if not NORM:
+            b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
+        tl.store(c_rows + cols[None, :], tl.where(valid, cj, 0.0).to(c_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+    tl.store(e_ptr + xrow + rows, pair_scale * e_acc, mask=rmask)
+    tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
+
+
+@triton.autotune(configs=_gemm_configs(), key=_KEYS)
+@triton.jit
+def gemm_kernel(
+    c_ptr, y_ptr, a_ptr, tab_ptr, K,
+    nx_u, ny_u, d_u, row_lo, row_hi,
+    N_KEY, D_KEY,
+    KIND: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
+    UNIFORM: tl.constexpr, PREC2: tl.constexpr, C_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``a[i, d] = sum_j C[i - row_lo, j] y[j, d]`` for rows ``[row_lo, row_hi)``, fp32 out, x's layout.
+    Grid ``(row blocks, D blocks, K)``; the kind flags are autotuning keys only."""
+    pid = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    k = tl.program_id(2)
+    nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
+    row0 = row_lo + pid * BLOCK_M
+    row_end = tl.minimum(nx, row_hi)
+    d0 = pid_d * BLOCK_D
+    if row0 >= row_end or d0 >= D:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    offs_k = tl.arange(0, BLOCK_K)
+    c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for c0 in range(0, ny, BLOCK_K):
+        cols = c0 + offs_k
+        cmask = cols < ny
+        ct = tl.load(c_rows + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        yt = tl.load(y_ptr + yoff + cols[:, None].to(tl.int64) * D + offs_d[None, :],
+                     mask=cmask[:, None] & dmask[None, :], other=0.0)
+        acc = _mma(ct.to(C_DTYPE), yt.to(C_DTYPE), acc, PREC2, UPCAST)
+    tl.store(a_ptr + xoff + rows[:, None].to(tl.int64) * D + offs_d[None, :], acc,
+             mask=rmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def epilogue_kernel(
+    x_ptr, a_ptr, b_ptr, e_ptr, g_ptr, tab_ptr, K,
+    nx_u, ny_u, d_u,
+    s, t, eps_norm, eps_ang, grad_scale,
+    KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr, DIAG: tl.constexpr, UNIFORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The row epilogue of the strip path (SPEC §6) over D in chunks: one pass for ``|x_i|^2`` and
+    ``G . x_i``, one to write ``dE/dx_i``; adds the half-space diagonal term to ``e`` and ``g``."""
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
+    row0 = pid * BLOCK_M
+    if row0 >= nx:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < nx
+    offs = tl.arange(0, BLOCK_D)
+    base = xoff + rows[:, None].to(tl.int64) * D
+    sq = tl.zeros([BLOCK_M], dtype=tl.float64)
+    aw = tl.zeros([BLOCK_M], dtype=tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        m = rmask[:, None] & ((d0 + offs) < D)[None, :]
+        xc = tl.load(x_ptr + base + d0 + offs[None, :], mask=m, other=0.0).to(tl.float32).to(tl.float64)
+        ac = tl.load(a_ptr + base + d0 + offs[None, :], mask=m, other=0.0).to(tl.float64)
+        sq += tl.sum(xc * xc, 1)
+        aw += tl.sum(ac * xc, 1)
+    b = tl.load(b_ptr + xrow + rows, mask=rmask, other=0.0).to(tl.float64)
+    r = 1.0 / tl.sqrt(sq + eps_norm)
+    kd = tl.zeros([BLOCK_M], dtype=tl.float64)
+    if DIAG:
+        ed, kd32 = _diag_terms(sq.to(tl.float32), s, t, eps_norm, eps_ang, KIND, POW, NORM)
+        kd = kd32.to(tl.float64)
+        e_old = tl.load(e_ptr + xrow + rows, mask=rmask, other=0.0)
+        tl.store(e_ptr + xrow + rows, e_old + ed, mask=rmask)
+    # In float64 (the two normalized terms cancel for nearly radial gradients).
+    # normalized: r G - r^3 (G . x) x + k x with G = scale a;  un-normalized: scale (a + b x) + k x
+    if NORM:
+        ca = grad_scale * r
+        cx = kd - r * r * r * grad_scale * aw
+    else:
+        ca = tl.zeros([BLOCK_M], dtype=tl.float64) + grad_scale
+        cx = kd + grad_scale * b
+    for d0 in range(0, D, BLOCK_D):
+        m = rmask[:, None] & ((d0 + offs) < D)[None, :]
+        xc = tl.load(x_ptr + base + d0 + offs[None, :], mask=m, other=0.0).to(tl.float32).to(tl.float64)
+        ac = tl.load(a_ptr + base + d0 + offs[None, :], mask=m, other=0.0).to(tl.float64)
+        gr = ca[:, None] * ac + cx[:, None] * xc
+        tl.store(g_ptr + base + d0 + offs[None, :], gr.to(tl.float32).to(g_ptr.dtype.element_ty), mask=m)

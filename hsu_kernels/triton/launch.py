@@ -1,0 +1,342 @@
+"""Host side of the Triton backend: strategy choice, launchers, and the ragged ``energy_many`` Function.
+
+Strategies, chosen by the largest row length ``D`` of a launch:
+
+* ``fused`` (``D <= FUSED_MAX_D = 256``): one kernel. Each program keeps its rows ``x_I`` and the gradient
+  accumulator ``a_I`` (``BLOCK_M x BLOCK_D`` fp32) in registers and streams the column blocks: ``S = x_I y_J^T``
+  by ``tl.dot``, ``phi``/``phi'`` on ``S`` in registers, ``a_I += phi'(S) y_J``, and the row epilogue at the end.
+  Nothing ``N x N`` is stored and the gradient costs no second pass (attention-forward style).
+* ``strip`` (``D > 256``, conv layers up to 4608): a register accumulator of the whole row no longer fits,
+  and splitting D with the cosine tile recomputed would redo the ``2 N^2 D`` product once per D chunk (18x at
+  D = 4608). Instead a strip of rows is done in three kernels: ``coef_kernel`` (the cosine tile accumulated over
+  D in chunks, then ``phi``/``phi'``; writes the coefficient strip ``C``, ``Rows x N``, and the row energies),
+  ``gemm_kernel`` (``a = C y``, tiled over rows and D) and ``epilogue_kernel``. Each product is done exactly
+  once; the only extra traffic is writing and reading ``C`` once, small next to ``4 N^2 D`` flops when D > 256.
+  Strips are sized so that ``C`` stays under ``STRIP_BYTES``; the whole ragged batch goes in one strip when
+  it fits (the usual case for a network's layers: 3 launches for all of them).
+
+Precision (float32 inputs, ``precision=``): ``"ieee"`` (exact fp32 products) or ``"tf32"`` (tensor cores,
+inputs rounded to 10 mantissa bits, ~5e-4 relative error in each cosine, which ``2 - 2g`` amplifies for nearly
+parallel rows). Default: ``"ieee"`` when ``D < TF32_MIN_D = 128``, where the per-pair transcendentals, not the
+products, bound the kernel and tf32 would lose accuracy for nothing; for larger D, ``"tf32"`` only if the user
+opted in with ``torch.set_float32_matmul_precision("high"|"medium")``, else ``"ieee"``. bf16/fp16 inputs: their
+products are exact in the fp32 accumulator; the second product ``phi'(S) y`` takes ``phi'`` rounded to bf16
+(bf16 inputs, as attention does with ``P``) or in tf32 with ``y`` upcast (fp16, whose range cannot hold
+``phi'`` of close pairs). float64 is not supported (TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
+
+Determinism: no atomics anywhere. Every output element is written by exactly one program, per-row energies
+are reduced on the host in float64 in a fixed order, so two runs give bitwise the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._params import EnergyParams
+from . import kernels as K
+
+FUSED_MAX_D = 256
+TF32_MIN_D = 128
+#: Largest coefficient strip (bytes) of the strip path; rows per strip follow from it.
+STRIP_BYTES = 1 << 30
+_EPILOGUE_BLOCK_M = 32
+_EPILOGUE_BLOCK_D = 128
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def check_input(t: torch.Tensor, name: str) -> None:
+    """The dtype and device checks of the Triton backend (shape checks belong to ``ops.py``)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype == torch.float64:
+        raise TypeError(
+            f"{name} is float64, which the Triton backend does not compute (it accumulates in float32); "
+            "use backend='torch', 'cpu' or 'cuda' for float64, or cast to float32"
+        )
+    if t.dtype not in _TL_DTYPE:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16 for the Triton backend, got {t.dtype}")
+    if t.device.type != "cuda" and not (K.INTERPRET and t.device.type == "cpu"):
+        raise ValueError(f"{name} is a {t.device.type} tensor; the Triton backend runs CUDA tensors "
+                         "(or CPU tensors with TRITON_INTERPRET=1)")
+
+
+def _modes(dtype: torch.dtype, d: int, precision: Optional[str]):
+    """(PREC, PREC2, C_DTYPE, UPCAST, c_torch_dtype) for the two products of a launch."""
+    if precision is not None and precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
+    if precision is None:
+        opted_in = torch.get_float32_matmul_precision() != "highest"
+        precision = "tf32" if (d >= TF32_MIN_D and opted_in) else "ieee"
+    upcast = K.INTERPRET and dtype != torch.float32
+    if dtype == torch.float32:
+        return precision, precision, tl.float32, False, torch.float32
+    if dtype == torch.bfloat16:
+        return "tf32", "tf32", tl.bfloat16, upcast, torch.bfloat16
+    return "tf32", precision if K.INTERPRET else "tf32", tl.float32, upcast, torch.float32
+
+
+def _kind_args(p: EnergyParams):
+    expo = p.s / 2 if p.kind == "riesz" else p.s
+    pow_mode = K.pow_mode(expo) if p.kind in ("riesz", "angular") else K.POW_GENERAL
+    return dict(KIND=p.code, POW=pow_mode, HS=p.half_space, NORM=p.normalize)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(4, math.ceil(math.log2(max(n, 1))))
+
+
+class _Layout:
+    """The ragged batch of one launch: ``K`` matrices, rows of ``x`` (and columns from ``y``) in flat
+    buffers. ``uniform`` when every matrix has the same ``nx, ny, D`` stored back to back."""
+
+    def __init__(self, nx: Sequence[int], ny: Sequence[int], d: Sequence[int], device, uniform: bool):
+        self.k = len(nx)
+        self.nx, self.ny, self.d = list(nx), list(ny), list(d)
+        self.uniform = uniform
+        self.xoff = _cumsum0([a * b for a, b in zip(self.nx, self.d)])
+        self.yoff = _cumsum0([a * b for a, b in zip(self.ny, self.d)])
+        self.xrow = _cumsum0(self.nx)
+        self.cbase = _cumsum0([a * b for a, b in zip(self.nx, self.ny)])
+        self.total_rows = self.xrow[-1] + self.nx[-1]
+        self.c_elems = self.cbase[-1] + self.nx[-1] * self.ny[-1]
+        self.device = device
+        self.tab = self.table(range(self.k), with_cbase=True)
+
+    def table(self, ks, with_cbase: bool, ) -> torch.Tensor:
+        ks = list(ks)
+        rows = [[self.nx[k] for k in ks], [self.ny[k] for k in ks], [self.d[k] for k in ks],
+                [self.xoff[k] for k in ks], [self.yoff[k] for k in ks], [self.xrow[k] for k in ks],
+                [self.cbase[k] if with_cbase else 0 for k in ks]]
+        return torch.tensor(rows, dtype=torch.int64).to(self.device)
+
+    def scalars(self):
+        """(nx_u, ny_u, d_u): the uniform sizes, or placeholders for a ragged batch."""
+        return (self.nx[0], self.ny[0], self.d[0]) if self.uniform else (1, 1, 1)
+
+
+def _cumsum0(v: Sequence[int]) -> List[int]:
+    out, acc = [], 0
+    for x in v:
+        out.append(acc)
+        acc += x
+    return out
+
+
+def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool,
+        precision: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One pass of rows of ``x`` against rows of ``y`` for every matrix of ``lay``.
+
+    Args:
+        x, y: flat contiguous buffers holding the matrices back to back (``y is x`` for a self energy).
+        lay: the layout of the batch.
+        p: the energy.
+        self_mode: skip ``j == i``, halve the pair sums (``sum_{i<j}``), add the half-space diagonal.
+
+    Returns:
+        ``(e, g)``: ``Tensor[total_rows]`` fp32 per-row energies (pair-scaled; summing a matrix's rows gives
+        its energy) and ``g`` with ``x``'s shape and dtype, ``dE/dx``.
+    """
+    dev = x.device
+    pair_scale = 1.0 if (p.half_space or not self_mode) else 0.5
+    grad_scale = 2.0 * pair_scale if self_mode else 1.0
+    diag = self_mode and p.half_space
+    max_nx, max_ny, max_d = max(lay.nx), max(lay.ny), max(lay.d)
+    prec, prec2, c_dtype, upcast, c_torch = _modes(x.dtype, max_d, precision)
+    kind = _kind_args(p)
+    nx_u, ny_u, d_u = lay.scalars()
+    scal = dict(s=p.s, t=p.t, eps_norm=p.eps_norm, eps_ang=p.eps_ang)
+    keys = dict(N_KEY=_bucket(max(max_nx, max_ny)), D_KEY=_bucket(max_d))
+    e = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
+    g = torch.empty_like(x)
+    with torch.cuda.device(dev) if dev.type == "cuda" else _nullctx():
+        if max_d <= FUSED_MAX_D:
+            block_d = max(16, triton.next_power_of_2(max_d))
+            grid = lambda meta: (triton.cdiv(max_nx, meta["BLOCK_M"]), lay.k)  # noqa: E731
+            K.fused_kernel[grid](
+                x, y, g, e, lay.tab, lay.k, nx_u, ny_u, d_u,
+                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale,
+                keys["N_KEY"], keys["D_KEY"],
+                SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
+                UPCAST=upcast, BLOCK_D=block_d, **kind,
+            )
+            return e, g
+        a = torch.empty(x.shape, dtype=torch.float32, device=dev)
+        b = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
+        elt = torch.empty((), dtype=c_torch).element_size()
+        if lay.c_elems * elt <= STRIP_BYTES:
+            windows = [(lay.tab, lay.k, 0, max_nx, max_ny, lay.c_elems)]
+        else:  # one matrix at a time, in row strips that keep C under STRIP_BYTES
+            windows = []
+            for k in range(lay.k):
+                rows = max(128, (STRIP_BYTES // (elt * lay.ny[k])) // 128 * 128)
+                tab_k = lay.table([k], with_cbase=False)
+                for lo in range(0, lay.nx[k], rows):
+                    hi = min(lay.nx[k], lo + rows)
+                    windows.append((tab_k, 1, lo, hi, lay.ny[k], (hi - lo) * lay.ny[k]))
+        c = torch.empty(max(w[5] for w in windows), dtype=c_torch, device=dev)
+        flags = dict(KIND=kind["KIND"], HS=p.half_space, NORM=p.normalize, SELF=self_mode)
+        for tab, kk, lo, hi, _, _ in windows:
+            span = hi - lo
+            grid = lambda meta: (triton.cdiv(span, meta["BLOCK_M"]), kk)  # noqa: E731
+            K.coef_kernel[grid](
+                x, y, c, e, b, tab, kk, 1, 1, 1, lo, hi,
+                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale,
+                keys["N_KEY"], keys["D_KEY"],
+                POW=kind["POW"], UNIFORM=False, PREC=prec, UPCAST=upcast, **flags,
+            )
+            grid2 = lambda meta: (triton.cdiv(span, meta["BLOCK_M"]), triton.cdiv(max_d, meta["BLOCK_D"]), kk)  # noqa: E731
+            K.gemm_kernel[grid2](
+                c, y, a, tab, kk, 1, 1, 1, lo, hi, keys["N_KEY"], keys["D_KEY"],
+                UNIFORM=False, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, **flags,
+            )
+        grid3 = (triton.cdiv(max_nx, _EPILOGUE_BLOCK_M), lay.k)
+        K.epilogue_kernel[grid3](
+            x, a, b, e, g, lay.tab, lay.k, 1, 1, 1,
+            scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], grad_scale,
+            KIND=kind["KIND"], POW=kind["POW"], NORM=p.normalize, DIAG=diag, UNIFORM=False,
+            BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
+        )
+    return e, g
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _segment_sums(e: torch.Tensor, lay: _Layout) -> torch.Tensor:
+    """Per-matrix sums of the per-row energies, in float64, in a fixed order (deterministic)."""
+    if lay.uniform:
+        return e.view(lay.k, lay.nx[0]).sum(-1, dtype=torch.float64)
+    cs = torch.cat([e.new_zeros(1, dtype=torch.float64), torch.cumsum(e, 0, dtype=torch.float64)])
+    starts = torch.tensor(lay.xrow, device=e.device)
+    ends = starts + torch.tensor(lay.nx, device=e.device)
+    return cs[ends] - cs[starts]
+
+
+def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = None):
+    """``E = sum_{i<j} psi(w_i, w_j)`` of every matrix of a batch and ``dE/dw``, in one fused pass.
+
+    Args:
+        w: ``Tensor[B, N, D]``, float32/bfloat16/float16, on CUDA (or CPU under ``TRITON_INTERPRET=1``).
+        p: the energy (every kind, half-space with its diagonal pairs ``(w_i, -w_i)``, normalize on/off).
+        precision: ``"ieee"``, ``"tf32"`` or None (the default of the module docstring); float32 only.
+
+    Returns:
+        ``(E, G)``: ``E`` float32 ``Tensor[B]`` (the sum over unordered pairs), ``G = dE/dw`` with ``w``'s
+        shape and dtype.
+    """
+    check_input(w, "w")
+    if w.dim() != 3:
+        raise ValueError(f"w must be [B, N, D], got shape {tuple(w.shape)}")
+    bsz, n, d = w.shape
+    x = w.contiguous()
+    lay = _Layout([n] * bsz, [n] * bsz, [d] * bsz, x.device, uniform=True)
+    e, g = run(x, x, lay, p, True, precision)
+    return _segment_sums(e, lay).to(torch.float32), g
+
+
+def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str] = None):
+    """``E = sum_i sum_j psi(x_i, y_j)`` (all pairs) and its gradients, by two passes of the same kernel
+    (rows of x against y, rows of y against x), so each gradient is a per-row accumulation (no atomics).
+
+    Args:
+        x: ``Tensor[B, Nx, D]``; y: ``Tensor[B, Ny, D]`` of the same dtype and device.
+        p: the energy (``half_space`` adds ``phi(-g)``).
+        precision: as in :func:`energy_grad`.
+
+    Returns:
+        ``(E, Gx, Gy)``: float32 ``Tensor[B]`` and the gradients in the inputs' shapes and dtype.
+    """
+    check_input(x, "x")
+    check_input(y, "y")
+    if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"x and y must be [B, Nx, D] and [B, Ny, D], got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
+    bsz, nx, d = x.shape
+    ny = y.shape[1]
+    xc, yc = x.contiguous(), y.contiguous()
+    lay_x = _Layout([nx] * bsz, [ny] * bsz, [d] * bsz, x.device, uniform=True)
+    lay_y = _Layout([ny] * bsz, [nx] * bsz, [d] * bsz, x.device, uniform=True)
+    ex, gx = run(xc, yc, lay_x, p, False, precision)
+    _, gy = run(yc, xc, lay_y, p, False, precision)
+    return _segment_sums(ex, lay_x).to(torch.float32), gx, gy
+
+
+def _groups(ws: Sequence[torch.Tensor]) -> List[List[int]]:
+    """Matrices that share a launch: same dtype and same strategy (fused: same padded D)."""
+    groups = {}
+    for k, w in enumerate(ws):
+        d = w.shape[1]
+        tag = max(16, triton.next_power_of_2(d)) if d <= FUSED_MAX_D else "strip"
+        groups.setdefault((w.dtype, tag), []).append(k)
+    return list(groups.values())
+
+
+def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Optional[str] = None):
+    """Energies and gradients of a list of matrices of different shapes, one ragged launch per group.
+
+    Returns:
+        ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs) and the list of ``dE_k/dw_k``.
+    """
+    for k, w in enumerate(ws):
+        check_input(w, f"ws[{k}]")
+        if w.dim() != 2:
+            raise ValueError(f"ws[{k}] must be [N, D], got shape {tuple(w.shape)}")
+    energies = torch.empty(len(ws), dtype=torch.float64, device=ws[0].device)
+    grads: List[Optional[torch.Tensor]] = [None] * len(ws)
+    for grp in _groups(ws):
+        flat = torch.cat([ws[k].reshape(-1) for k in grp])
+        ns = [ws[k].shape[0] for k in grp]
+        ds = [ws[k].shape[1] for k in grp]
+        lay = _Layout(ns, ns, ds, flat.device, uniform=False)
+        e, g = run(flat, flat, lay, p, True, precision)
+        energies[grp] = _segment_sums(e, lay)
+        for j, k in enumerate(grp):
+            grads[k] = g[lay.xoff[j]: lay.xoff[j] + ns[j] * ds[j]].view(ns[j], ds[j])
+    return energies.to(torch.float32), grads
+
+
+class EnergyMany(torch.autograd.Function):
+    """``energy_many_sum`` as an autograd Function: the forward keeps every gradient, the backward scales
+    each by its entry of ``grad_output``."""
+
+    @staticmethod
+    def forward(ctx, p, precision, *ws):
+        energies, grads = energy_many_grad(ws, p, precision)
+        ctx.save_for_backward(*grads)
+        return energies
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_e):
+        grads = ctx.saved_tensors
+        return (None, None) + tuple(grad_e[k].to(g.dtype) * g for k, g in enumerate(grads))
+
+
+def energy_many_sum(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Optional[str] = None) -> torch.Tensor:
+    """Differentiable ``Tensor[K]`` of ``sum_{i<j}`` energies of ``ws[k]: Tensor[N_k, D_k]`` (a network's
+    layers), computed as a ragged batch: one launch per group of matrices sharing a dtype and padded D
+    (three for the strip group), never one per matrix.
+
+    Args:
+        ws: list of ``Tensor[N_k, D_k]`` on one device, float32/bfloat16/float16.
+        p: the energy, shared by every matrix.
+        precision: as in :func:`energy_grad`.
+
+    Returns:
+        float32 ``Tensor[K]``.
+    """
+    if len(ws) == 0:
+        raise ValueError("ws must hold at least one matrix")
+    return EnergyMany.apply(p, precision, *ws)

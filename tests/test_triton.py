@@ -1,0 +1,349 @@
+"""The Triton backend against the float64 reference, forward and gradient.
+
+Runs only where Triton can run: on CUDA, or on CPU tensors under the Triton interpreter. Without a GPU::
+
+    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/test_triton.py -q
+
+(the variable must be set before Triton is imported, so run this file in its own pytest process).
+Under the interpreter the shapes are small (N <= 130); on CUDA the same tests run at larger sizes.
+
+Tolerances (the flash-attention habit): the kernel's error against the float64 reference may be at most
+twice the reference's own error when the reference computes in the kernel's dtype (root-mean-square over
+the elements; 4x element by element), plus a small floor relative to the result's scale (``FLOOR``). The
+"reference's own error" is the larger of two float32 evaluations of SPEC (normalize-then-multiply as in
+reference.py, and the safe form ``(w_i . w_j) r_i r_j`` the kernels use): one evaluation's error is a
+random draw that can be far below typical by luck (see ``assert_close_to_ref``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if not (INTERPRET or torch.cuda.is_available()):
+    pytest.skip(
+        "the Triton backend needs a CUDA GPU or the Triton CPU interpreter: run "
+        "`TRITON_INTERPRET=1 python -m pytest tests/test_triton.py`",
+        allow_module_level=True,
+    )
+pytest.importorskip("triton", reason="triton is not installed (pip install hsu-kernels[triton])")
+
+import hsu_kernels  # noqa: E402
+from hsu_kernels import reference  # noqa: E402
+from hsu_kernels import triton as ht  # noqa: E402
+from hsu_kernels._params import make_params  # noqa: E402
+
+if not ht.available():
+    pytest.skip(f"hsu_kernels.triton failed to import: {ht.import_error()!r}", allow_module_level=True)
+
+from hsu_kernels.triton import launch  # noqa: E402
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+ON_GPU = DEVICE == "cuda"
+NS = (2, 3, 17, 130) + ((1000, 2049) if ON_GPU else ())
+DS = (1, 3, 64, 300) + ((1152, 4608) if ON_GPU else ())
+#: Floor of the float32 bound, relative to max |reference| (the float32 reference itself is ~1e-7 off).
+FLOOR = 2e-6
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
+
+KINDS = [
+    ("riesz", 0.5), ("riesz", 1.0), ("riesz", 2.0), ("riesz", 3.5), ("log", 0.0),
+    ("angular", 1.0), ("angular", 2.0), ("angular", 0.7), ("angular_log", 0.0), ("gaussian", 0.0),
+]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rand(shape, seed, dtype=torch.float32):
+    return torch.randn(*shape, generator=_gen(seed), dtype=torch.float32).to(dtype).to(DEVICE)
+
+
+def _ref_energy_grad(w, p, dtype):
+    """Reference sum energy and gradient of ``w: [B, N, D]`` computed in ``dtype``."""
+    wd = w.detach().to(dtype).requires_grad_(True)
+    e = reference.energy_sum(wd, p)
+    (g,) = torch.autograd.grad(e.sum(), wd)
+    return e.detach(), g
+
+
+def _safe_pairs(x, y, p):
+    """``phi`` of every pair with the cosine in SPEC §1's safe form ``(x_i . y_j) r_i r_j`` (the kernels'
+    form; the reference normalizes first). Un-normalized: the reference's own formula."""
+    if not p.normalize:
+        d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
+        return reference.phi_of_d2(d2.clamp_min(0), p)
+    rx = torch.rsqrt((x * x).sum(-1) + p.eps_norm)
+    ry = torch.rsqrt((y * y).sum(-1) + p.eps_norm)
+    return reference.phi_of_g((x @ y.transpose(-1, -2)) * rx[..., :, None] * ry[..., None, :], p)
+
+
+def _safe_energy_grad(w, p, dtype):
+    """The SPEC energy of ``w: [B, N, D]`` in ``dtype`` through :func:`_safe_pairs` (half-space by
+    concatenation, as the reference does)."""
+    wd = w.detach().to(dtype).requires_grad_(True)
+    x = torch.cat([wd, -wd], dim=-2) if p.half_space else wd
+    n = x.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    e = _safe_pairs(x, x, p)[..., iu[0], iu[1]].sum(-1)
+    (g,) = torch.autograd.grad(e.sum(), wd)
+    return e.detach(), g
+
+
+def _low_precision_error(w, p, e64, g64):
+    """The reference's own error in ``w``'s dtype: the larger of its two forms (normalize-then-multiply,
+    and the safe form), since one evaluation's error is a random draw that can be near zero by luck (a
+    single energy of 130 points on the line was 40x luckier than typical in one draw)."""
+    e1, g1 = _ref_energy_grad(w, p, w.dtype)
+    e2, g2 = _safe_energy_grad(w, p, w.dtype)
+    pick = lambda a, b, ref: a if (a.double() - ref).abs().max() >= (b.double() - ref).abs().max() else b  # noqa: E731
+    return pick(e1, e2, e64), pick(g1, g2, g64)
+
+
+def assert_close_to_ref(name, got, ref64, ref_low, floor=FLOOR, factor=2.0):
+    """The kernel's error against ``ref64`` may be at most ``factor`` times the low-precision reference's
+    own error, measured as root-mean-square over the elements (one element's error is a random draw: in a
+    max over elements either side can be lucky), and at most ``2 * factor`` times it element by element
+    (which catches localized bugs); each bound gets ``floor * max|ref64|`` added. On failure says how many
+    elements are off, where the worst one is, and both errors."""
+    got, ref64, ref_low = got.detach().double().cpu(), ref64.detach().double().cpu(), ref_low.detach().double().cpu()
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite values"
+    err, ref_err = (got - ref64).abs(), (ref_low - ref64).abs()
+    scale = ref64.abs().max().item()
+    rms, ref_rms = err.pow(2).mean().sqrt().item(), ref_err.pow(2).mean().sqrt().item()
+    bound_rms = factor * ref_rms + floor * scale
+    bound_max = 2 * factor * ref_err.max().item() + floor * scale
+    worst = err.max().item()
+    if rms > bound_rms or worst > bound_max:
+        idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
+        bad = int((err > bound_max).sum())
+        raise AssertionError(
+            f"{name}: rms error {rms:.3e} (bound {bound_rms:.3e} = {factor} x reference's own {ref_rms:.3e} "
+            f"+ {floor:g} x scale {scale:.3e}); max error {worst:.3e} at {idx} (got {got[idx].item():.8g}, "
+            f"reference {ref64[idx].item():.8g}; bound {bound_max:.3e}, reference's own max "
+            f"{ref_err.max().item():.3e}); {bad} of {err.numel()} elements over the max bound"
+        )
+
+
+def check_energy(w, p, name, floor=FLOOR, factor=2.0, precision=None):
+    """The kernel against the float64 reference, with the reference in ``w``'s dtype as the yardstick."""
+    e, g = ht.energy_grad(w, p, precision=precision) if precision else ht.energy_grad(w, p)
+    assert e.dtype == torch.float32 and g.dtype == w.dtype and g.shape == w.shape
+    e64, g64 = _ref_energy_grad(w, p, torch.float64)
+    e_low, g_low = _low_precision_error(w, p, e64, g64)
+    assert_close_to_ref(f"{name} energy", e, e64, e_low, floor, factor)
+    assert_close_to_ref(f"{name} grad", g, g64, g_low, floor, factor)
+
+
+# ----------------------------------------------------------------------------------------------------
+# float32: every kind, shapes, half-space, normalize off, batched
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("half_space", [False, True])
+@pytest.mark.parametrize("kind,s", KINDS)
+def test_every_kind(kind, s, half_space):
+    seed = 2 * KINDS.index((kind, s)) + int(half_space)
+    n, d = (17, 64) if seed % 2 else (33, 5)
+    p = make_params(kind, s, half_space=half_space)
+    check_energy(_rand((2, n, d), seed), p, f"{kind} s={s} hs={half_space} N={n} D={d}")
+
+
+@pytest.mark.parametrize("d", DS)
+@pytest.mark.parametrize("n", NS)
+def test_shapes(n, d):
+    """Tails of every block size: N and D not multiples of 16, D = 1, and D > 256 (the strip path)."""
+    p = make_params("riesz", 1.0, half_space=(n + d) % 2 == 0)
+    check_energy(_rand((1, n, d), 1000 * n + d), p, f"N={n} D={d} hs={p.half_space}")
+
+
+@pytest.mark.parametrize("half_space", [False, True])
+@pytest.mark.parametrize("kind,s", [("riesz", 1.0), ("riesz", 2.5), ("log", 0.0), ("gaussian", 0.0)])
+def test_normalize_off(kind, s, half_space):
+    d = 3 if kind != "log" else 300
+    x = _rand((2, 23, d), 7 + int(10 * s) + half_space) * (0.5 if kind == "gaussian" else 1.0)
+    p = make_params(kind, s, half_space=half_space, normalize=False, t=1.5)
+    check_energy(x, p, f"{kind} un-normalized hs={half_space}")
+
+
+@pytest.mark.parametrize("d", [3, 300])
+def test_batched(d):
+    """B independent energies (CoMHE projections) in one launch, and the batch equals one call per entry."""
+    w = _rand((4, 19, d), 11 + d)
+    p = make_params("riesz", 2.0, half_space=True)
+    check_energy(w, p, f"batched D={d}")
+    e, g = ht.energy_grad(w, p)
+    for b in range(w.shape[0]):
+        eb, gb = ht.energy_grad(w[b:b + 1], p)
+        torch.testing.assert_close(e[b:b + 1], eb, rtol=1e-6, atol=0)
+        torch.testing.assert_close(g[b:b + 1], gb, rtol=1e-5, atol=1e-7)
+
+
+def test_eps_norm_zero_half_space():
+    """eps_norm = 0: exact unit rows; the diagonal pair (u_i, -u_i) contributes energy but no gradient."""
+    p = make_params("angular", 1.0, half_space=True, eps_norm=0.0)
+    check_energy(_rand((1, 20, 3), 5), p, "eps_norm=0 angular half-space")
+
+
+@pytest.mark.parametrize("kind,s,hs", [("riesz", 1.0, True), ("angular_log", 0.0, False), ("log", 0.0, True)])
+def test_strip_path_small_d(monkeypatch, kind, s, hs):
+    """The strip path (coef, gemm, epilogue kernels) forced at small D, whole and in several row strips."""
+    monkeypatch.setattr(launch, "FUSED_MAX_D", 0)
+    p = make_params(kind, s, half_space=hs)
+    check_energy(_rand((2, 70, 20), 3), p, f"strip {kind}")
+    monkeypatch.setattr(launch, "STRIP_BYTES", 4 * 40 * 70)  # 128-row strips: several per matrix on N=300
+    check_energy(_rand((2, 300, 20), 4), p, f"strip windows {kind}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public API, cross energy, energy_many
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_public_energy(reduction):
+    w = _rand((31, 40), 21).requires_grad_(True)
+    out = hsu_kernels.energy(w, "angular", 2.0, half_space=True, reduction=reduction, backend="triton")
+    (g,) = torch.autograd.grad(out * 3.0, w)
+    wd = w.detach().double().requires_grad_(True)
+    ref = reference.energy(wd, make_params("angular", 2.0, half_space=True), reduction)
+    (gd,) = torch.autograd.grad(ref * 3.0, wd)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=0)
+    torch.testing.assert_close(g.double(), gd, rtol=1e-4, atol=1e-4 * gd.abs().max().item())
+
+
+@pytest.mark.parametrize("kind,s,hs,norm,d", [
+    ("riesz", 1.0, False, True, 3), ("angular", 1.5, True, True, 64), ("gaussian", 0.0, False, False, 300),
+    ("log", 0.0, True, True, 300),
+])
+def test_cross_energy(kind, s, hs, norm, d):
+    x = _rand((2, 13, d), 31 + d).requires_grad_(True)
+    y = _rand((2, 40, d), 32 + d).requires_grad_(True)
+    if not norm:
+        x, y = (x.detach() * 0.1).requires_grad_(True), (y.detach() * 0.1).requires_grad_(True)
+    p = make_params(kind, s, half_space=hs, normalize=norm)
+    e = hsu_kernels.cross_energy(x, y, kind, s, half_space=hs, normalize=norm, backend="triton")
+    gx, gy = torch.autograd.grad(e.sum(), (x, y))
+    outs = {}
+    for dt, form in ((torch.float64, "ref"), (torch.float32, "ref"), (torch.float32, "safe")):
+        xd, yd = x.detach().to(dt).requires_grad_(True), y.detach().to(dt).requires_grad_(True)
+        if form == "ref":
+            ed = reference.cross_energy(xd, yd, p)
+        else:
+            phi = _safe_pairs(xd, yd, p)
+            ed = (phi + _safe_pairs(xd, -yd, p) if hs else phi).sum((-1, -2))
+        outs[dt, form] = (ed.detach(),) + torch.autograd.grad(ed.sum(), (xd, yd))
+    for name, got, i in (("energy", e, 0), ("grad x", gx, 1), ("grad y", gy, 2)):
+        ref64 = outs[torch.float64, "ref"][i]
+        low = max((outs[torch.float32, f][i] for f in ("ref", "safe")), key=lambda t: (t.double() - ref64).abs().max())
+        assert_close_to_ref(f"cross {kind} {name}", got, ref64, low)
+
+
+RAGGED = [(17, 3), (130, 64), (5, 300), (2, 1), (40, 27), (9, 64), (33, 257)]
+
+
+@pytest.mark.parametrize("hs", [False, True])
+def test_energy_many_ragged(hs):
+    """Matrices of different N and D in one call (two fused groups and one strip group): each energy and
+    each gradient against the reference on that matrix alone."""
+    ws = [_rand(shape, 50 + k).requires_grad_(True) for k, shape in enumerate(RAGGED)]
+    p = make_params("riesz", 1.0, half_space=hs)
+    e = hsu_kernels.energy_many(ws, "riesz", 1.0, half_space=hs, reduction="sum", backend="triton")
+    weights = torch.arange(1, len(ws) + 1, dtype=e.dtype, device=e.device)
+    grads = torch.autograd.grad((e * weights).sum(), ws)
+    for k, w in enumerate(ws):
+        e64, g64 = _ref_energy_grad(w[None], p, torch.float64)
+        e32, g32 = _low_precision_error(w[None], p, e64, g64)
+        assert_close_to_ref(f"energy_many[{k}] {RAGGED[k]} energy", e[k:k + 1], e64, e32)
+        assert_close_to_ref(f"energy_many[{k}] {RAGGED[k]} grad", grads[k] / (k + 1), g64[0], g32[0])
+
+
+def test_energy_many_few_launches(monkeypatch):
+    """A ragged list costs one launch per (dtype, padded D) group, not one per matrix."""
+    calls = []
+    real = launch.run
+    monkeypatch.setattr(launch, "run", lambda *a, **k: calls.append(a[2].k) or real(*a, **k))
+    ws = [_rand((n, 30 + n % 3), n) for n in (5, 9, 12, 20, 3)]
+    launch.energy_many_sum(ws, make_params("log", 0.0))
+    assert calls == [5], calls
+
+
+def test_energy_many_mean_matches_energy():
+    ws = [_rand((n, d), 70 + n) for n, d in ((12, 7), (30, 7), (4, 100))]
+    e = hsu_kernels.energy_many(ws, power="a1", backend="triton")
+    for k, w in enumerate(ws):
+        one = hsu_kernels.energy(w, power="a1", backend="triton")
+        torch.testing.assert_close(e[k], one, rtol=1e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Half precision, tf32, determinism, errors
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind,s,d", [("riesz", 1.0, 64), ("angular", 1.0, 300), ("log", 0.0, 3)])
+def test_half_inputs(dtype, kind, s, d):
+    """16-bit inputs, fp32 accumulation. Yardstick: the reference computed in the same 16-bit dtype (which
+    rounds every cosine to 8 or 11 bits); the kernel must be within 2x of that error. Its energy is in fact
+    about as accurate as float32 (products of 16-bit numbers are exact in fp32); its gradient carries the
+    rounding of phi' to bf16 and of the output to the input dtype."""
+    w = _rand((2, 41, d), 90 + d, dtype)
+    p = make_params(kind, s, half_space=True)
+    check_energy(w, p, f"{dtype} {kind} D={d}")
+    e, _ = ht.energy_grad(w, p)
+    e64, _ = _ref_energy_grad(w, p, torch.float64)
+    # The energy from the exactly-representable 16-bit inputs: float32-level accuracy.
+    torch.testing.assert_close(e.double(), e64, rtol=2e-5, atol=0)
+
+
+@pytest.mark.parametrize("d", [64, 300])
+def test_tf32_precision(d):
+    """precision='tf32' (tensor-core products, 10-bit mantissas): within 1e-2 relative of the reference on
+    random rows; 'ieee' is the float32 bound above. (The interpreter computes tf32 products in fp32.)"""
+    w = _rand((1, 50, d), 123 + d)
+    p = make_params("riesz", 1.0)
+    e, g = ht.energy_grad(w, p, precision="tf32")
+    e64, g64 = _ref_energy_grad(w, p, torch.float64)
+    torch.testing.assert_close(e.double(), e64, rtol=1e-2, atol=0)
+    torch.testing.assert_close(g.double(), g64, rtol=0, atol=1e-2 * g64.abs().max().item())
+
+
+@pytest.mark.parametrize("d", [5, 300])
+def test_deterministic(d):
+    w = _rand((2, 45, d), 77 + d)
+    p = make_params("angular", 2.0, half_space=True)
+    e1, g1 = ht.energy_grad(w, p)
+    e2, g2 = ht.energy_grad(w, p)
+    assert torch.equal(e1, e2) and torch.equal(g1, g2)
+
+
+def test_errors():
+    p = make_params("riesz", 1.0)
+    with pytest.raises(TypeError, match="float64"):
+        ht.energy_grad(_rand((1, 4, 3), 0, torch.float64), p)
+    with pytest.raises(ValueError, match="precision"):
+        ht.energy_grad(_rand((1, 4, 3), 0), p, precision="fp8")
+    with pytest.raises(ValueError, match=r"\[B, N, D\]"):
+        ht.energy_grad(_rand((4, 3), 0), p)
+    with pytest.raises(TypeError, match="dtype"):
+        ht.cross_energy_grad(_rand((1, 4, 3), 0), _rand((1, 4, 3), 0, torch.bfloat16), p)
+    with pytest.raises(ValueError, match="at least one"):
+        ht.energy_many_sum([], p)
+    with pytest.raises(TypeError, match="float64"):
+        hsu_kernels.energy(_rand((4, 3), 0, torch.float64), backend="triton")
+
+
+def test_sanity_values():
+    """SPEC §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
+    w = _rand((64, 256), 99)
+    expected = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
+    for power, value in expected.items():
+        got = hsu_kernels.energy(w, power=power, backend="triton").item()
+        assert abs(got - value) < 0.05 * abs(value), (power, got, value)
