@@ -263,7 +263,7 @@ def fused_kernel(
     N_KEY, D_KEY,
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
-    C_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+    C_DTYPE: tl.constexpr, UPCAST: tl.constexpr, EPI: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
@@ -308,26 +308,25 @@ def fused_kernel(
         cj = tl.where(valid, cj, 0.0)
         acc = _mma(cj.to(C_DTYPE), yj.to(C_DTYPE), acc, PREC2, UPCAST)
 
-    # Row epilogue (SPEC §6), in float64: its two normalized terms cancel when a row's gradient is nearly
-    # radial (O(N D) work, once per row).
+    # Row epilogue (SPEC §6) in EPI precision: its two normalized terms cancel when a row's gradient is
+    # nearly radial.
     e_row = pair_scale * e_acc
-    xi64 = xi32.to(tl.float64)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
-    acc64 = acc.to(tl.float64)
-    sq64 = tl.sum(xi64 * xi64, 1)
-    kd = tl.zeros([BLOCK_M], dtype=tl.float64)
+    xe = xi32.to(EPI)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
+    acc_e = acc.to(EPI)
+    kd = tl.zeros([BLOCK_M], dtype=EPI)
     if DIAG:
         ed, kd32 = _diag_terms(sq_i, s, t, eps_norm, eps_ang, KIND, POW, NORM)
         e_row += ed
-        kd = kd32.to(tl.float64)
+        kd = kd32.to(EPI)
     if NORM:
-        r64 = 1.0 / tl.sqrt(sq64 + eps_norm)
-        gw = tl.sum(acc64 * xi64, 1)
-        ca = grad_scale * r64
-        cx = kd - r64 * r64 * r64 * grad_scale * gw
+        r_e = 1.0 / tl.sqrt(tl.sum(xe * xe, 1) + eps_norm)
+        gw = tl.sum(acc_e * xe, 1)
+        ca = grad_scale * r_e
+        cx = kd - r_e * r_e * r_e * grad_scale * gw
     else:
-        ca = tl.zeros([BLOCK_M], dtype=tl.float64) + grad_scale
-        cx = kd + grad_scale * b_acc.to(tl.float64)
-    grad = ca[:, None] * acc64 + cx[:, None] * xi64
+        ca = tl.zeros([BLOCK_M], dtype=EPI) + grad_scale
+        cx = kd + grad_scale * b_acc.to(EPI)
+    grad = ca[:, None] * acc_e + cx[:, None] * xe
     tl.store(g_ptr + xi_off, grad.to(tl.float32).to(g_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
     tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
 
