@@ -161,10 +161,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a run's processes are killed")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="keep glibc's dynamic mmap threshold (then freed ring buffers stay in the heap and RSS "
+                         "creeps up with the number of ring steps, which says more about malloc than about us)")
     args = ap.parse_args()
+    if not args.malloc_default:
+        # Inherited by the spawned ranks: buffers of 128 KiB and up are mmapped and returned on free, so the
+        # RSS growth counts the buffers alive at once, not what glibc keeps around.
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
 
     info = {"torch": torch.__version__, "backend": "gloo", "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads_per_rank": 1,
+            "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
             "problem": f"N={args.n} D={args.d} kind={args.kind} s={args.s} half_space={args.half_space} float32"}
     print(json.dumps(info))
     rows = [_run(world, args, "time") for world in args.worlds]
