@@ -142,6 +142,23 @@ inline float hsu_acos(float x) {
 }
 #endif
 
+// acos(x) given also om = 1 - |x|, computed by the caller in a wider type where it can: for |x| > 1/2,
+// acos(|x|) = 2 asin(sqrt(om / 2)), which keeps the digits of nearly parallel rows that x alone has lost.
+#if defined(__CUDA_ARCH__)
+HSU_HD float hsu_asin(float x) { return asinf(x); }
+#else
+inline float hsu_asin(float x) { return asin_small(x); }  // only called with |x| <= 1/2
+#endif
+HSU_HD double hsu_asin(double x) { return asin(x); }
+
+template <typename T>
+HSU_HD T hsu_acos_om(T x, T om) {
+  const T pi = T(3.14159265358979323846);
+  if (x <= T(0.5) && x >= T(-0.5)) return hsu_acos(x);
+  const T a = T(2) * hsu_asin(hsu_sqrt(hsu_max(T(0.5) * om, T(0))));
+  return x < T(0) ? pi - a : a;
+}
+
 // x^(-p) for x >= 0 from exp/log; pow_neg_fixed below avoids them for the common exponents.
 template <typename T>
 HSU_HD T pow_neg(T x, T p) {
@@ -194,9 +211,11 @@ HSU_HD void phi_g_k(T s, T t, T eps_ang, G g, T& f, T& df) {
     const T inv_pi = T(0.318309886183790671537767526745028724);
     // |g| < 1 strictly in exact arithmetic (eps_norm sits inside the norm); the clamp only guards
     // rounding and the eps_norm = 0 case, where the derivative would otherwise be infinite times zero.
-    const T gc = hsu_min(hsu_max(static_cast<T>(g), T(-1)), T(1));
-    const T a = hsu_acos(gc) * inv_pi + eps_ang;
-    const T sin_t = hsu_sqrt(hsu_max(T(1) - gc * gc, T(0)));
+    const G gcl = hsu_min(hsu_max(g, G(-1)), G(1));
+    const T gc = static_cast<T>(gcl);
+    const T om = static_cast<T>(G(1) - (gcl < G(0) ? -gcl : gcl));  // 1 - |g|, formed in G
+    const T a = hsu_acos_om(gc, om) * inv_pi + eps_ang;
+    const T sin_t = hsu_sqrt(hsu_max(om * (T(2) - om), T(0)));  // sqrt(1 - g^2) = sqrt((1-|g|)(1+|g|))
     // d(theta/pi)/dg = -1/(pi sin(theta)); written as a quotient so sin = 0 gives inf, not NaN.
     const T dtheta = -inv_pi / sin_t;
     if (KIND == kAngular) {
@@ -344,18 +363,21 @@ namespace hsu {
 // The row epilogue (SPEC §6): from row i's accumulators a_i = sum_j cj w_j and b_i = sum_j ci to dE/dw_i.
 //   normalized:   G = scale * a_i;  dE/dw_i = r_i G - r_i^3 (G . w_i) w_i   (+ k_diag w_i)
 //   un-normalized: dE/dw_i = scale * (a_i + b_i w_i)                        (+ k_diag w_i)
-// `out` may alias `a`.
-template <typename T>
-HSU_HD void row_grad(const Params<T>& p, const T* w, T stat, const T* a, T b, T scale, T k_diag, int64_t D,
+// The two normalized terms cancel when a row's gradient is nearly radial, so the epilogue runs in the
+// wider type A (double for float inputs on the CPU; it is O(N D) work). `out` may alias `a`.
+template <typename T, typename A = T>
+HSU_HD void row_grad(const Params<T>& p, const T* w, A stat, const T* a, A b, A scale, A k_diag, int64_t D,
                      T* out) {
   if (p.normalize) {
-    T gw = T(0);
-    for (int64_t d = 0; d < D; ++d) gw += a[d] * w[d];
-    T r = stat;
-    T radial = r * r * r * scale * gw;
-    for (int64_t d = 0; d < D; ++d) out[d] = r * scale * a[d] - radial * w[d] + k_diag * w[d];
+    A gw = A(0);
+    for (int64_t d = 0; d < D; ++d) gw += static_cast<A>(a[d]) * static_cast<A>(w[d]);
+    const A r = stat;
+    const A radial = r * r * r * scale * gw;
+    for (int64_t d = 0; d < D; ++d)
+      out[d] = static_cast<T>(r * scale * static_cast<A>(a[d]) - (radial - k_diag) * static_cast<A>(w[d]));
   } else {
-    for (int64_t d = 0; d < D; ++d) out[d] = scale * (a[d] + b * w[d]) + k_diag * w[d];
+    for (int64_t d = 0; d < D; ++d)
+      out[d] = static_cast<T>(scale * (static_cast<A>(a[d]) + b * static_cast<A>(w[d])) + k_diag * static_cast<A>(w[d]));
   }
 }
 

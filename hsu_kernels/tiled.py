@@ -50,9 +50,13 @@ def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype) -> Tuple[torch.
     """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3), computed in ``dtype``. ``g`` may come
     in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows)."""
     if p.kind in ("angular", "angular_log"):
-        gc = g.to(dtype).clamp(-1, 1)
-        a = torch.acos(gc) * _INV_PI + p.eps_ang
-        dtheta = -_INV_PI / torch.sqrt((1 - gc * gc).clamp_min(0))
+        g = g.clamp(-1, 1)
+        om = (1 - g.abs()).to(dtype)  # 1 - |g| formed before rounding; acos(|g|) = 2 asin(sqrt(om / 2))
+        gc = g.to(dtype)
+        far = 2 * torch.asin(torch.sqrt(0.5 * om))
+        theta = torch.where(gc.abs() <= 0.5, torch.acos(gc), torch.where(gc < 0, math.pi - far, far))
+        a = theta * _INV_PI + p.eps_ang
+        dtheta = -_INV_PI / torch.sqrt((om * (2 - om)).clamp_min(0))
         if p.kind == "angular":
             f = a.pow(-p.s)
             return f, -p.s * f / a * dtheta
@@ -132,7 +136,14 @@ def row_pass(x, sx, y, sy, p: EnergyParams, self_mode: bool, block: int = DEFAUL
 
 
 def row_grad(x, sx, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
-    """``dE/dw_i`` from the accumulators (the chain rule of SPEC §6, or ``a + b w`` un-normalized)."""
+    """``dE/dw_i`` from the accumulators (the chain rule of SPEC §6, or ``a + b w`` un-normalized).
+
+    Runs in float64 where the device has it: the two normalized terms cancel when a row's gradient is
+    nearly radial, and this is O(N D) work."""
+    if x.device.type != "mps":
+        x, a = x.double(), a.double()
+        sx = row_stats(x, p)
+        b = b.double() if b is not None else None
     if p.normalize:
         gu = scale * a
         r = sx[..., None]
@@ -149,9 +160,10 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK):
     energy = pair_scale * e.sum(-1, dtype=torch.float64)
     grad = row_grad(x, sx, a, b, 2 * pair_scale, p)
     if p.half_space:
-        ed, k = diag_terms((x * x).sum(-1), p)
+        xd = x.double() if x.device.type != "mps" else x
+        ed, k = diag_terms((xd * xd).sum(-1), p)
         energy = energy + ed.sum(-1, dtype=torch.float64)
-        grad = grad + k[..., None] * x
+        grad = grad + k[..., None] * xd
     return energy.to(x.dtype), grad.to(w.dtype)
 
 

@@ -249,22 +249,28 @@ void row_statistics(const Params<T>& p, const at::Tensor& X, T eps_norm, const c
 }
 
 // dE/dw from the accumulators, in place over `a`, plus the half-space self terms; returns their energy.
+// The epilogue runs in double (see row_grad), with the double row statistics `sd`.
 template <typename T>
-std::vector<double> finish_rows(const Params<T>& p, const at::Tensor& X, const at::Tensor& sq,
-                                const at::Tensor& st, at::Tensor& a, const T* b, T scale, T eps_norm,
-                                bool with_diag) {
+std::vector<double> finish_rows(const Params<T>& p, const at::Tensor& X, const at::Tensor& sd, at::Tensor& a,
+                                const T* b, double scale, double eps_norm, bool with_diag) {
   const int64_t B = X.size(0), n = X.size(1), D = X.size(2);
   std::vector<double> ediag(B * n, 0.0);
   const T* xp = X.data_ptr<T>();
-  const T* sqp = sq.data_ptr<T>();
-  const T* stp = st.data_ptr<T>();
+  const double* sdp = sd.data_ptr<double>();
   T* ap = a.data_ptr<T>();
+  const Params<double> pd{p.kind, static_cast<double>(p.s), static_cast<double>(p.t),
+                          static_cast<double>(p.eps_ang), p.half_space, p.normalize};
   at::parallel_for(0, B * n, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      T ed = T(0), k = T(0);
-      if (with_diag) diag_term(p, sqp[r], eps_norm, ed, k);
-      ediag[r] = static_cast<double>(ed);
-      row_grad(p, xp + r * D, stp[r], ap + r * D, b ? b[r] : T(0), scale, k, D, ap + r * D);
+      double ed = 0.0, k = 0.0;
+      if (with_diag) {
+        double sq = 0.0;
+        for (int64_t d = 0; d < D; ++d) sq += static_cast<double>(xp[r * D + d]) * static_cast<double>(xp[r * D + d]);
+        diag_term(pd, sq, eps_norm, ed, k);
+      }
+      ediag[r] = ed;
+      row_grad<T, double>(p, xp + r * D, sdp[r], ap + r * D, b ? static_cast<double>(b[r]) : 0.0, scale, k, D,
+                          ap + r * D);
     }
   });
   return ediag;
@@ -294,8 +300,8 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
     const RowStats rs{sd.data_ptr<double>(), sd.data_ptr<double>()};
     row_pass<T>(p, w, st, w, st, rs, true, e.data(), grad.data_ptr<T>(), normalize ? nullptr : b.data_ptr<T>());
     const T ps = pair_scale<T>(true, half_space);
-    std::vector<double> ed = finish_rows<T>(p, w, sq, st, grad, normalize ? nullptr : b.data_ptr<T>(),
-                                            grad_scale<T>(true, half_space), static_cast<T>(eps_norm), half_space);
+    std::vector<double> ed = finish_rows<T>(p, w, sd, grad, normalize ? nullptr : b.data_ptr<T>(),
+                                            grad_scale<double>(true, half_space), eps_norm, half_space);
     double* ep = energy.data_ptr<double>();
     for (int64_t bb = 0; bb < B; ++bb) {
       double pairs = 0.0, diag = 0.0;
@@ -340,8 +346,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
                 gx.data_ptr<T>(), bxp);
     row_pass<T>(p, y, sty, x, stx, RowStats{sdy.data_ptr<double>(), sdx.data_ptr<double>()}, false, ey.data(),
                 gy.data_ptr<T>(), byp);
-    finish_rows<T>(p, x, sqx, stx, gx, bxp, T(1), static_cast<T>(eps_norm), false);
-    finish_rows<T>(p, y, sqy, sty, gy, byp, T(1), static_cast<T>(eps_norm), false);
+    finish_rows<T>(p, x, sdx, gx, bxp, 1.0, eps_norm, false);
+    finish_rows<T>(p, y, sdy, gy, byp, 1.0, eps_norm, false);
     double* ep = energy.data_ptr<double>();
     for (int64_t bb = 0; bb < B; ++bb) {
       double acc = 0.0;
