@@ -4,8 +4,9 @@ The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func
 :func:`align_loss`, :func:`min_separation`, and the regularizer modules. See SPEC.md for the numbers.
 """
 
-from . import reference
+from . import distributed, reference
 from ._params import KINDS, POWERS
+from .layers import collect_layers, neuron_matrix
 from .ops import (
     BACKENDS,
     align_loss,
@@ -18,10 +19,34 @@ from .ops import (
     uniformity_loss,
 )
 
+from .regularizers import (
+    METHODS,
+    MHERegularizer,
+    comhe_random_loss,
+    mgd_loss,
+    mhc_loss,
+    mhe_loss,
+    mhp_loss,
+    mhs_loss,
+    rmhp_loss,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "METHODS",
+    "MHERegularizer",
+    "collect_layers",
+    "comhe_random_loss",
+    "distributed",
+    "mgd_loss",
+    "mhc_loss",
+    "mhe_loss",
+    "mhp_loss",
+    "mhs_loss",
+    "neuron_matrix",
+    "rmhp_loss",
     "KINDS",
     "POWERS",
     "align_loss",
