@@ -498,7 +498,9 @@ class MHERegularizer(nn.Module):
             ones, as in the reference code); layers with ``D <= pd`` are regularized without projection.
         pn: projections per layer (20 random, 1 learned).
         generator: ``torch.Generator`` for every random draw (projections, initial projections and poles,
-            R-MHP poles); seed it for reproducible values. ``None``: the global RNG.
+            R-MHP poles), on the weights' device; seed it for reproducible values. ``None``: the global RNG.
+            Learned projections/poles are created on the weights' device at construction: build the
+            regularizer after ``model.to(device)``, or move it too (``reg.to(device)``).
         aux_lr: learning rate of the auxiliaries' SGD (0.1 for projections as the reference code's base
             learning rate; also for poles).
         aux_steps: SGD steps per call (1 angle-preserving, 10 adversarial, 1 poles; the reference code's).

@@ -14,6 +14,7 @@ Known minima (s = 1, dim = 3): N = 12: 49.165253058, N = 32: 412.261274651, N = 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Optional, Tuple
@@ -72,6 +73,8 @@ def minimize(
     seed: Optional[int] = 0,
     rounds: int = 8,
     max_iter: int = 500,
+    hops: int = 0,
+    hop_scale: float = 0.3,
     backend: str = "auto",
     verbose: bool = False,
 ) -> Tuple[torch.Tensor, float]:
@@ -86,6 +89,10 @@ def minimize(
         rounds: L-BFGS rounds per start, renormalizing in between; a round that no longer lowers the energy
             ends the start early.
         max_iter: L-BFGS iterations per round.
+        hops: basin-hopping steps after the restarts: perturb the best points by ``hop_scale`` times the
+            typical spacing ``sqrt(4 pi / n)``, re-minimize, keep the result if it is lower. Small N needs
+            none; for N in the hundreds the landscape has very many local minima and hops help.
+        hop_scale: size of a hop, in units of the typical spacing.
         backend: the kernel backend (see :func:`hsu_kernels.energy`).
         verbose: print each start's energy.
 
@@ -93,7 +100,7 @@ def minimize(
         ``(points, energy)``: ``Tensor[n, dim]`` float64 unit rows, and their energy (``sum_{i<j}``).
     """
     for name, value, lo in (("n", n, 2), ("dim", dim, 2), ("restarts", restarts, 1), ("rounds", rounds, 1),
-                            ("max_iter", max_iter, 1)):
+                            ("max_iter", max_iter, 1), ("hops", hops, 0)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value < lo:
@@ -105,18 +112,32 @@ def minimize(
         gen.manual_seed(seed)
     else:
         gen.seed()
-    best_u, best_e = None, float("inf")
-    for r in range(restarts):
-        u = torch.randn(n, dim, generator=gen, dtype=torch.float64)
-        u = u / u.norm(dim=1, keepdim=True)
+    if isinstance(hop_scale, bool) or not isinstance(hop_scale, (int, float)) or not hop_scale > 0:
+        raise ValueError(f"hop_scale must be a number > 0, got {hop_scale!r}")
+
+    def descend(u: torch.Tensor) -> Tuple[torch.Tensor, float]:
         e_prev = float("inf")
         for _ in range(rounds):
             u, e = _lbfgs(u, float(s), max_iter, backend)
             if e >= e_prev * (1 - 1e-15):
                 break
             e_prev = e
+        return u, e
+
+    best_u, best_e = None, float("inf")
+    for r in range(restarts):
+        u = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        u, e = descend(u / u.norm(dim=1, keepdim=True))
         if verbose:
             print(f"  start {r}: E = {e:.9f}", file=sys.stderr)
+        if e < best_e:
+            best_u, best_e = u, e
+    step = hop_scale * (4 * math.pi / n) ** (1 / max(dim - 1, 1))
+    for h in range(hops):
+        x = best_u + step * torch.randn(best_u.shape, generator=gen, dtype=torch.float64)
+        u, e = descend(x / x.norm(dim=1, keepdim=True))
+        if verbose:
+            print(f"  hop {h}: E = {e:.9f}{' (kept)' if e < best_e else ''}", file=sys.stderr)
         if e < best_e:
             best_u, best_e = u, e
     return best_u, best_e
@@ -154,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=3, help="ambient dimension (default 3)")
     parser.add_argument("--s", type=float, default=1.0, help="Riesz exponent (default 1, Coulomb)")
     parser.add_argument("--restarts", type=int, default=4, help="random starts (default 4)")
+    parser.add_argument("--hops", type=int, default=0, help="basin-hopping steps after the starts (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--backend", default="auto", help="kernel backend (default auto)")
     parser.add_argument("--save", metavar="points.npy", help="save the points (numpy .npy, float64 [n, dim])")
@@ -162,10 +184,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    u, e = minimize(args.n, args.dim, s=args.s, restarts=args.restarts, seed=args.seed, backend=args.backend,
-                    verbose=args.verbose)
+    u, e = minimize(args.n, args.dim, s=args.s, restarts=args.restarts, seed=args.seed, hops=args.hops,
+                    backend=args.backend, verbose=args.verbose)
     dt = time.perf_counter() - t0
-    print(f"N = {args.n}, dim = {args.dim}, s = {args.s:g}: energy = {e:.9f}  ({args.restarts} starts, {dt:.1f} s)")
+    print(f"N = {args.n}, dim = {args.dim}, s = {args.s:g}: energy = {e:.9f}  "
+          f"({args.restarts} starts, {args.hops} hops, {dt:.1f} s)")
     known = KNOWN_MINIMA.get(args.n) if args.dim == 3 and args.s == 1.0 else None
     if known is not None:
         print(f"published minimum {known:.9f}, relative difference {(e - known) / known:.2e}")

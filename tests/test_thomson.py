@@ -62,3 +62,11 @@ def test_bad_args():
         thomson.minimize(5, s=0)
     with pytest.raises(ValueError, match="restarts"):
         thomson.minimize(5, restarts=0)
+
+
+def test_hops_never_make_it_worse():
+    u0, e0 = thomson.minimize(60, 3, restarts=1, seed=4)
+    u1, e1 = thomson.minimize(60, 3, restarts=1, seed=4, hops=3)
+    assert e1 <= e0
+    with pytest.raises(ValueError, match="hop_scale"):
+        thomson.minimize(5, hops=1, hop_scale=0.0)
