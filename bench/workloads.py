@@ -284,18 +284,6 @@ def isfinite_all(loss: torch.Tensor, grads: Sequence[torch.Tensor]) -> bool:
     return bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
 
 
-def gb(x: float) -> str:
-    return f"{x / 1e9:.1f} GB"
-
-
-def is_cuda(device: str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
 def nbytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
-
-__all__ = ["ALL_BACKENDS", "Case", "Energy", "HSU_BACKENDS", "LABELS", "MATERIALIZING", "RIVALS",
-           "backend_unavailable", "check_tolerance", "make_inputs", "make_step", "parse_cases", "rel_err"
-           ]
