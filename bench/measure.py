@@ -56,6 +56,14 @@ def time_repeats(fn: Callable[[], object], device: str, budget_s: float = 1.5, m
     return times
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of worker processes: end them when the benchmark that started them ends (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
 def median(xs: List[float]) -> float:
     return statistics.median(xs)
 

@@ -78,7 +78,8 @@ def _probe_memory_cpu(case: Case, energy: Energy, backend: str, dtype: torch.dty
     row = Row(backend, case, dtype)
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.memprobe", json.dumps(spec)], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=900,
+                              preexec_fn=measure.die_with_parent)
     except subprocess.TimeoutExpired:
         row.status = "memory probe timed out"
         return row
@@ -96,8 +97,9 @@ def _probe_memory_cpu(case: Case, energy: Energy, backend: str, dtype: torch.dty
 #: A first call longer than this many ``--budget`` is the only timed call.
 LONG_CALL = 3.0
 
-#: The float64 oracle runs where the workload costs at most this many flops (a few seconds on 2 cores).
-TRUTH_MAX_FLOPS = 2e10
+#: The float64 oracle runs where the workload costs at most this many flops (a few seconds on 2 cores, or
+#: on one GPU).
+TRUTH_MAX_FLOPS = {"cpu": 2e10, "cuda": 2e12}
 
 
 def _max_err(loss, grads, loss0, grads0) -> float:
@@ -105,15 +107,19 @@ def _max_err(loss, grads, loss0, grads0) -> float:
     return max([rel_err(loss, loss0)] + [rel_err(g, g0) for g, g0 in zip(grads, grads0)])
 
 
-def _float64_truth(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: Energy, opts: Options):
-    """(backend, loss, grads) of the workload in float64 on the fastest exact backend here, or None where
-    that is too costly or the inputs are float64 already (then backends are compared with each other)."""
-    if dtype == torch.float64 or case.flops() > TRUTH_MAX_FLOPS:
+def _float64_truth(case: Case, inputs: Sequence[torch.Tensor], backends: Sequence[str], energy: Energy,
+                   opts: Options):
+    """(backend, loss, grads) of the workload in float64 on the fastest exact backend here, from the very
+    inputs the backends see (already rounded to their dtype, so the error measured is the arithmetic's),
+    or None where that is too costly or the inputs are float64 already (then backends are compared with
+    the first one that ran)."""
+    limit = TRUTH_MAX_FLOPS.get(torch.device(opts.device).type, TRUTH_MAX_FLOPS["cpu"])
+    if inputs[0].dtype == torch.float64 or case.flops() > limit:
         return None
     for b in ("cpu", "cuda", "torch"):
         if b in backends:
-            inputs = make_inputs(case, torch.float64, opts.device, opts.seed)
-            loss, grads = make_step(case, energy, b)(inputs)
+            exact = [x.detach().to(torch.float64).requires_grad_(True) for x in inputs]
+            loss, grads = make_step(case, energy, b)(exact)
             return b, loss, grads
     return None
 
@@ -122,7 +128,7 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
     """Every backend on one workload and dtype."""
     rows: List[Row] = []
     inputs = make_inputs(case, dtype, opts.device, opts.seed)
-    truth = _float64_truth(case, dtype, backends, energy, opts)
+    truth = _float64_truth(case, inputs, backends, energy, opts)
     baseline = None  # (backend, loss, grads, error vs truth) of the first backend that ran
     on_gpu = torch.device(opts.device).type == "cuda"
     for backend in backends:

@@ -73,7 +73,8 @@ def sweep_backend(spec: dict) -> List[dict]:
 def _run_worker(spec: dict) -> List[dict]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-m", "bench.sweep", json.dumps(spec)], cwd=root,
-                          stdout=subprocess.PIPE, text=True, timeout=1800)
+                          stdout=subprocess.PIPE, text=True, timeout=1800,
+                          preexec_fn=measure.die_with_parent)
     if proc.returncode != 0:
         return [{"n": spec["ns"][0], "time": None, "mem": None, "status": f"worker failed ({proc.returncode})"}]
     return json.loads(proc.stdout.strip().splitlines()[-1])
