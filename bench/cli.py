@@ -61,6 +61,13 @@ def _ram_bytes() -> float:
         return 16e9
 
 
+def _load():
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def main(argv: List[str] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device
@@ -93,6 +100,7 @@ def main(argv: List[str] = None) -> int:
                           verbose=not args.quiet)
 
     info = measure.hardware(device)
+    load_start = _load()
     if not args.quiet:
         print("hardware: " + "; ".join(f"{k} {v}" for k, v in info.items()), file=sys.stderr)
     peaks = {dt: measure.matmul_peak(device, dt) for dt in dtypes}
@@ -104,6 +112,12 @@ def main(argv: List[str] = None) -> int:
     timing = (f"median of up to {args.repeats} repeats after a warm-up call that is also the correctness "
               f"check, stopping after {args.budget:g} s; "
               + ("CUDA events" if on_gpu else f"time.perf_counter, {torch.get_num_threads()} torch threads"))
+    if load_start is not None:
+        load_end = _load()
+        busy = max(load_start, load_end) > torch.get_num_threads() + 0.5 and not on_gpu
+        info["load average (1 min) at start / end"] = (
+            f"{load_start:.1f} / {load_end:.1f} on {os.cpu_count()} cores"
+            + (": other processes shared the CPU during this run, so times are inflated and noisy" if busy else ""))
     head = report.header(device, info, peaks, skipped, energy_desc, timing, report.describe_memory(device, rows))
     body = head + "\n\n" + report.table(rows, peaks) + "\n"
     print(body)

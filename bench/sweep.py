@@ -139,7 +139,12 @@ def main(args, max_matrix: float) -> int:
     lines = [f"- command: `{report.command_line()}`", f"- commit: `{measure.git_commit()}`"]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines.append(f"- workload: {energy.kind} s={energy.s:g}, energy + gradient, D = {args.sweep_d}, {dtype}")
-    lines.append(f"- peak memory: {report.describe_memory(device)}")
+    if on_gpu:
+        lines.append(f"- peak memory: {report.describe_memory(device)}")
+    else:
+        lines.append("- peak memory: resident-set growth during one step, one fresh process per backend with N "
+                     "increasing; before each point the heap is trimmed (malloc_trim) and the peak-RSS mark "
+                     "reset (/proc/self/clear_refs), then VmHWM - VmRSS before; inputs not counted")
     lines += [f"- not run: {LABELS[b]}: {why}" for b, why in skipped.items()]
     lines.append(f"- plot: {os.path.basename(png)}")
     lines += ["", "| backend | N | time | GFLOP/s | peak memory |", "|---|---|---|---|---|"]
