@@ -69,7 +69,9 @@ def _load():
 
 
 def main(argv: List[str] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    report.ARGV = argv
+    args = parse_args(argv)
     device = args.device
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu and not torch.cuda.is_available():

@@ -207,4 +207,7 @@ def matmul_peak(device: str, dtype: torch.dtype, budget_s: float = 1.0) -> Tuple
     torch.mm(a, b)
     sync(device)
     times = time_repeats(lambda: torch.mm(a, b), device, budget_s=budget_s, min_repeats=3, max_repeats=50)
-    return 2.0 * n ** 3 / min(times), f"best of {len(times)} torch.mm [{n} x {n}] @ [{n} x {n}]"
+    how = f"best of {len(times)} torch.mm [{n} x {n}] @ [{n} x {n}]"
+    if torch.device(device).type == "cuda" and dtype == torch.float32:
+        how += f", allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+    return 2.0 * n ** 3 / min(times), how

@@ -69,8 +69,12 @@ def header(device: str, info: Dict[str, str], peaks: Dict[torch.dtype, Tuple[flo
     return "\n".join(out)
 
 
+#: The arguments of this run (set by ``cli.main``; ``sys.argv`` when run as ``python -m bench``).
+ARGV: Optional[List[str]] = None
+
+
 def command_line() -> str:
-    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = " ".join(shlex.quote(a) for a in (sys.argv[1:] if ARGV is None else ARGV))
     return f"python -m bench {args}".strip()
 
 

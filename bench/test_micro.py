@@ -68,3 +68,18 @@ def test_network_step(benchmark, backend):
 def test_backends_listed():
     """The microbenchmarks cover every backend the package knows (a new one needs a row here)."""
     assert set(BACKENDS) == set(H.BACKENDS) - {"auto"}
+
+
+def test_cli_smoke(tmp_path, capsys):
+    """``python -m bench`` end to end on a tiny workload: a table with one row per backend, a results file
+    with the command and commit, exit status 0."""
+    from .cli import main
+
+    out = tmp_path / "r.md"
+    rc = main(["--sizes", "64,8;network", "--backends", "reference,torch", "--no-memory", "--budget", "0.05",
+               "--quiet", "--out", str(out)])
+    assert rc == 0
+    text = out.read_text()
+    assert "- command: `python -m bench" in text and "- commit: `" in text
+    rows = [line for line in text.splitlines() if line.startswith("| reference") or line.startswith("| torch")]
+    assert len(rows) == 4 and all("FAILED" not in r for r in rows)
