@@ -163,6 +163,13 @@ def test_shapes(n, d):
     check_energy(_rand((1, n, d), 1000 * n + d), p, f"N={n} D={d} hs={p.half_space}")
 
 
+@pytest.mark.parametrize("n,d", [(300, 4608), (1000, 1152)] if ON_GPU else [(9, 4608), (40, 1152)])
+def test_large_d(n, d):
+    """Conv-layer row lengths (up to 3 x 3 x 512 = 4608): the strip path, D looped in chunks."""
+    p = make_params("angular", 1.0, half_space=True)
+    check_energy(_rand((1, n, d), n + d), p, f"large D N={n} D={d}")
+
+
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("kind,s", [("riesz", 1.0), ("riesz", 2.5), ("log", 0.0), ("gaussian", 0.0)])
 def test_normalize_off(kind, s, half_space):

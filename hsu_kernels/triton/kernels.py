@@ -49,9 +49,8 @@ def pow_mode(p: float) -> int:
 
 
 @triton.jit
-def _acos(x):
-    """acos(x) on [-1, 1]: ``sqrt(1-|x|) P(|x|)`` with the degree-7 P of A&S 4.4.46, reflected for x < 0."""
-    ax = tl.abs(x)
+def _acos_poly(ax):
+    """``P(|x|)`` with ``acos(|x|) = sqrt(1 - |x|) P(|x|)`` (degree 7, A&S 4.4.46)."""
     p = ax * -0.0012624911 + 0.0066700901
     p = p * ax - 0.0170881256
     p = p * ax + 0.0308918810
@@ -59,7 +58,14 @@ def _acos(x):
     p = p * ax + 0.0889789874
     p = p * ax - 0.2145988016
     p = p * ax + 1.5707963050
-    r = tl.sqrt(tl.maximum(1.0 - ax, 0.0)) * p
+    return p
+
+
+@triton.jit
+def _acos(x):
+    """acos(x) on [-1, 1], reflected for x < 0."""
+    ax = tl.abs(x)
+    r = tl.sqrt(tl.maximum(1.0 - ax, 0.0)) * _acos_poly(ax)
     return tl.where(x < 0, 3.141592653589793 - r, r)
 
 
@@ -142,10 +148,26 @@ def _pair_terms(dot, si, sj, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexp
 
 @triton.jit
 def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr):
-    """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``."""
+    """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``.
+
+    Normalized, ``g_ii = -|w|^2/n^2`` with ``n^2 = |w|^2 + eps_norm`` rounds to exactly -1 in float32 once
+    ``|w|^2`` is large (D in the thousands), where the angular derivative has ``1/sin(theta)``; so the
+    angular kinds take ``1 + g_ii = eps/n^2`` and ``sin^2 = eps (2|w|^2 + eps) / n^4`` in closed form."""
     if NORM:
         n2 = sq + eps_norm
-        f, df = _phi_g(-(sq / n2), s, t, eps_ang, KIND, POW)
+        if KIND == 2 or KIND == 3:
+            ax = sq / n2
+            theta = 3.141592653589793 - tl.sqrt(eps_norm / n2) * _acos_poly(ax)
+            a = theta * 0.3183098861837907 + eps_ang
+            dtheta = -0.3183098861837907 * n2 / tl.sqrt(eps_norm * (2.0 * sq + eps_norm))
+            if KIND == 2:
+                f = _pow_neg(a, s, POW)
+                df = -s * f / a * dtheta
+            else:
+                f = -tl.log(a)
+                df = -dtheta / a
+        else:
+            f, df = _phi_g(-(sq / n2), s, t, eps_ang, KIND, POW)
         # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
         k = tl.where(eps_norm > 0, -df * 2.0 * eps_norm / (n2 * n2), 0.0)
     else:
@@ -212,16 +234,25 @@ def _fused_configs():
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
         for bm, bn, w, st in (
             (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (32, 32, 4, 2),
-            (16, 32, 4, 2),
+            (32, 32, 8, 2), (16, 32, 4, 2), (16, 32, 8, 2), (16, 64, 8, 2),
         )
     ]
 
 
 def _prune_fused(configs, named_args, **kwargs):
-    """Drop configs whose register tiles are too large for the padded D (accumulator BLOCK_M x BLOCK_D)."""
+    """Drop configs whose register tiles do not fit the padded D. The live fp32 values per thread are about
+    ``(2 BLOCK_M + BLOCK_N) BLOCK_D / threads`` (rows, accumulator, column tile). Compiled for sm_90 with
+    ptxas -v (no GPU needed): exact fp32 products (``ieee``, FMA, no tensor cores) spill tens of KB beyond
+    ~96 per thread (e.g. 32 x 256 rows with 4 warps), tensor-core tiles spill under 2 KB up to ~192."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
-    keep = [c for c in configs if c.kwargs["BLOCK_M"] * bd <= 128 * 128 and c.kwargs["BLOCK_N"] * bd <= 64 * 256]
-    return keep or configs[-1:]
+    fma = kwargs.get("PREC", "ieee") == "ieee" and kwargs.get("C_DTYPE", None) == tl.float32
+    limit = 96 if fma else 192
+
+    def live(c):
+        return (2 * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * bd / (32 * c.num_warps)
+
+    keep = [c for c in configs if live(c) <= limit]
+    return keep or [min(configs, key=live)]
 
 
 def _strip_configs():
@@ -231,6 +262,7 @@ def _strip_configs():
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
         for bm, bn, bk, w, st in (
             (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3), (128, 128, 64, 8, 3),
+            (64, 64, 32, 8, 3), (64, 64, 32, 4, 3),
         )
     ]
 
