@@ -94,7 +94,7 @@ def main(argv: List[str] = None) -> int:
     if unknown:
         print(f"--backends: unknown {unknown}; choose from {list(ALL_BACKENDS)}", file=sys.stderr)
         return 2
-    skipped = {b: why for b in wanted if (why := backend_unavailable(b, device))}
+    skipped = {b: why for b in wanted if (why := backend_unavailable(b, device, bool(args.backends)))}
     backends = [b for b in wanted if b not in skipped]
     energy = Energy(args.kind, args.s, args.half_space)
     opts = runner.Options(device=device, budget_s=args.budget, max_repeats=args.repeats,

@@ -240,11 +240,12 @@ def make_step(case: Case, e: Energy, backend: str):
     return step
 
 
-def backend_unavailable(backend: str, device: str) -> Optional[str]:
-    """Why ``backend`` cannot run on ``device`` here, or None."""
+def backend_unavailable(backend: str, device: str, explicit: bool = False) -> Optional[str]:
+    """Why ``backend`` cannot run on ``device`` here, or None. ``explicit``: the user named it, so
+    run it where it can run at all (KeOps on CPU)."""
     if backend in HSU_BACKENDS:
         if backend in H.available_backends(device):
-            if backend == "triton" and torch.device(device).type == "cpu":
+            if backend == "triton" and torch.device(device).type == "cpu" and not explicit:
                 return "Triton on CPU is the interpreter: a correctness tool, not a benchmark"
             return None
         try:
@@ -259,8 +260,8 @@ def backend_unavailable(backend: str, device: str) -> Optional[str]:
             import pykeops  # noqa: F401
         except Exception:
             return "pykeops is not installed"
-        if torch.device(device).type != "cuda":
-            return "KeOps is benchmarked on GPU only"
+        if torch.device(device).type != "cuda" and not explicit:
+            return "run on GPU only unless named in --backends"
         return None
     return f"unknown backend {backend!r}"
 
