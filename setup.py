@@ -29,12 +29,12 @@ def _extensions():
     with_cuda = not no_cuda and (force or (torch.version.cuda is not None and CUDA_HOME is not None))
 
     arch = os.environ.get("HSU_CPU_ARCH", "native")
-    cxx = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
     if arch:
         cxx.append(f"-march={arch}")
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math" if os.environ.get("HSU_FAST_MATH") == "1" else "-lineinfo"]
+        nvcc = ["-O3", "-std=c++20", "--use_fast_math" if os.environ.get("HSU_FAST_MATH") == "1" else "-lineinfo"]
         return [
             CUDAExtension(
                 "hsu_kernels._C",

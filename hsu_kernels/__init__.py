@@ -6,7 +6,7 @@ The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func
 
 from . import distributed, reference
 from ._params import KINDS, POWERS
-from .layers import collect_layers, neuron_matrix
+from .layers import NeuronLayer, collect_layers, neuron_matrix
 from .ops import (
     BACKENDS,
     align_loss,
@@ -22,13 +22,20 @@ from .ops import (
 from .regularizers import (
     METHODS,
     MHERegularizer,
+    comhe_adversarial_objective,
+    comhe_angle_loss,
     comhe_random_loss,
+    default_coefs,
     mgd_loss,
     mhc_loss,
     mhe_loss,
     mhp_loss,
     mhs_loss,
+    neuron_uniformity,
+    pole_potential,
+    pole_softmin,
     rmhp_loss,
+    uniformity_align_loss,
 )
 
 __version__ = "0.1.0"
@@ -37,7 +44,15 @@ __all__ = [
     "BACKENDS",
     "METHODS",
     "MHERegularizer",
+    "NeuronLayer",
     "collect_layers",
+    "comhe_adversarial_objective",
+    "comhe_angle_loss",
+    "default_coefs",
+    "neuron_uniformity",
+    "pole_potential",
+    "pole_softmin",
+    "uniformity_align_loss",
     "comhe_random_loss",
     "distributed",
     "mgd_loss",

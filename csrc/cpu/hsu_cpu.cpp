@@ -26,9 +26,16 @@ namespace hsu {
 namespace {
 
 constexpr int64_t kDirectMaxD = 32;  // crossover measured with bench/ (direct vs GEMM engine)
-constexpr int64_t kRowBlock = 32;    // rows per parallel task
+#ifndef HSU_GEMM_ROWS
+#define HSU_GEMM_ROWS 64
+#endif
+#ifndef HSU_GEMM_COLS
+#define HSU_GEMM_COLS 1024
+#endif
+constexpr int64_t kRowBlock = 32;    // rows per parallel task (direct engine)
+constexpr int64_t kGemmRowBlock = HSU_GEMM_ROWS;  // rows per parallel task (GEMM engine)
 constexpr int64_t kChunk = 256;      // columns per vectorized chunk (direct engine)
-constexpr int64_t kColBlock = 512;   // columns per tile (GEMM engine)
+constexpr int64_t kColBlock = HSU_GEMM_COLS;   // columns per tile (GEMM engine)
 
 // Per-row outputs of one pass: e_i = sum_j psi_ij (double), a_i = sum_j cj w_j, b_i = sum_j ci.
 template <typename T>
@@ -165,11 +172,12 @@ void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& s
   const bool direct = D <= kDirectMaxD;
   at::Tensor YT;
   if (direct) YT = Y.transpose(1, 2).contiguous();  // [B, D, n2]: columns contiguous per coordinate
-  const int64_t nblk = (n1 + kRowBlock - 1) / kRowBlock;
+  const int64_t rb = direct ? kRowBlock : kGemmRowBlock;
+  const int64_t nblk = (n1 + rb - 1) / rb;
   at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bb = task / nblk, blk = task % nblk;
-      const int64_t i0 = blk * kRowBlock, i1 = std::min(n1, i0 + kRowBlock);
+      const int64_t i0 = blk * rb, i1 = std::min(n1, i0 + rb);
       RowOut<T> out{e + bb * n1, a + bb * n1 * D, b ? b + bb * n1 : nullptr};
       const T* sxp = sx.data_ptr<T>() + bb * n1;
       const T* syp = sy.data_ptr<T>() + bb * n2;
