@@ -98,11 +98,29 @@ def _safe_energy_grad(w, p, dtype):
 def _low_precision_error(w, p, e64, g64):
     """The reference's own error in ``w``'s dtype: the larger of its two forms (normalize-then-multiply,
     and the safe form), since one evaluation's error is a random draw that can be near zero by luck (a
-    single energy of 130 points on the line was 40x luckier than typical in one draw)."""
-    e1, g1 = _ref_energy_grad(w, p, w.dtype)
-    e2, g2 = _safe_energy_grad(w, p, w.dtype)
-    pick = lambda a, b, ref: a if (a.double() - ref).abs().max() >= (b.double() - ref).abs().max() else b  # noqa: E731
-    return pick(e1, e2, e64), pick(g1, g2, g64)
+    single energy of 130 points on the line was 40x luckier than typical in one draw). A form that is not
+    finite is left out (the half-space diagonal ``g_ii`` rounds to -1 in low precision at large D, where
+    the angular derivative is infinite); ``None`` when neither is finite."""
+    forms = [f for f in (_ref_energy_grad(w, p, w.dtype), _safe_energy_grad(w, p, w.dtype))
+             if bool(torch.isfinite(f[0]).all()) and bool(torch.isfinite(f[1]).all())]
+    if not forms:
+        return None, None
+    err = lambda t, ref: (t.double() - ref).abs().max().item()  # noqa: E731
+    return max((f[0] for f in forms), key=lambda t: err(t, e64)), max((f[1] for f in forms), key=lambda t: err(t, g64))
+
+
+#: Used only where the reference cannot compute in the input's dtype (see ``_low_precision_error``):
+#: relative RMS bounds on (energy, gradient), about 3x the worst the kernel showed in the interpreter
+#: (energy <= 7e-8 in every dtype; gradient 3e-6 float32 at D = 300, 1.2e-5 at D = 4608, 2.1e-4 float16,
+#: 6.2e-3 bfloat16).
+FALLBACK_REL = {torch.float32: (1e-6, 5e-5), torch.float16: (1e-6, 7e-4), torch.bfloat16: (1e-6, 2e-2)}
+
+
+def assert_rel_rms(name, got, ref64, bound):
+    got, ref64 = got.detach().double().cpu(), ref64.detach().double().cpu()
+    assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite values"
+    rel = ((got - ref64).pow(2).mean().sqrt() / ref64.pow(2).mean().sqrt()).item()
+    assert rel <= bound, f"{name}: relative rms error {rel:.3e} > documented bound {bound:.1e}"
 
 
 def assert_close_to_ref(name, got, ref64, ref_low, floor=FLOOR, factor=2.0):
@@ -112,6 +130,7 @@ def assert_close_to_ref(name, got, ref64, ref_low, floor=FLOOR, factor=2.0):
     (which catches localized bugs); each bound gets ``floor * max|ref64|`` added. On failure says how many
     elements are off, where the worst one is, and both errors."""
     got, ref64, ref_low = got.detach().double().cpu(), ref64.detach().double().cpu(), ref_low.detach().double().cpu()
+    assert torch.isfinite(ref_low).all(), f"{name}: the low-precision yardstick is not finite (no bound)"
     assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
     assert torch.isfinite(got).all(), f"{name}: {int((~torch.isfinite(got)).sum())} non-finite values"
     err, ref_err = (got - ref64).abs(), (ref_low - ref64).abs()
@@ -137,6 +156,11 @@ def check_energy(w, p, name, floor=FLOOR, factor=2.0, precision=None):
     assert e.dtype == torch.float32 and g.dtype == w.dtype and g.shape == w.shape
     e64, g64 = _ref_energy_grad(w, p, torch.float64)
     e_low, g_low = _low_precision_error(w, p, e64, g64)
+    if e_low is None:
+        be, bg = FALLBACK_REL[w.dtype]
+        assert_rel_rms(f"{name} energy", e, e64, be)
+        assert_rel_rms(f"{name} grad", g, g64, bg)
+        return
     assert_close_to_ref(f"{name} energy", e, e64, e_low, floor, factor)
     assert_close_to_ref(f"{name} grad", g, g64, g_low, floor, factor)
 
@@ -193,9 +217,20 @@ def test_batched(d):
 
 
 def test_eps_norm_zero_half_space():
-    """eps_norm = 0: exact unit rows; the diagonal pair (u_i, -u_i) contributes energy but no gradient."""
+    """eps_norm = 0: exact unit rows; the diagonal pair (u_i, -u_i) at g = -1 contributes phi(-1) each and no
+    gradient. The reference cannot do this case (g_ii rounds below -1, acos gives NaN), so the expected value
+    is SPEC §4's form written out in float64: 2 sum_{i<j} [phi(g) + phi(-g)] + N phi(-1)."""
     p = make_params("angular", 1.0, half_space=True, eps_norm=0.0)
-    check_energy(_rand((1, 20, 3), 5), p, "eps_norm=0 angular half-space")
+    w = _rand((1, 20, 3), 5)
+    e, g = ht.energy_grad(w, p)
+    wd = w.double().requires_grad_(True)
+    u = wd / wd.norm(dim=-1, keepdim=True)
+    iu = torch.triu_indices(20, 20, offset=1)
+    gij = (u @ u.transpose(-1, -2))[..., iu[0], iu[1]]
+    ref = 2 * (reference.phi_of_g(gij, p) + reference.phi_of_g(-gij, p)).sum(-1) + 20 * (1 + p.eps_ang) ** -p.s
+    (gref,) = torch.autograd.grad(ref.sum(), wd)
+    torch.testing.assert_close(e.double(), ref.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(g.double(), gref, rtol=0, atol=1e-4 * gref.abs().max().item())
 
 
 @pytest.mark.parametrize("kind,s,hs", [("riesz", 1.0, True), ("angular_log", 0.0, False), ("log", 0.0, True)])

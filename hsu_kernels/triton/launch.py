@@ -112,7 +112,7 @@ class _Layout:
         self.device = device
         self.tab = self.table(range(self.k), with_cbase=True)
 
-    def table(self, ks, with_cbase: bool, ) -> torch.Tensor:
+    def table(self, ks, with_cbase: bool) -> torch.Tensor:
         ks = list(ks)
         rows = [[self.nx[k] for k in ks], [self.ny[k] for k in ks], [self.d[k] for k in ks],
                 [self.xoff[k] for k in ks], [self.yoff[k] for k in ks], [self.xrow[k] for k in ks],
