@@ -26,9 +26,15 @@
 //
 // Arithmetic is exact IEEE fp32/fp64 (no fast-math intrinsics, no tensor cores). The energy of a row is
 // summed in T within a column tile and in double across tiles. Indices are int64.
+//
+// HSU_CUDA_EMULATE: csrc/tests/test_cuda_emulated.cpp compiles the kernels as plain C++ (one host thread
+// per CUDA thread, a barrier for __syncthreads) to check their indexing without a GPU; it then supplies
+// the CUDA keywords itself and the launchers below are left out.
 #pragma once
 
+#ifndef HSU_CUDA_EMULATE
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 
@@ -387,6 +393,7 @@ inline int choose_splits(int64_t B, int64_t n1, int64_t n2, int64_t D, int num_s
   return static_cast<int>(splits < 1 ? 1 : splits);
 }
 
+#ifndef HSU_CUDA_EMULATE
 template <typename T>
 inline cudaError_t launch_row_stats(const T* x, int64_t rows, int64_t D, const Params<T>& p, T eps_norm, T* sq,
                                     T* st, cudaStream_t stream) {
@@ -445,6 +452,8 @@ inline cudaError_t launch_reduce_energy(const double* e_row, const double* e_dia
   if (B > 0) reduce_energy_kernel<<<static_cast<unsigned>(B), kReduceThreads, 0, stream>>>(e_row, e_diag, n, pair_scale, out);
   return cudaGetLastError();
 }
+
+#endif  // HSU_CUDA_EMULATE
 
 }  // namespace cuda
 }  // namespace hsu

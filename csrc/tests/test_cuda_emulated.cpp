@@ -1,0 +1,219 @@
+// The CUDA kernels of csrc/cuda/hsu_cuda_kernels.cuh run on the CPU: every CUDA thread of a block is a host
+// thread, __syncthreads is a barrier, __shared__ arrays are shared by the block's threads. This checks the
+// kernels' logic (tiles, tails, column splits, the skipped diagonal, the row epilogue, the reduction)
+// against a host loop in double on machines without a GPU. It says nothing about the device compiler
+// (cuda_compile_check.cu does) or the device's float exp/log/acos (the host polynomials stand in for them).
+#define HSU_CUDA_EMULATE 1
+
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim;
+std::barrier<>* g_block_barrier = nullptr;
+inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static  // one copy per kernel instantiation; blocks run one at a time
+#define __align__(n) __attribute__((aligned(n)))
+
+#include "../cuda/hsu_cuda_kernels.cuh"
+#include "../hsu_pair.h"
+
+namespace {
+
+// Runs `body` as a grid of blocks of `threads` threads, one block at a time.
+void launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& body) {
+  blockDim.x = threads;
+  for (unsigned by = 0; by < gy; ++by)
+    for (unsigned bx = 0; bx < gx; ++bx) {
+      std::barrier<> bar(threads);
+      g_block_barrier = &bar;
+      std::vector<std::thread> ts;
+      ts.reserve(threads);
+      for (unsigned t = 0; t < threads; ++t)
+        ts.emplace_back([&, t] {
+          threadIdx.x = t;
+          blockIdx.x = bx;
+          blockIdx.y = by;
+          body();
+        });
+      for (auto& th : ts) th.join();
+    }
+}
+
+// Host loop in double: rows of x against rows of y (self: the same matrix, diagonal skipped).
+void host_rows(const hsu::Params<double>& p, const std::vector<double>& x, const std::vector<double>& y, int64_t B,
+               int64_t n1, int64_t n2, int64_t D, double eps, bool self, std::vector<double>& energy,
+               std::vector<double>& grad) {
+  energy.assign(B, 0.0);
+  grad.assign(B * n1 * D, 0.0);
+  auto stat = [&](const double* v, double& sq) {
+    sq = 0.0;
+    for (int64_t d = 0; d < D; ++d) sq += v[d] * v[d];
+    return hsu::row_stat(p, sq, eps);
+  };
+  std::vector<double> a(D);
+  for (int64_t b = 0; b < B; ++b) {
+    double pairs = 0.0, diag = 0.0;
+    for (int64_t i = 0; i < n1; ++i) {
+      const double* xi = &x[(b * n1 + i) * D];
+      double sqi, sqj;
+      const double si = stat(xi, sqi);
+      std::fill(a.begin(), a.end(), 0.0);
+      double bsum = 0.0;
+      for (int64_t j = 0; j < n2; ++j) {
+        if (self && i == j) continue;
+        const double* yj = &y[(b * n2 + j) * D];
+        const double sj = stat(yj, sqj);
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; ++d) dot += xi[d] * yj[d];
+        double e, cj, ci;
+        hsu::pair_terms(p, dot, si, sj, e, cj, ci);
+        pairs += e;
+        bsum += ci;
+        for (int64_t d = 0; d < D; ++d) a[d] += cj * yj[d];
+      }
+      double ed = 0.0, k = 0.0;
+      if (self && p.half_space) hsu::diag_term(p, sqi, eps, ed, k);
+      diag += ed;
+      hsu::row_grad(p, xi, si, a.data(), bsum, hsu::grad_scale<double>(self, p.half_space), k, D,
+                    &grad[(b * n1 + i) * D]);
+    }
+    energy[b] = hsu::pair_scale<double>(self, p.half_space) * pairs + diag;
+  }
+}
+
+// The device pipeline of csrc/cuda/hsu_cuda.cu (stats, pass, finish, reduce), emulated.
+template <typename T>
+void emulated_rows(const hsu::Params<T>& p, const std::vector<T>& x, const std::vector<T>& y, int64_t B, int64_t n1,
+                   int64_t n2, int64_t D, T eps, bool self, int splits, std::vector<double>& energy,
+                   std::vector<double>& grad) {
+  namespace hc = hsu::cuda;
+  std::vector<T> sqx(B * n1), stx(B * n1), sqy(B * n2), sty(B * n2);
+  launch(static_cast<unsigned>((B * n1 + 63) / 64), 1, 64,
+         [&] { hc::row_stats_kernel<T>(x.data(), B * n1, D, p, eps, sqx.data(), stx.data()); });
+  launch(static_cast<unsigned>((B * n2 + 63) / 64), 1, 64,
+         [&] { hc::row_stats_kernel<T>(y.data(), B * n2, D, p, eps, sqy.data(), sty.data()); });
+  std::vector<double> part_e(splits * B * n1, NAN);
+  std::vector<T> part_a(splits * B * n1 * D, T(NAN)), part_b(splits * B * n1, T(NAN));
+  hc::PassArgs<T> a{x.data(), stx.data(), y.data(), sty.data(), B, n1, n2, D, self, p, splits,
+                    part_e.data(), part_a.data(), p.normalize ? nullptr : part_b.data()};
+  const unsigned gx = static_cast<unsigned>(B * ((n1 + hc::kBlock - 1) / hc::kBlock));
+  const int width = hc::small_width<T>(D);
+  const int mode = hc::exponent_mode(p);
+  std::function<void()> body;
+  auto small = [&](auto kind_tag) {
+    constexpr int64_t K = decltype(kind_tag)::value;
+    if (width == 4) body = [&] { hc::pair_pass_small<T, K, 4>(a, mode); };
+    else if (width == 16) body = [&] { hc::pair_pass_small<T, K, 16>(a, mode); };
+    else if constexpr (sizeof(T) == 4) body = [&] { hc::pair_pass_small<T, K, 32>(a, mode); };
+  };
+  if (width == 0) body = [&] { hc::pair_pass_general<T>(a); };
+  else if (p.kind == hsu::kRiesz) small(std::integral_constant<int64_t, hsu::kRiesz>{});
+  else if (p.kind == hsu::kLog) small(std::integral_constant<int64_t, hsu::kLog>{});
+  else if (p.kind == hsu::kAngular) small(std::integral_constant<int64_t, hsu::kAngular>{});
+  else if (p.kind == hsu::kAngularLog) small(std::integral_constant<int64_t, hsu::kAngularLog>{});
+  else small(std::integral_constant<int64_t, hsu::kGaussian>{});
+  launch(gx, static_cast<unsigned>(splits), hc::kBlock, body);
+
+  std::vector<T> g(B * n1 * D);
+  std::vector<double> e_row(B * n1), e_diag(B * n1);
+  hc::FinishArgs<T> f{x.data(), sqx.data(), stx.data(), B * n1, D, splits, part_e.data(), part_a.data(),
+                      p.normalize ? nullptr : part_b.data(), p, eps, hsu::grad_scale<T>(self, p.half_space),
+                      self && p.half_space, g.data(), e_row.data(), e_diag.data()};
+  launch(static_cast<unsigned>((B * n1 + 31) / 32), 1, 32, [&] { hc::finish_rows_kernel<T>(f); });
+  energy.assign(B, 0.0);
+  launch(static_cast<unsigned>(B), 1, hc::kReduceThreads, [&] {
+    hc::reduce_energy_kernel(e_row.data(), e_diag.data(), n1, hsu::pair_scale<double>(self, p.half_space),
+                             energy.data());
+  });
+  grad.assign(g.begin(), g.end());
+}
+
+int g_cases = 0, g_fails = 0;
+
+template <typename T>
+void check(int64_t kind, double s, bool hs, bool norm, int64_t B, int64_t n1, int64_t n2, int64_t D, bool self,
+           int splits, double tol, std::mt19937_64& rng) {
+  if (self) n2 = n1;
+  std::normal_distribution<double> nd;
+  std::vector<T> x(B * n1 * D), y(B * n2 * D);
+  // un-normalized rows of norm ~1, so that exp(-t d2) does not underflow
+  const double scale = norm ? 1.0 : 1.0 / std::sqrt(static_cast<double>(D));
+  for (T& v : x) v = static_cast<T>(scale * nd(rng));
+  for (T& v : y) v = static_cast<T>(scale * nd(rng));
+  if (self) y = x;
+  const double eps = 1e-4;
+  std::vector<double> e_ref, g_ref, e_dev, g_dev;
+  host_rows(hsu::Params<double>{kind, s, 2.0, 1e-4, hs, norm}, std::vector<double>(x.begin(), x.end()),
+            std::vector<double>(y.begin(), y.end()), B, n1, n2, D, eps, self, e_ref, g_ref);
+  emulated_rows<T>(hsu::Params<T>{kind, T(s), T(2), T(1e-4), hs, norm}, x, y, B, n1, n2, D, T(eps), self, splits,
+                   e_dev, g_dev);
+  double gmax = 0.0, gerr = 0.0, eerr = 0.0;
+  for (size_t k = 0; k < g_ref.size(); ++k) {
+    gmax = std::fmax(gmax, std::fabs(g_ref[k]));
+    gerr = std::fmax(gerr, std::fabs(g_ref[k] - g_dev[k]));
+  }
+  for (int64_t b = 0; b < B; ++b) eerr = std::fmax(eerr, std::fabs(e_ref[b] - e_dev[b]) / std::fabs(e_ref[b]));
+  ++g_cases;
+  const bool ok = eerr <= tol && gerr <= tol * gmax;  // NaN fails both
+  if (!ok) {
+    ++g_fails;
+    std::printf("FAIL %s kind=%lld s=%g hs=%d norm=%d B=%lld n1=%lld n2=%lld D=%lld self=%d splits=%d: "
+                "energy rel err %.3g, grad err %.3g of %.3g\n",
+                sizeof(T) == 4 ? "float" : "double", static_cast<long long>(kind), s, hs, norm,
+                static_cast<long long>(B), static_cast<long long>(n1), static_cast<long long>(n2),
+                static_cast<long long>(D), self, splits, eerr, gerr, gmax);
+  }
+}
+
+template <typename T>
+void check_all(double tol, std::mt19937_64& rng) {
+  // D reaches every engine (small widths 4, 16, 32 and the general one with chunk tails); N the tile
+  // tails (small tile 128, general tile 32); splits 1 and several, including more splits than tiles.
+  const int64_t dims[] = {3, 13, 32, 45};
+  for (int64_t kind = 0; kind < hsu::kNumKinds; ++kind)
+    for (int norm = 1; norm >= 0; --norm) {
+      if (!norm && (kind == hsu::kAngular || kind == hsu::kAngularLog)) continue;
+      for (int hs = 0; hs < 2; ++hs)
+        for (int64_t D : dims) {
+          const double s = kind == hsu::kRiesz ? (D == 3 ? 1.0 : D == 13 ? 2.0 : 1.5) : 2.0;
+          check<T>(kind, s, hs, norm, 2, 130, 0, D, true, 2, tol, rng);
+          check<T>(kind, s, hs, norm, 1, 5, 0, D, true, 1, tol, rng);
+          check<T>(kind, s, hs, norm, 1, 20, 200, D, false, 3, tol, rng);
+        }
+    }
+  check<T>(hsu::kRiesz, 1.0, true, true, 1, 300, 0, 3, true, 5, tol, rng);
+  check<T>(hsu::kRiesz, 1.0, true, true, 1, 70, 0, 70, true, 4, tol, rng);
+  check<T>(hsu::kGaussian, 1.0, false, false, 1, 2, 0, 1, true, 1, tol, rng);
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(7);
+  check_all<double>(1e-11, rng);
+  // float: the logic is the one checked in double; the tolerance covers float rounding of 2 - 2g and of
+  // acos near +-1 for the closest of 130 random points on the 2-sphere (measured worst: 2e-3)
+  check_all<float>(5e-3, rng);
+  // the split count the launcher picks stays within its bounds
+  ++g_cases;
+  const int sp = hsu::cuda::choose_splits<float>(1, 4096, 4096, 3, 132);
+  if (sp < 1 || sp > hsu::cuda::kMaxSplits || sp > 4096 / hsu::cuda::kSmallTile / 2) {
+    ++g_fails;
+    std::printf("FAIL choose_splits(4096, D=3, 132 SMs) = %d\n", sp);
+  }
+  std::printf("%d cases, %d failures\n", g_cases, g_fails);
+  return g_fails ? 1 : 0;
+}
