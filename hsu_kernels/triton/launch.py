@@ -49,7 +49,7 @@ STRIP_BYTES = 1 << 30
 #: registers next to a BLOCK_M x BLOCK_D accumulator. The strip path's epilogue streams D and uses float64.
 EPILOGUE_DTYPE = tl.float32
 _EPILOGUE_BLOCK_M = 32
-_EPILOGUE_BLOCK_D = 128
+_EPILOGUE_BLOCK_D = 64
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
