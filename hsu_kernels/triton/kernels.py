@@ -224,7 +224,7 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # Autotuning
 # --------------------------------------------------------------------------------------------------------
 # Keys: N_KEY (the largest N, bucketed to a power of two by the host), D_KEY (the padded D), the kind and
-# mode flags; Triton adds the tensor dtypes. Under the interpreter one small config keeps tests fast.
+# mode flags, the product precisions; Triton adds the tensor dtypes. Under the interpreter one small config keeps tests fast.
 
 
 def _fused_configs():
@@ -286,7 +286,7 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 # --------------------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_fused_configs(), key=_KEYS + ["BLOCK_D"], prune_configs_by={"early_config_prune": _prune_fused})
+@triton.autotune(configs=_fused_configs(), key=_KEYS + ["BLOCK_D", "PREC", "C_DTYPE"], prune_configs_by={"early_config_prune": _prune_fused})
 @triton.jit
 def fused_kernel(
     x_ptr, y_ptr, g_ptr, e_ptr, tab_ptr, K,
@@ -368,7 +368,7 @@ def fused_kernel(
 # --------------------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_strip_configs(), key=_KEYS)
+@triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"])
 @triton.jit
 def coef_kernel(
     x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, tab_ptr, K,
@@ -429,7 +429,7 @@ def coef_kernel(
     tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
 
 
-@triton.autotune(configs=_gemm_configs(), key=_KEYS)
+@triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"])
 @triton.jit
 def gemm_kernel(
     c_ptr, y_ptr, a_ptr, tab_ptr, K,

@@ -110,7 +110,15 @@ class _Layout:
         self.total_rows = self.xrow[-1] + self.nx[-1]
         self.c_elems = self.cbase[-1] + self.nx[-1] * self.ny[-1]
         self.device = device
-        self.tab = self.table(range(self.k), with_cbase=True)
+        self._tab: Optional[torch.Tensor] = None
+
+    @property
+    def tab(self) -> torch.Tensor:
+        """The int64 ``[7, K]`` table on the device, built on first use (a uniform fused launch never
+        reads it and gets a placeholder, saving a host-to-device copy per call)."""
+        if self._tab is None:
+            self._tab = self.table(range(self.k), with_cbase=True)
+        return self._tab
 
     def table(self, ks, with_cbase: bool) -> torch.Tensor:
         ks = list(ks)
@@ -162,8 +170,9 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         if max_d <= FUSED_MAX_D:
             block_d = max(16, triton.next_power_of_2(max_d))
             grid = lambda meta: (triton.cdiv(max_nx, meta["BLOCK_M"]), lay.k)  # noqa: E731
+            tab = _placeholder(dev) if lay.uniform else lay.tab
             K.fused_kernel[grid](
-                x, y, g, e, lay.tab, lay.k, nx_u, ny_u, d_u,
+                x, y, g, e, tab, lay.k, nx_u, ny_u, d_u,
                 scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale,
                 keys["N_KEY"], keys["D_KEY"],
                 SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
@@ -207,6 +216,17 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
             BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
         )
     return e, g
+
+
+_PLACEHOLDERS = {}
+
+
+def _placeholder(dev) -> torch.Tensor:
+    """A one-element int64 tensor standing for the table of a uniform launch (never read)."""
+    key = str(dev)
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = torch.zeros(1, dtype=torch.int64, device=dev)
+    return _PLACEHOLDERS[key]
 
 
 class _nullctx:
