@@ -391,6 +391,22 @@ def test_sanity_values():
         assert abs(got - value) < 0.05 * abs(value), (power, got, value)
 
 
+def test_gpu_config_pruning():
+    """The GPU autotuning list keeps at least one config for every padded D and product mode, and only
+    configs within the register budget measured with ptxas (see kernels._prune_fused)."""
+    import triton.language as tl
+
+    from hsu_kernels.triton import kernels
+
+    configs = kernels._fused_configs(interpret=False)
+    for bd in (16, 32, 64, 128, 256):
+        for prec, cdt, limit in (("ieee", tl.float32, 96), ("tf32", tl.float32, 192), ("tf32", tl.bfloat16, 192)):
+            kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt)
+            assert kept, (bd, prec)
+            for c in kept:
+                assert (2 * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * bd / (32 * c.num_warps) <= limit
+
+
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU every test above already compiles the kernels for real")
 def test_kernels_compile_for_gpu():
     """Under the interpreter nothing is compiled; this lowers the kernels through Triton's GPU passes and

@@ -227,8 +227,8 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # mode flags, the product precisions; Triton adds the tensor dtypes. Under the interpreter one small config keeps tests fast.
 
 
-def _fused_configs():
-    if INTERPRET:
+def _fused_configs(interpret: bool = INTERPRET):
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
