@@ -1,0 +1,51 @@
+"""Memory is part of the contract: no backend but the reference allocates O(N^2).
+
+Each case runs in a fresh subprocess and reports its peak RSS growth (ru_maxrss after the call minus
+before it), compared with the size of the N x N float32 matrix the reference would need.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hsu_kernels import _ext
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    import hsu_kernels as hk
+    backend, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    w = torch.randn(n, d).requires_grad_(True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    e = hk.energy(w, backend=backend, half_space=True)
+    e.backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_mb": (after - before) / 1024, "energy": float(e)}))
+    """
+)
+
+
+def _peak_growth_mb(backend: str, n: int, d: int) -> float:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, backend, str(n), str(d)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("d", [8, 40])  # the direct and the GEMM engine
+def test_cpu_kernel_memory_is_linear(d):
+    n = 14000  # the N x N float32 matrix alone: 750 MB
+    growth = _peak_growth_mb("cpu", n, d)
+    matrix_mb = n * n * 4 / 2**20
+    assert growth < 150, f"peak RSS grew {growth:.0f} MB (N x N would be {matrix_mb:.0f} MB)"
+
+
+def test_tiled_torch_memory_is_linear():
+    """The tiled path holds a few [block, N] tiles: doubling N doubles its peak, it does not quadruple it."""
+    small, large = _peak_growth_mb("torch", 5000, 8), _peak_growth_mb("torch", 10000, 8)
+    assert large < 2.8 * small, f"peak RSS growth {small:.0f} MB at N=5000, {large:.0f} MB at N=10000"
+    assert large < 10000 * 10000 * 4 / 2**20, f"peak RSS grew {large:.0f} MB, more than the N x N matrix"
