@@ -25,7 +25,11 @@ products are exact in the fp32 accumulator; the second product ``phi'(S) y`` tak
 ``phi'`` of close pairs). float64 is not supported (TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
 
 Determinism: no atomics anywhere. Every output element is written by exactly one program, per-row energies
-are reduced on the host in float64 in a fixed order, so two runs give bitwise the same result.
+are reduced on the host in float64 in a fixed order, so two runs give bitwise the same result. The price:
+each unordered pair is evaluated from both of its rows. Visiting only tiles with ``i <= j`` would halve the
+transcendentals but must add the column side's gradient into rows owned by other programs (atomics, or a
+partial-gradient buffer of ``N^2 D / BLOCK_M`` elements); it is not implemented, since whether it wins can
+only be measured on a GPU.
 """
 
 from __future__ import annotations
