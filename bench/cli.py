@@ -44,6 +44,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--max-matrix-gb", type=float, default=None,
                     help="skip materializing backends whose N x N matrix exceeds this; "
                          "default: 4 (or a quarter of RAM if less) on CPU, no limit on GPU (OOM is reported)")
+    ap.add_argument("--max-call-s", type=float, default=None,
+                    help="skip a backend on a workload when its best flop rate so far in this run says one "
+                         "call would take longer; default 20 on CPU, 300 on GPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="results file; default bench/results/<device>-<date>.md")
@@ -99,7 +102,8 @@ def main(argv: List[str] = None) -> int:
     energy = Energy(args.kind, args.s, args.half_space)
     opts = runner.Options(device=device, budget_s=args.budget, max_repeats=args.repeats,
                           max_matrix_bytes=max_matrix, seed=args.seed, measure_memory=not args.no_memory,
-                          verbose=not args.quiet)
+                          verbose=not args.quiet,
+                          max_call_s=args.max_call_s or (300.0 if on_gpu else 20.0))
 
     info = measure.hardware(device)
     load_start = _load()

@@ -62,6 +62,9 @@ class Options:
     seed: int = 0
     measure_memory: bool = True
     verbose: bool = True
+    max_call_s: float = float("inf")
+    #: each backend's best flop rate so far in this run (for ``max_call_s``)
+    best_rate: Dict[str, float] = field(default_factory=dict)
 
 
 def _log(opts: Options, msg: str) -> None:
@@ -140,6 +143,13 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
                           f"limit {measure.fmt_bytes(opts.max_matrix_bytes)}, --max-matrix-gb)")
             _log(opts, f"  {LABELS[backend]:26s} {row.status}")
             continue
+        rate = opts.best_rate.get(backend)
+        if rate and case.flops() / rate > opts.max_call_s:
+            row.status = (f"skipped (one call would take at least {measure.fmt_time(case.flops() / rate)} at its "
+                          f"best rate in this run, {rate / 1e9:.1f} GFLOP/s; limit --max-call-s "
+                          f"{opts.max_call_s:g})")
+            _log(opts, f"  {LABELS[backend]:26s} {row.status}")
+            continue
         _log(opts, f"  {LABELS[backend]:26s} ...")
         holder: list = []
         try:
@@ -181,6 +191,7 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
                                                  opts.max_repeats)
                 if backend == "compile" or row.first_call > 2 * row.time:
                     row.notes.append(f"first call {measure.fmt_time(row.first_call)}")
+            opts.best_rate[backend] = max(opts.best_rate.get(backend, 0.0), case.flops() / row.time)
             if opts.measure_memory:
                 if on_gpu:
                     row.peak_bytes = measure.cuda_growth(lambda: step(inputs), opts.device)
