@@ -15,6 +15,7 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -71,8 +72,9 @@ def available_backends(device="cpu") -> List[str]:
     return [b for b in BACKENDS[1:] if _backend_ok(b, device)[0]]
 
 
-def resolve_backend(backend: str, device: torch.device, d: int = 0) -> str:
-    """The concrete backend ``backend`` stands for on ``device`` with rows of length ``d``."""
+def resolve_backend(backend: str, device: torch.device, d: int = 0, dtype: Optional[torch.dtype] = None) -> str:
+    """The concrete backend ``backend`` stands for on ``device`` with rows of length ``d`` and ``dtype``
+    (Triton serves float32 and half types only, so ``auto`` never picks it for float64)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend != "auto":
@@ -87,6 +89,8 @@ def resolve_backend(backend: str, device: torch.device, d: int = 0) -> str:
         order = ["cpu", "torch"]
     elif device.type == "cuda":
         order = ["cuda", "triton", "torch"] if d <= CUDA_SMALL_D else ["triton", "cuda", "torch"]
+        if dtype == torch.float64:
+            order.remove("triton")
     else:
         order = ["torch"]
     for name in order:
@@ -127,7 +131,17 @@ class _FusedCrossEnergy(torch.autograd.Function):
         return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None
 
 
-def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str) -> torch.Tensor:
+def _triton_fn(name: str, precision: Optional[str]) -> Callable:
+    fn = getattr(_triton_module(), name)
+    return fn if precision is None else functools.partial(fn, precision=precision)
+
+
+def _check_precision(precision: Optional[str]) -> None:
+    if precision is not None and precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
+
+
+def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None) -> torch.Tensor:
     """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``."""
     if backend == "reference":
         return reference.energy_sum(w3, p)
@@ -137,7 +151,7 @@ def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str) -> torch.Tensor
             w_in = w3.float()
         return torch.ops.hsu.energy_grad(w_in, *p.as_args())[0]
     if backend == "triton":
-        return _FusedEnergy.apply(w3, _triton_module().energy_grad, p)
+        return _FusedEnergy.apply(w3, _triton_fn("energy_grad", precision), p)
     return _FusedEnergy.apply(w3, tiled.energy_grad, p)
 
 
@@ -154,6 +168,7 @@ def energy(
     reduction: str = "mean",
     backend: str = "auto",
     power: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> torch.Tensor:
     """Hyperspherical energy of the rows of ``w`` (SPEC.md §3-§5), differentiable.
 
@@ -181,6 +196,9 @@ def energy(
         reduction: ``"mean"`` over unordered pairs (the reference code's value) or ``"sum"``.
         backend: see the module docstring.
         power: the reference code's shorthand ``"0","1","2","a0","a1","a2"``; overrides ``kind``/``s``.
+        precision: float32 products on the Triton backend: ``"ieee"`` (exact), ``"tf32"`` (tensor
+            cores), or None (exact where D is small, tf32 for large D only if the user opted in with
+            ``torch.set_float32_matmul_precision``). Other backends always compute exactly.
 
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
@@ -189,10 +207,11 @@ def energy(
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
     check_reduction(reduction)
+    _check_precision(precision)
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
-    name = resolve_backend(backend, w.device, w.shape[-1])
+    name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
-    e = _energy_sum(w3, p, name)
+    e = _energy_sum(w3, p, name, precision)
     if reduction == "mean":
         e = e / num_pairs(w.shape[-2], p.half_space)
     return e if w.dim() == 3 else e[0]
@@ -211,6 +230,7 @@ def energy_many(
     reduction: str = "mean",
     backend: str = "auto",
     power: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> torch.Tensor:
     """The energies of several matrices of different shapes (a network's layers) in one call.
 
@@ -229,17 +249,16 @@ def energy_many(
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
     check_reduction(reduction)
+    _check_precision(precision)
     for k, w in enumerate(ws):
         check_matrix(w, f"ws[{k}]", allow_batch=False, eps_norm=eps_norm if normalize else None)
         if w.device != ws[0].device:
             raise ValueError(f"ws[{k}] is on {w.device}, ws[0] on {ws[0].device}: all must share a device")
-    name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws))
+        if w.dtype != ws[0].dtype:
+            raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
+    name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
     if name == "triton":
-        many = getattr(_triton_module(), "energy_many_sum", None)
-        if many is not None:
-            e = many(list(ws), p)
-        else:
-            e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0] for w in ws])
+        e = _triton_module().energy_many_sum(list(ws), p, precision)
     else:
         e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0].to(_common_dtype(ws)) for w in ws])
     if reduction == "mean":
@@ -265,6 +284,7 @@ def cross_energy(
     reduction: str = "sum",
     backend: str = "auto",
     power: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> torch.Tensor:
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (no diagonal removed), with gradients to
     both. ``half_space=True`` adds ``phi(-g)`` (the pairs of ``x`` with ``-y``).
@@ -289,7 +309,8 @@ def cross_energy(
         raise ValueError(f"x is on {x.device} and y on {y.device}: both must be on one device")
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
-    name = resolve_backend(backend, x.device, x.shape[-1])
+    _check_precision(precision)
+    name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
     if name == "reference":
         e = reference.cross_energy(x3, y3, p)
@@ -298,7 +319,7 @@ def cross_energy(
             x3, y3 = x3.float(), y3.float()
         e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args())[0]
     else:
-        fn: Callable = _triton_module().cross_energy_grad if name == "triton" else tiled.cross_energy_grad
+        fn: Callable = _triton_fn("cross_energy_grad", precision) if name == "triton" else tiled.cross_energy_grad
         e = _FusedCrossEnergy.apply(x3, y3, fn, p)
     if reduction == "mean":
         e = e / (x.shape[-2] * y.shape[-2])
