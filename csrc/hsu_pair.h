@@ -202,20 +202,21 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
   }
 }
 
-// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (SPEC §3).
-// MODE is the exponent mode of s/2 (Riesz) or s (angular). G is the type g arrives in: a float kernel may
-// carry g in double so that d2 = 2 - 2g, which cancels for nearly parallel rows, is formed before rounding.
+// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (SPEC §3), given
+// also om = 1 - |g| (formed by the caller as accurately as it can: in a wider type, or in closed form for
+// the half-space self pair). MODE is the exponent mode of s/2 (Riesz) or s (angular). G is the type g
+// arrives in: a float kernel may carry g in double so that d2 = 2 - 2g, which cancels for nearly parallel
+// rows, is formed before rounding.
 template <int64_t KIND, int MODE, typename T, typename G>
-HSU_HD void phi_g_k(T s, T t, T eps_ang, G g, T& f, T& df) {
+HSU_HD void phi_g_om_k(T s, T t, T eps_ang, G g, G om_g, T& f, T& df) {
   if (KIND == kAngular || KIND == kAngularLog) {
     const T inv_pi = T(0.318309886183790671537767526745028724);
-    // |g| < 1 strictly in exact arithmetic (eps_norm sits inside the norm); the clamp only guards
+    // |g| < 1 strictly in exact arithmetic (eps_norm sits inside the norm); the clamps only guard
     // rounding and the eps_norm = 0 case, where the derivative would otherwise be infinite times zero.
-    const G gcl = hsu_min(hsu_max(g, G(-1)), G(1));
-    const T gc = static_cast<T>(gcl);
-    const T om = static_cast<T>(G(1) - (gcl < G(0) ? -gcl : gcl));  // 1 - |g|, formed in G
+    const T gc = hsu_min(hsu_max(static_cast<T>(g), T(-1)), T(1));
+    const T om = hsu_max(static_cast<T>(om_g), T(0));
     const T a = hsu_acos_om(gc, om) * inv_pi + eps_ang;
-    const T sin_t = hsu_sqrt(hsu_max(om * (T(2) - om), T(0)));  // sqrt(1 - g^2) = sqrt((1-|g|)(1+|g|))
+    const T sin_t = hsu_sqrt(om * (T(2) - om));  // sqrt(1 - g^2) = sqrt((1-|g|)(1+|g|))
     // d(theta/pi)/dg = -1/(pi sin(theta)); written as a quotient so sin = 0 gives inf, not NaN.
     const T dtheta = -inv_pi / sin_t;
     if (KIND == kAngular) {
@@ -233,6 +234,13 @@ HSU_HD void phi_g_k(T s, T t, T eps_ang, G g, T& f, T& df) {
   }
 }
 
+// As phi_g_om_k with om = 1 - |g| formed from g in G.
+template <int64_t KIND, int MODE, typename T, typename G>
+HSU_HD void phi_g_k(T s, T t, T eps_ang, G g, T& f, T& df) {
+  const G gcl = hsu_min(hsu_max(g, G(-1)), G(1));
+  phi_g_om_k<KIND, MODE>(s, t, eps_ang, gcl, G(1) - (gcl < G(0) ? -gcl : gcl), f, df);
+}
+
 // Run-time dispatch of phi_g_k / phi_d2_k on the kind (general exponent path).
 template <typename T>
 HSU_HD void phi_d2(const Params<T>& p, T d2, T& f, T& df) {
@@ -242,14 +250,20 @@ HSU_HD void phi_d2(const Params<T>& p, T d2, T& f, T& df) {
 }
 
 template <typename T>
-HSU_HD void phi_g(const Params<T>& p, T g, T& f, T& df) {
+HSU_HD void phi_g_om(const Params<T>& p, T g, T om, T& f, T& df) {
   switch (p.kind) {
-    case kRiesz: phi_g_k<kRiesz, kPowGeneral>(p.s, p.t, p.eps_ang, g, f, df); break;
-    case kLog: phi_g_k<kLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, f, df); break;
-    case kAngular: phi_g_k<kAngular, kPowGeneral>(p.s, p.t, p.eps_ang, g, f, df); break;
-    case kAngularLog: phi_g_k<kAngularLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, f, df); break;
-    default: phi_g_k<kGaussian, kPowGeneral>(p.s, p.t, p.eps_ang, g, f, df); break;
+    case kRiesz: phi_g_om_k<kRiesz, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
+    case kLog: phi_g_om_k<kLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
+    case kAngular: phi_g_om_k<kAngular, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
+    case kAngularLog: phi_g_om_k<kAngularLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
+    default: phi_g_om_k<kGaussian, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
   }
+}
+
+template <typename T>
+HSU_HD void phi_g(const Params<T>& p, T g, T& f, T& df) {
+  const T gcl = hsu_min(hsu_max(g, T(-1)), T(1));
+  phi_g_om(p, gcl, T(1) - (gcl < T(0) ? -gcl : gcl), f, df);
 }
 
 // One pair with everything fixed at compile time (see pair_terms below for the meaning). G is the type
@@ -329,7 +343,8 @@ HSU_HD void diag_term(const Params<T>& p, T sq_norm, T eps_norm, T& e, T& k) {
     T n2 = sq_norm + eps_norm;
     T gii = sq_norm / n2;
     T f, df;
-    phi_g(p, -gii, f, df);
+    // 1 - g_ii = eps_norm / n2 exactly: in closed form it survives |w|^2 >> eps_norm, where g_ii rounds to 1.
+    phi_g_om(p, -gii, eps_norm / n2, f, df);
     e = f;
     // d g_ii / d w_i = 2 eps w_i / n^4
     k = (eps_norm == T(0)) ? T(0) : -df * T(2) * eps_norm / (n2 * n2);

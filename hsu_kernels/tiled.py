@@ -46,12 +46,14 @@ def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tens
     return f, -p.t * f
 
 
-def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype, om=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3), computed in ``dtype``. ``g`` may come
-    in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows)."""
+    in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows).
+    ``om`` is ``1 - |g|`` when the caller has it in closed form (the half-space self pair)."""
     if p.kind in ("angular", "angular_log"):
         g = g.clamp(-1, 1)
-        om = (1 - g.abs()).to(dtype)  # 1 - |g| formed before rounding; acos(|g|) = 2 asin(sqrt(om / 2))
+        # 1 - |g| formed before rounding; acos(|g|) = 2 asin(sqrt(om / 2))
+        om = (1 - g.abs() if om is None else om).clamp_min(0).to(dtype)
         gc = g.to(dtype)
         far = 2 * torch.asin(torch.sqrt(0.5 * om))
         theta = torch.where(gc.abs() <= 0.5, torch.acos(gc), torch.where(gc < 0, math.pi - far, far))
@@ -94,7 +96,8 @@ def diag_terms(sq: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.T
     """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``."""
     if p.normalize:
         n2 = sq + p.eps_norm
-        f, df = _phi_g(-(sq / n2), p, sq.dtype)
+        # 1 - g_ii = eps_norm / n2 exactly; g_ii itself rounds to 1 when |w|^2 >> eps_norm
+        f, df = _phi_g(-(sq / n2), p, sq.dtype, om=p.eps_norm / n2)
         k = torch.zeros_like(sq) if p.eps_norm == 0 else -df * 2 * p.eps_norm / (n2 * n2)
         return f, k
     f, df = _phi_d2(4 * sq, p)
