@@ -106,10 +106,28 @@ void direct_rows(const Params<T>& p, const T* X, const double* sx, int64_t i0, i
   }
 }
 
-// GEMM engine over rows [i0, i1) of X (a [n1, D] tensor) against all rows of Y ([n2, D]).
+// A BLAS call made inside at::parallel_for must run on one thread: torch's MKL has its own thread pool,
+// which does not see ATen's OpenMP region and oversubscribes the cores (measured 50x slower on 2 cores).
+// MKL's thread-local setting does it. We bind its Fortran-convention entry point (argument by pointer),
+// the one libtorch_cpu exports under every spelling; it is a weak symbol, null where torch has no MKL.
+extern "C" int mkl_set_num_threads_local_(const int*) __attribute__((weak));
+
+struct SingleThreadedBlas {
+  int previous = 0;
+  SingleThreadedBlas() {
+    const int one = 1;
+    if (mkl_set_num_threads_local_) previous = mkl_set_num_threads_local_(&one);
+  }
+  ~SingleThreadedBlas() {
+    if (mkl_set_num_threads_local_) mkl_set_num_threads_local_(&previous);
+  }
+};
+
+// GEMM engine over rows [i0, i1) of X (a [n1, D] tensor) against all rows of Y ([n2, D]), one thread.
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0, int64_t i1,
                const at::Tensor& Y, const T* sy, bool self, RowOut<T> out) {
+  SingleThreadedBlas blas_guard;
   const int64_t n2 = Y.size(0), D = X.size(1);
   const int64_t bi = i1 - i0;
   at::Tensor xi = X.narrow(0, i0, bi);
@@ -179,13 +197,12 @@ void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& s
       const int64_t bb = task / nblk, blk = task % nblk;
       const int64_t i0 = blk * rb, i1 = std::min(n1, i0 + rb);
       RowOut<T> out{e + bb * n1, a + bb * n1 * D, b ? b + bb * n1 : nullptr};
-      const T* sxp = sx.data_ptr<T>() + bb * n1;
-      const T* syp = sy.data_ptr<T>() + bb * n2;
       if (direct) {
         direct_rows<T, KIND, HS, NORM, MODE>(p, X.data_ptr<T>() + bb * n1 * D, st.x + bb * n1, i0, i1,
                                              YT.data_ptr<T>() + bb * D * n2, st.y + bb * n2, n2, D, self, out);
       } else {
-        gemm_rows<T, KIND, HS, NORM, MODE>(p, X[bb], sxp, i0, i1, Y[bb], syp, self, out);
+        gemm_rows<T, KIND, HS, NORM, MODE>(p, X[bb], sx.data_ptr<T>() + bb * n1, i0, i1, Y[bb],
+                                           sy.data_ptr<T>() + bb * n2, self, out);
       }
     }
   });
