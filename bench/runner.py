@@ -90,7 +90,8 @@ def _probe_memory_cpu(case: Case, energy: Energy, backend: str, dtype: torch.dty
     if proc.returncode != 0:
         killed = proc.returncode in (-9, 137)
         row.status = "OOM (memory probe killed)" if killed or measure.is_oom(Exception(proc.stderr)) else \
-            "memory probe failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
+            f"memory probe failed (exit {proc.returncode}): " + \
+            (proc.stderr.strip().splitlines() or ["no message"])[-1][:120]
         return row
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     row.peak_bytes = out["peak_bytes"]
