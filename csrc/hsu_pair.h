@@ -189,10 +189,14 @@ template <int64_t KIND, int MODE, typename T>
 HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
   d2 = hsu_max(d2, T(0));
   if (KIND == kRiesz) {
-    // f = d2^(-s/2), df = -(s/2) d2^(-s/2-1) = -(s/2) f / d2
+    // f = d2^(-s/2), df = -(s/2) d2^(-s/2-1) = -(s/2) f / d2, from one division: inv = 1/d2.
     const T half = T(0.5) * s;
-    f = pow_neg_fixed<MODE>(d2, half);
-    df = -half * f / d2;
+    const T inv = T(1) / d2;
+    if (MODE == kPowRsqrt) f = hsu_sqrt(inv);
+    else if (MODE == kPowRecip) f = inv;
+    else if (MODE == kPowRecip2) f = inv * inv;
+    else f = pow_neg(d2, half);
+    df = -half * f * inv;
   } else if (KIND == kLog) {
     f = -hsu_log(d2);
     df = T(-1) / d2;
