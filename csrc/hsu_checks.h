@@ -20,6 +20,15 @@ inline void check_common(const at::Tensor& w, const char* name, int64_t kind, do
                     "angular kinds need normalize=True");
 }
 
+// The checks of a cross energy's two sets: each as above, and the same batch size and D.
+inline void check_cross(const at::Tensor& x, const at::Tensor& y, int64_t kind, double s, double t, double eps_norm,
+                        bool normalize) {
+  check_common(x, "x", kind, s, t, eps_norm, normalize);
+  check_common(y, "y", kind, s, t, eps_norm, normalize);
+  TORCH_CHECK_VALUE(x.size(0) == y.size(0) && x.size(2) == y.size(2),
+                    "x and y must have the same batch size and D, got ", x.sizes(), " and ", y.sizes());
+}
+
 template <typename T>
 Params<T> make_params(int64_t kind, double s, double t, double eps_ang, bool half_space, bool normalize) {
   return Params<T>{kind, static_cast<T>(s), static_cast<T>(t), static_cast<T>(eps_ang), half_space, normalize};

@@ -441,10 +441,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
                                                                      int64_t kind, double s, double t,
                                                                      double eps_norm, double eps_ang,
                                                                      bool half_space, bool normalize) {
-  check_common(x_in, "x", kind, s, t, eps_norm, normalize);
-  check_common(y_in, "y", kind, s, t, eps_norm, normalize);
-  TORCH_CHECK_VALUE(x_in.size(0) == y_in.size(0) && x_in.size(2) == y_in.size(2),
-                    "x and y must have the same batch size and D, got ", x_in.sizes(), " and ", y_in.sizes());
+  check_cross(x_in, y_in, kind, s, t, eps_norm, normalize);
   const auto dt =
       (x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
   const at::Tensor x = x_in.to(dt).contiguous();
