@@ -9,7 +9,8 @@ Two measurements, each in fresh processes (one thread per rank, so P ranks use P
    strategies) and ``parallel_energy`` on the same N rows split over P ranks, and its ratio to P = 1. On a
    machine with fewer cores than ranks the ratios say how the work divides, not what a cluster would do.
 2. Memory of ``sharded_energy`` with a fixed shard of ``--shard`` x ``--mem-d`` per rank while P grows
-   (``--mem-worlds``, default 1 2 4 8; the matrix grows with P): the bytes of row/gradient buffers the ring held at once (``last_ring_peak_bytes``) and the
+   (``--mem-worlds``, default 1 2 4 8; the matrix grows with P): the bytes of row/gradient buffers the ring
+   held at once (``last_ring_peak_bytes``) and the
    growth of the peak RSS during the call. Both must stay flat in P (O(shard size)), while the matrix grows.
 
 Every timing is preceded by a correctness check against single-process ``energy``.
@@ -189,7 +190,8 @@ def main():
     print(f"{'P':>3} {'matrix MiB':>11} {'ring pair':>10} {'ring owner':>11} {'RSS+ pair':>10} {'RSS+ owner':>11}")
     for r in mem:
         print(f"{r['world']:>3} {r['matrix_bytes'] / mib:11.1f} {r['ring_bytes_pair'] / mib:10.1f} "
-              f"{r['ring_bytes_owner'] / mib:11.1f} {r['rss_growth_pair'] / mib:10.1f} {r['rss_growth_owner'] / mib:11.1f}")
+              f"{r['ring_bytes_owner'] / mib:11.1f} {r['rss_growth_pair'] / mib:10.1f} "
+              f"{r['rss_growth_owner'] / mib:11.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "time": rows, "memory": mem}, f, indent=1)

@@ -18,7 +18,6 @@ from .ops import (
     resolve_backend,
     uniformity_loss,
 )
-
 from .regularizers import (
     METHODS,
     MHERegularizer,

@@ -66,9 +66,7 @@ def neuron_matrix(layer: nn.Module) -> torch.Tensor:
             not hold one contiguous row per output unit), or a lazy layer not initialized yet.
     """
     if not isinstance(layer, NEURON_LAYERS):
-        raise TypeError(
-            f"layer must be one of {[t.__name__ for t in NEURON_LAYERS]}, got {type(layer).__name__}"
-        )
+        raise TypeError(f"layer must be one of {[t.__name__ for t in NEURON_LAYERS]}, got {type(layer).__name__}")
     w = layer.weight
     if isinstance(w, nn.parameter.UninitializedParameter):
         raise ValueError(f"layer {type(layer).__name__} is lazy and not initialized yet: run one forward pass first")
@@ -158,7 +156,9 @@ def collect_layers(
             raise ValueError("output_layer is not a Linear/Conv/ConvTranspose layer of the model")
         out_module = output_layer
     elif output_layer is not None and output_layer != "auto":
-        raise TypeError(f"output_layer must be 'auto', a layer name, a module or None, got {type(output_layer).__name__}")
+        raise TypeError(
+            f"output_layer must be 'auto', a layer name, a module or None, got {type(output_layer).__name__}"
+        )
 
     chosen: List[Tuple[str, nn.Module]] = []
     seen = set()

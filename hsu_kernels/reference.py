@@ -4,7 +4,8 @@ Every function here materializes the full ``N x N`` matrix and lets autograd dif
 O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
 against it in float64. (Being plain, it inherits autograd's limits: with rows whose |w|^2 exceeds
 eps_norm by more than the dtype's precision, u_i . u_i rounds to 1 and the half-space angular gradient
-through acos is not finite; the kernels take that self pair in closed form.) Half-space energies are computed the naive way, by concatenating ``[U, -U]``, so the
+through acos is not finite; the kernels take that self pair in closed form.) Half-space energies are
+computed the naive way, by concatenating ``[U, -U]``, so the
 kernels' ``2 sum [phi(g) + phi(-g)] + sum phi(-g_ii)`` shortcut is tested against an independent form.
 """
 

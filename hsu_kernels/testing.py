@@ -63,7 +63,9 @@ def assert_close(x: torch.Tensor, ref: torch.Tensor, rtol: float, what: str = ""
     err = rel_err(x, ref)
     if not err <= rtol:
         scale = float(ref.double().abs().max())
-        raise AssertionError(f"{what}: relative error {err:.3g} > {rtol:.3g}; " + explain_mismatch(x, ref, 0.0, rtol * scale))
+        raise AssertionError(
+            f"{what}: relative error {err:.3g} > {rtol:.3g}; " + explain_mismatch(x, ref, 0.0, rtol * scale)
+        )
 
 
 def check_against_reference(

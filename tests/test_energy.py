@@ -12,8 +12,19 @@ from hsu_kernels import _ext
 from hsu_kernels.testing import assert_close, check_against_reference, energy_and_grad, fast_backends, rand_rows
 
 BACKENDS = fast_backends("cpu")
-KIND_S = [("riesz", 0.5), ("riesz", 1.0), ("riesz", 2.0), ("riesz", 3.5), ("log", 0.0), ("angular", 0.5),
-          ("angular", 1.0), ("angular", 2.0), ("angular", 3.5), ("angular_log", 0.0), ("gaussian", 0.0)]
+KIND_S = [
+    ("riesz", 0.5),
+    ("riesz", 1.0),
+    ("riesz", 2.0),
+    ("riesz", 3.5),
+    ("log", 0.0),
+    ("angular", 0.5),
+    ("angular", 1.0),
+    ("angular", 2.0),
+    ("angular", 3.5),
+    ("angular_log", 0.0),
+    ("gaussian", 0.0),
+]
 
 
 def _fn(backend, **kw):
@@ -36,7 +47,9 @@ def test_kinds_against_reference(backend, kind, s, half_space, dtype):
     for n, d in ((17, 3), (130, 64)):
         w = rand_rows(2, n, d)
         kw = dict(kind=kind, s=s, half_space=half_space, reduction="mean")
-        check_against_reference(_fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} s={s} N={n} D={d}")
+        check_against_reference(
+            _fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} s={s} N={n} D={d}"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -47,7 +60,9 @@ def test_sizes_against_reference(backend, n, d, half_space):
         kw = dict(kind=kind, s=s, half_space=half_space, reduction="sum")
         w = rand_rows(n, d)
         for dtype in (torch.float64, torch.float32):
-            check_against_reference(_fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} N={n} D={d}")
+            check_against_reference(
+                _fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} N={n} D={d}"
+            )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -58,16 +73,22 @@ def test_unnormalized_against_reference(backend, kind, half_space):
         kw = dict(kind=kind, s=1.5, t=0.7, half_space=half_space, normalize=False)
         w = rand_rows(3, n, d) / math.sqrt(d)
         for dtype in (torch.float64, torch.float32):
-            check_against_reference(_fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} unnormalized")
+            check_against_reference(
+                _fn(backend, **kw), _fn("reference", **kw), w, dtype, f"{backend} {kind} unnormalized"
+            )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_large_odd_n(backend):
     """N = 4096 + 32: tails of every block size."""
     kw = dict(kind="riesz", s=1.0, half_space=True)
-    check_against_reference(_fn(backend, **kw), _fn("reference", **kw), rand_rows(4096 + 32, 24), torch.float64, "N=4128")
+    check_against_reference(
+        _fn(backend, **kw), _fn("reference", **kw), rand_rows(4096 + 32, 24), torch.float64, "N=4128"
+    )
     kw = dict(kind="angular", s=1.0)
-    check_against_reference(_fn(backend, **kw), _fn("reference", **kw), rand_rows(4096 + 32, 40), torch.float32, "N=4128")
+    check_against_reference(
+        _fn(backend, **kw), _fn("reference", **kw), rand_rows(4096 + 32, 40), torch.float32, "N=4128"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,14 +97,23 @@ def test_half_inputs(backend, dtype):
     # reduction="sum": the mean's gradients are ~1e-5 here, float16 subnormals, which keep no relative digits
     for kind in ("riesz", "angular_log"):
         kw = dict(kind=kind, s=1.0, half_space=True, reduction="sum")
-        check_against_reference(_fn(backend, **kw), _fn("reference", **kw), rand_rows(2, 67, 40), dtype, f"{backend} {kind}")
+        check_against_reference(
+            _fn(backend, **kw), _fn("reference", **kw), rand_rows(2, 67, 40), dtype, f"{backend} {kind}"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
-    for kind, hs, norm in (("riesz", True, True), ("angular", False, True), ("log", True, False), ("gaussian", False, False)):
+    for kind, hs, norm in (
+        ("riesz", True, True),
+        ("angular", False, True),
+        ("log", True, False),
+        ("gaussian", False, False),
+    ):
         w = rand_rows(2, 9, 4).requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda x: hk.energy(x, kind, 1.5, half_space=hs, normalize=norm, backend=backend), (w,))
+        assert torch.autograd.gradcheck(
+            lambda x: hk.energy(x, kind, 1.5, half_space=hs, normalize=norm, backend=backend), (w,)
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -150,7 +180,9 @@ def test_sanity_values(backend):
 def test_energy_many(backend):
     ws = [rand_rows(n, d) for n, d in ((17, 3), (64, 27), (130, 300), (2, 1))]
     for hs in (False, True):
-        got, grads = energy_and_grad_many(lambda xs: hk.energy_many(xs, "riesz", 2.0, half_space=hs, backend=backend), ws)
+        got, grads = energy_and_grad_many(
+            lambda xs: hk.energy_many(xs, "riesz", 2.0, half_space=hs, backend=backend), ws
+        )
         for k, w in enumerate(ws):
             e_ref, g_ref = energy_and_grad(lambda x: hk.energy(x, "riesz", 2.0, half_space=hs, backend="reference"), w)
             assert_close(got[k], e_ref, 1e-10, f"energy_many[{k}]")
@@ -165,9 +197,13 @@ def energy_and_grad_many(fn, ws):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind,s", [("riesz", 1.0), ("log", 0.0), ("angular", 2.0), ("angular_log", 0.0), ("gaussian", 0.0)])
+@pytest.mark.parametrize(
+    "kind,s", [("riesz", 1.0), ("log", 0.0), ("angular", 2.0), ("angular_log", 0.0), ("gaussian", 0.0)]
+)
 def test_cross_energy(backend, kind, s):
-    for (nx, ny, d), hs, dtype in itertools.product(((7, 13, 3), (50, 33, 64)), (False, True), (torch.float64, torch.float32)):
+    for (nx, ny, d), hs, dtype in itertools.product(
+        ((7, 13, 3), (50, 33, 64)), (False, True), (torch.float64, torch.float32)
+    ):
         x, y = rand_rows(2, nx, d), rand_rows(2, ny, d)
         kw = dict(kind=kind, s=s, half_space=hs)
         xs = [t.detach().to(dtype).requires_grad_(True) for t in (x, y)]

@@ -37,16 +37,23 @@ W = rand_rows(8, 5)
         (lambda: hk.energy(W, "angular", normalize=False), ValueError, r"needs normalize=True"),
         (lambda: hk.energy(W, half_space=1), TypeError, r"half_space must be a bool"),
         (lambda: hk.energy(W, precision="fp8"), ValueError, r"precision must be"),
-        (lambda: hk.energy(torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), eps_norm=0.0), ValueError,
-         r"zero row"),
+        (lambda: hk.energy(torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), eps_norm=0.0), ValueError, r"zero row"),
         (lambda: hk.energy_many(W), TypeError, r"ws must be a list"),
         (lambda: hk.energy_many([]), ValueError, r"at least one"),
         (lambda: hk.energy_many([W, torch.randn(1, 3)]), ValueError, r"ws\[1\] must have at least 2 rows"),
         (lambda: hk.energy_many([W, torch.randn(4, 3, 3)]), ValueError, r"ws\[1\] must have rank 2"),
         (lambda: hk.energy_many([W, W.float()]), TypeError, r"ws\[1\] is torch.float32"),
-        (lambda: hk.cross_energy(W, torch.randn(4, 6, dtype=torch.float64)), ValueError, r"agree in rank, batch size and D"),
+        (
+            lambda: hk.cross_energy(W, torch.randn(4, 6, dtype=torch.float64)),
+            ValueError,
+            r"agree in rank, batch size and D",
+        ),
         (lambda: hk.cross_energy(W, W.float()), TypeError, r"same dtype"),
-        (lambda: hk.cross_energy(W, torch.empty(0, 5, dtype=torch.float64)), ValueError, r"y must have at least 1 rows"),
+        (
+            lambda: hk.cross_energy(W, torch.empty(0, 5, dtype=torch.float64)),
+            ValueError,
+            r"y must have at least 1 rows",
+        ),
         (lambda: hk.uniformity_loss(W, t=-2.0), ValueError, r"t must be > 0"),
         (lambda: hk.align_loss(W, W[:3]), ValueError, r"same shape"),
         (lambda: hk.align_loss(W, W, alpha=0), ValueError, r"alpha must be"),
@@ -94,8 +101,9 @@ def test_no_nan_for_valid_extremes():
     """Valid inputs never give NaN: tiny and huge rows, antipodal rows, nearly parallel rows. (Kernel
     backends only: the reference's plain autograd through acos cannot survive |w|^2 / eps_norm > 1e16, where
     u_i . u_i rounds to 1; the kernels differentiate the half-space self pair in closed form.)"""
-    w = torch.tensor([[1e-20, 0.0, 0.0], [1e15, 1.0, 0.0], [1e6, 2.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 2.0]],
-                     dtype=torch.float64)
+    w = torch.tensor(
+        [[1e-20, 0.0, 0.0], [1e15, 1.0, 0.0], [1e6, 2.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64
+    )
     for backend in [b for b in hk.available_backends("cpu") if b != "reference"]:
         for kind in hk.KINDS:
             for hs in (False, True):

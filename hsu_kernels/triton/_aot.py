@@ -72,7 +72,9 @@ def main(argv=None) -> int:
     for name, kname, ptrs, consts, warps in _variants(args.quick):
         kern = getattr(K, kname)
         jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern  # unwrap autotuning
-        sig = {a: ("constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")) for a in jit.arg_names}
+        sig = {
+            a: ("constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")) for a in jit.arg_names
+        }
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log):

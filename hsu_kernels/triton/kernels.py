@@ -224,7 +224,8 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # Autotuning
 # --------------------------------------------------------------------------------------------------------
 # Keys: N_KEY (the largest N, bucketed to a power of two by the host), D_KEY (the padded D), the kind and
-# mode flags, the product precisions; Triton adds the tensor dtypes. Under the interpreter one small config keeps tests fast.
+# mode flags, the product precisions; Triton adds the tensor dtypes. Under the interpreter one small config keeps
+# tests fast.
 
 
 def _fused_configs(interpret: bool = INTERPRET):
@@ -286,7 +287,11 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 # --------------------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_fused_configs(), key=_KEYS + ["BLOCK_D", "PREC", "C_DTYPE"], prune_configs_by={"early_config_prune": _prune_fused})
+@triton.autotune(
+    configs=_fused_configs(),
+    key=_KEYS + ["BLOCK_D", "PREC", "C_DTYPE"],
+    prune_configs_by={"early_config_prune": _prune_fused},
+)
 @triton.jit
 def fused_kernel(
     x_ptr, y_ptr, g_ptr, e_ptr, tab_ptr, K,
