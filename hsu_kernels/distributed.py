@@ -125,6 +125,14 @@ def _exchange_shapes(w3: torch.Tensor, group, world: int) -> List[int]:
     return [row[1] for row in rows]
 
 
+
+def _scaled_saved_grad(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+    """The backward of both Functions: the gradient saved by the forward, scaled by ``grad_out``
+    (``Tensor[B]`` for batched input, a scalar otherwise)."""
+    (grad,) = ctx.saved_tensors
+    scale = grad_out.to(grad.dtype)
+    return (scale[:, None, None] if grad.dim() == 3 else scale) * grad
+
 class _Ring:
     """Non-blocking point-to-point messages to/from group ranks, skipping empty tensors (both ends know the
     sizes, so an empty message is never posted on either side)."""
@@ -287,10 +295,7 @@ class _ShardedEnergy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        scale = grad_out.to(grad.dtype)
-        scale = scale[:, None, None] if grad.dim() == 3 else scale
-        return scale * grad, None, None, None, None, None
+        return _scaled_saved_grad(ctx, grad_out), None, None, None, None, None
 
 
 def sharded_energy(w_shard: torch.Tensor, group=None, *, strategy: str = "pair", **energy_kwargs) -> torch.Tensor:
@@ -379,10 +384,7 @@ class _ParallelEnergy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        scale = grad_out.to(grad.dtype)
-        scale = scale[:, None, None] if grad.dim() == 3 else scale
-        return scale * grad, None, None, None
+        return _scaled_saved_grad(ctx, grad_out), None, None, None
 
 
 def parallel_energy(w: torch.Tensor, group=None, **energy_kwargs) -> torch.Tensor:

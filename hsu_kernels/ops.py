@@ -260,14 +260,10 @@ def energy_many(
     if name == "triton":
         e = _triton_module().energy_many_sum(list(ws), p, precision)
     else:
-        e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0].to(_common_dtype(ws)) for w in ws])
+        e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0] for w in ws])
     if reduction == "mean":
         e = e / torch.tensor([num_pairs(w.shape[0], p.half_space) for w in ws], dtype=e.dtype, device=e.device)
     return e
-
-
-def _common_dtype(ws: Sequence[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(w.dtype == torch.float64 for w in ws) else torch.float32
 
 
 def cross_energy(
