@@ -68,6 +68,30 @@ def assert_close(x: torch.Tensor, ref: torch.Tensor, rtol: float, what: str = ""
         )
 
 
+def reference_fp32_error(ref_fn, w64: torch.Tensor, e_ref: torch.Tensor, g_ref: torch.Tensor) -> Tuple[float, float]:
+    """The reference's own float32 error (energy, gradient) against its float64 result.
+
+    One float32 evaluation's error is a single draw of rounding noise, sometimes far below typical (for
+    N = 2 the whole gradient is one pair). So it is the largest of three draws: the rows as given and
+    two random permutations of the coordinates, which leave every energy unchanged but round every dot
+    product in a different order. Where the float32 reference fails outright (u_i . u_i rounds to 1
+    when eps_norm is far below |w_i|^2, and acos' is infinite), its error is unknown: 5e-6 is used.
+    """
+    errs_e, errs_g = [], []
+    d = w64.shape[-1]
+    gen = torch.Generator().manual_seed(d * 7919 + w64.shape[-2])
+    for k in range(3):
+        perm = torch.arange(d) if k == 0 else torch.randperm(d, generator=gen)
+        e_low, g_low = energy_and_grad(ref_fn, w64[..., perm].float())
+        if not (torch.isfinite(e_low).all() and torch.isfinite(g_low).all()):
+            return 5e-6, 5e-6
+        g_back = torch.empty_like(g_low)
+        g_back[..., perm] = g_low
+        errs_e.append(rel_err(e_low, e_ref))
+        errs_g.append(rel_err(g_back, g_ref))
+    return max(errs_e), max(errs_g)
+
+
 def check_against_reference(
     fn: Callable[[torch.Tensor], torch.Tensor],
     ref_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -89,12 +113,8 @@ def check_against_reference(
     if dtype == torch.float64:
         tol = {"energy": 1e-10, "grad": 1e-10}
     else:
-        e_low, g_low = energy_and_grad(ref_fn, w64.float())
         half = 0.0 if dtype == torch.float32 else torch.finfo(dtype).eps
-        # The float32 reference can itself fail: u_i . u_i rounds to 1 when eps_norm is far below |w_i|^2,
-        # and acos' is then infinite (NaN gradient). Its error is then unknown; hold the kernel to 1e-5.
-        ref_e = rel_err(e_low, e_ref) if torch.isfinite(e_low).all() else 5e-6
-        ref_g = rel_err(g_low, g_ref) if torch.isfinite(g_low).all() else 5e-6
+        ref_e, ref_g = reference_fp32_error(ref_fn, w64, e_ref, g_ref)
         tol = {"energy": 2 * ref_e + FP32_FLOOR, "grad": 2 * ref_g + FP32_FLOOR + half}
     for key, x, ref in (("energy", e, e_ref), ("grad", g, g_ref)):
         if not errs[key] <= tol[key]:
