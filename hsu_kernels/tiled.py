@@ -109,7 +109,7 @@ def diag_terms(sq: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.T
 PRECISE_MAX_D = 32
 
 
-def row_pass(x, sx, y, sy, p: EnergyParams, self_mode: bool, block: int = DEFAULT_BLOCK):
+def row_pass(x, y, p: EnergyParams, self_mode: bool, block: int = DEFAULT_BLOCK):
     """Per-row sums for the rows of ``x`` against every row of ``y``:
     ``e_i = sum_j psi_ij``, ``a_i = sum_j cj_ij y_j``, ``b_i = sum_j ci_ij`` (``j != i`` when ``self_mode``)."""
     bsz, n1, d = x.shape
@@ -138,15 +138,15 @@ def row_pass(x, sx, y, sy, p: EnergyParams, self_mode: bool, block: int = DEFAUL
     return e, a, b
 
 
-def row_grad(x, sx, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
+def row_grad(x, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
     """``dE/dw_i`` from the accumulators (the chain rule of SPEC §6, or ``a + b w`` un-normalized).
 
     Runs in float64 where the device has it: the two normalized terms cancel when a row's gradient is
     nearly radial, and this is O(N D) work."""
     if x.device.type != "mps":
         x, a = x.double(), a.double()
-        sx = row_stats(x, p)
         b = b.double() if b is not None else None
+    sx = row_stats(x, p)
     if p.normalize:
         gu = scale * a
         r = sx[..., None]
@@ -157,11 +157,10 @@ def row_grad(x, sx, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
 def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK):
     """``E = sum_{i<j} psi(w_i, w_j)`` per batch entry and its gradient, in one pass over row blocks."""
     x = w.to(acc_dtype(w.dtype))
-    sx = row_stats(x, p)
-    e, a, b = row_pass(x, sx, x, sx, p, True, block)
+    e, a, b = row_pass(x, x, p, True, block)
     pair_scale = 1.0 if p.half_space else 0.5
     energy = pair_scale * e.sum(-1, dtype=torch.float64)
-    grad = row_grad(x, sx, a, b, 2 * pair_scale, p)
+    grad = row_grad(x, a, b, 2 * pair_scale, p)
     if p.half_space:
         xd = x.double() if x.device.type != "mps" else x
         ed, k = diag_terms((xd * xd).sum(-1), p)
@@ -177,10 +176,9 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     accumulation; the second pass repeats the transcendentals, which keeps both deterministic.
     """
     xa, ya = x.to(acc_dtype(x.dtype)), y.to(acc_dtype(y.dtype))
-    sx, sy = row_stats(xa, p), row_stats(ya, p)
-    ex, ax, bx = row_pass(xa, sx, ya, sy, p, False, block)
-    _, ay, by = row_pass(ya, sy, xa, sx, p, False, block)
+    ex, ax, bx = row_pass(xa, ya, p, False, block)
+    _, ay, by = row_pass(ya, xa, p, False, block)
     energy = ex.sum(-1, dtype=torch.float64).to(xa.dtype)
-    gx = row_grad(xa, sx, ax, bx, 1.0, p)
-    gy = row_grad(ya, sy, ay, by, 1.0, p)
+    gx = row_grad(xa, ax, bx, 1.0, p)
+    gy = row_grad(ya, ay, by, 1.0, p)
     return energy, gx.to(x.dtype), gy.to(y.dtype)
