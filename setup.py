@@ -32,6 +32,13 @@ def _extensions():
     cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
     if arch:
         cxx.append(f"-march={arch}")
+    # at::parallel_for is an inline template: compiled without OpenMP it runs its body on one thread.
+    # With torch's OpenMP backend we compile and link with -fopenmp; the loader then binds libgomp.so.1 to
+    # the copy torch has already loaded, so the kernel shares torch's thread pool and thread count.
+    link = []
+    if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         nvcc = ["-O3", "-std=c++20", "--use_fast_math" if os.environ.get("HSU_FAST_MATH") == "1" else "-lineinfo"]
@@ -40,9 +47,10 @@ def _extensions():
                 "hsu_kernels._C",
                 sources + [s for s in cuda_sources],
                 extra_compile_args={"cxx": cxx + ["-DHSU_WITH_CUDA"], "nvcc": nvcc},
+                extra_link_args=link,
             )
         ]
-    return [CppExtension("hsu_kernels._C", sources, extra_compile_args={"cxx": cxx})]
+    return [CppExtension("hsu_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
 
 def _cmdclass():

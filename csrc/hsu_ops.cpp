@@ -4,10 +4,22 @@
 #include <torch/library.h>
 
 extern "C" {
-// Importing hsu_kernels._C runs the static registrations below; the module itself has no functions.
+// Importing hsu_kernels._C runs the static registrations below; the module itself has no functions,
+// only the build fact `openmp` (1 when at::parallel_for runs on several threads in this extension:
+// it is an inline template, serial when the extension is compiled without OpenMP).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+#ifdef _OPENMP
+  const long openmp = 1;
+#else
+  const long openmp = 0;
+#endif
+  if (m != nullptr && PyModule_AddIntConstant(m, "openmp", openmp) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 }
 

@@ -29,6 +29,16 @@ def has_cuda_kernel() -> bool:
     return available() and torch._C._dispatch_has_kernel_for_dispatch_key("hsu::energy_grad", "CUDA")
 
 
+def parallel() -> bool:
+    """True when the CPU kernel's ``at::parallel_for`` loops run on torch's intra-op threads (the extension
+    was compiled with OpenMP, torch's parallel backend); False means they run serially."""
+    if not available():
+        return False
+    from . import _C
+
+    return bool(getattr(_C, "openmp", 0))
+
+
 def load_error() -> str:
     return "" if _LOAD_ERROR is None else f"{type(_LOAD_ERROR).__name__}: {_LOAD_ERROR}"
 

@@ -128,6 +128,37 @@ def test_deterministic(backend):
     assert torch.equal(e1, e2) and torch.equal(g1, g2)
 
 
+def _torch_uses_openmp() -> bool:
+    return "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+def test_cpu_kernel_is_multithreaded():
+    # at::parallel_for is an inline template: an extension compiled without OpenMP runs it serially while
+    # torch itself runs threaded. (This was the case until 2026-11-25: every "2-core" CPU number before
+    # then was one core.)
+    assert _ext.parallel() == _torch_uses_openmp()
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("d", [3, 128])
+def test_cpu_result_independent_of_thread_count(d):
+    # The symmetric tiles run in rounds where no two tiles share a row block, and each row receives its
+    # contributions in round order: bitwise the same result on 1 thread and on several.
+    w = rand_rows(2, 1100, d, dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            out.append(torch.ops.hsu.energy_grad(w, 0, 1.0, 2.0, 1e-4, 1e-4, True, True))
+            out.append(torch.ops.hsu.cross_energy_grad(w[:, :500], w[:, 500:], 1, 1.0, 2.0, 1e-4, 1e-4, False, True))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(out[0] + out[1], out[2] + out[3]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous(backend):
     base = rand_rows(40, 60)

@@ -112,19 +112,24 @@ void direct_rows(const Params<T>& p, const T* X, const double* sx, int64_t i0, i
   }
 }
 
-// A BLAS call made inside at::parallel_for must run on one thread: torch's MKL has its own thread pool,
-// which does not see ATen's OpenMP region and oversubscribes the cores (measured 50x slower on 2 cores).
-// MKL's thread-local setting does it. We bind its Fortran-convention entry point (argument by pointer),
-// the one libtorch_cpu exports under every spelling; it is a weak symbol, null where torch has no MKL.
+// What a task that calls ATen ops on a worker thread of at::parallel_for needs:
+//  * the dispatcher state of the calling op: a worker thread starts with the autograd keys included
+//    (thread-local state is not carried over), so an out= product of a view of an input that requires
+//    grad would be refused there, and views would be tracked. The op runs below autograd; so do its tasks.
+//  * a BLAS that runs on this one thread: torch's MKL has its own thread pool, which does not see ATen's
+//    OpenMP region and oversubscribes the cores (measured 50x slower on 2 cores). MKL's thread-local
+//    setting does it. We bind its Fortran-convention entry point (argument by pointer), the one
+//    libtorch_cpu exports under every spelling; it is a weak symbol, null where torch has no MKL.
 extern "C" int mkl_set_num_threads_local_(const int*) __attribute__((weak));
 
-struct SingleThreadedBlas {
+struct WorkerScope {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   int previous = 0;
-  SingleThreadedBlas() {
+  WorkerScope() {
     const int one = 1;
     if (mkl_set_num_threads_local_) previous = mkl_set_num_threads_local_(&one);
   }
-  ~SingleThreadedBlas() {
+  ~WorkerScope() {
     if (mkl_set_num_threads_local_) mkl_set_num_threads_local_(&previous);
   }
 };
@@ -133,7 +138,7 @@ struct SingleThreadedBlas {
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0, int64_t i1,
                const at::Tensor& Y, const T* sy, bool self, RowOut<T> out) {
-  SingleThreadedBlas blas_guard;
+  WorkerScope worker;
   const int64_t n2 = Y.size(0), D = X.size(1);
   const int64_t bi = i1 - i0;
   at::Tensor xi = X.narrow(0, i0, bi);
@@ -183,7 +188,10 @@ void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0,
 // round-robin tournament: within a round every block appears in at most one tile, so tiles of a round
 // run in parallel without sharing rows, and each row receives its contributions in round order: the
 // result does not depend on the thread count.
-constexpr int64_t kSymBlock = 256;  // 128-512 measured within 5% at N=4096, D=128; 128 was 15% slower
+#ifndef HSU_SYM_BLOCK
+#define HSU_SYM_BLOCK 256
+#endif
+constexpr int64_t kSymBlock = HSU_SYM_BLOCK;
 
 // One tile (rows [i0, i1) against rows [j0, j1), or a block against itself). G is the type of the dot
 // products and row statistics: double for D <= kPreciseMaxD (the products are cheap there, and nearly
@@ -191,7 +199,7 @@ constexpr int64_t kSymBlock = 256;  // 128-512 measured within 5% at N=4096, D=1
 template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
 void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, const G* sg, const T* inv_sx,
               int64_t i0, int64_t i1, int64_t j0, int64_t j1, double* e, at::Tensor& A, T* b) {
-  SingleThreadedBlas blas_guard;
+  WorkerScope worker;
   const int64_t bi = i1 - i0, bj = j1 - j0;
   const bool diag = i0 == j0;
   const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());  // raw dot products, in G
@@ -254,6 +262,7 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
   const at::Tensor inv = NORM ? sx.reciprocal().contiguous() : sx;
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
   auto run = [&](int64_t bb, int64_t I, int64_t J) {
+    WorkerScope worker;
     at::Tensor Ab = A[bb];
     const auto [i0, i1] = block(I);
     const auto [j0, j1] = block(J);
@@ -322,6 +331,7 @@ void row_pass_fixed(const Params<T>& p, const at::Tensor& X, const at::Tensor& s
   const int64_t rb = direct ? kRowBlock : kGemmRowBlock;
   const int64_t nblk = (n1 + rb - 1) / rb;
   at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+    WorkerScope worker;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bb = task / nblk, blk = task % nblk;
       const int64_t i0 = blk * rb, i1 = std::min(n1, i0 + rb);
