@@ -58,7 +58,11 @@ def test_cpu_kernel_memory_is_linear(d):
 
 
 def test_tiled_torch_memory_is_linear():
-    """The tiled path holds a few [block, N] tiles: doubling N doubles its peak, it does not quadruple it."""
-    small, large = _peak_growth_mb("torch", 5000, 8), _peak_growth_mb("torch", 10000, 8)
-    assert large < 2.8 * small, f"peak RSS growth {small:.0f} MB at N=5000, {large:.0f} MB at N=10000"
-    assert large < 10000 * 10000 * 4 / 2**20, f"peak RSS grew {large:.0f} MB, more than the N x N matrix"
+    """The tiled path holds a few [block, N] tiles: quadrupling N quadruples its peak (16x would be N^2).
+
+    The growth at one N is not a smooth function of N (the allocator keeps or returns freed tiles: at
+    N = 10,000 it measured 161 or 256 MB run to run), so the sizes are 4x apart and the bound is 8x,
+    halfway between linear and quadratic on a log scale."""
+    small, large = _peak_growth_mb("torch", 4000, 8), _peak_growth_mb("torch", 16000, 8)
+    assert large < 8 * small, f"peak RSS growth {small:.0f} MB at N=4000, {large:.0f} MB at N=16000"
+    assert large < 16000 * 16000 * 4 / 2**20 / 2, f"peak RSS grew {large:.0f} MB, half the N x N matrix or more"

@@ -18,9 +18,12 @@
 // accumulated in a fixed order, and the per-row energies are reduced serially in double.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <cmath>
 #include <vector>
 
@@ -269,23 +272,58 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
     sym_tile<T, G, KIND, HS, NORM, MODE>(p, Xg[bb], Z[bb], sg.data_ptr<G>() + bb * n, inv.data_ptr<T>() + bb * n,
                                          i0, i1, j0, j1, e + bb * n, Ab, b ? b + bb * n : nullptr);
   };
-  // Round 0: every block with itself.
-  at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) run(t / nblk, t % nblk, t % nblk);
-  });
-  // Rounds 1..m-1 (the circle method): block 0 stays, the others rotate; position k meets position m-1-k.
+  // The tiles in round order. Round 0: every block with itself. Rounds 1..m-1 (the circle method):
+  // block 0 stays, the others rotate; position k meets position m-1-k.
+  struct Tile {
+    int64_t bb, I, J;
+  };
+  std::vector<std::vector<Tile>> rounds(m);
+  for (int64_t bb = 0; bb < B; ++bb)
+    for (int64_t I = 0; I < nblk; ++I) rounds[0].push_back({bb, I, I});
   const int64_t half = m / 2;
   for (int64_t r = 0; r + 1 < m; ++r) {
     auto team = [&](int64_t pos) { return pos == 0 ? int64_t(0) : 1 + (pos - 1 + r) % (m - 1); };
-    at::parallel_for(0, B * half, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t k = t % half;
+    for (int64_t bb = 0; bb < B; ++bb)
+      for (int64_t k = 0; k < half; ++k) {
         const int64_t I = team(k), J = team(m - 1 - k);
-        if (I >= nblk || J >= nblk) continue;  // the bye
-        run(t / half, std::min(I, J), std::max(I, J));
+        if (I < nblk && J < nblk) rounds[r + 1].push_back({bb, std::min(I, J), std::max(I, J)});  // else the bye
       }
-    });
   }
+#ifdef _OPENMP
+  // With OpenMP, no barrier between rounds: each tile is a task that depends on the previous tiles of
+  // its two blocks (depend(inout) on one object per block, in creation order = round order). Each row
+  // still receives its contributions in round order, so the result is the same as with the barriers,
+  // and a slow tile no longer holds up every thread at the end of its round.
+  const int nthreads = at::get_num_threads();
+  if (nthreads > 1 && !at::in_parallel_region()) {
+    std::vector<char> blk(B * nblk);
+    char* dep = blk.data();
+    std::exception_ptr error;
+    std::atomic_flag failed = ATOMIC_FLAG_INIT;
+#pragma omp parallel num_threads(nthreads)
+#pragma omp single
+    for (const auto& round : rounds)
+      for (const Tile& t : round) {
+        char* di = dep + t.bb * nblk + t.I;
+        char* dj = dep + t.bb * nblk + t.J;
+#pragma omp task firstprivate(t) depend(inout : di[0], dj[0])
+        {
+          c10::ParallelGuard in_parallel(true);
+          try {
+            run(t.bb, t.I, t.J);
+          } catch (...) {
+            if (!failed.test_and_set()) error = std::current_exception();
+          }
+        }
+      }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+#endif
+  for (const auto& round : rounds)
+    at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) run(round[t].bb, round[t].I, round[t].J);
+    });
 }
 
 // Row statistics in double for the direct engine (see direct_rows).
