@@ -127,13 +127,14 @@ extern "C" int mkl_set_num_threads_local_(const int*) __attribute__((weak));
 
 struct WorkerScope {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
+  bool pinned;
   int previous = 0;
-  WorkerScope() {
+  explicit WorkerScope(bool single_threaded_blas = true) : pinned(single_threaded_blas && mkl_set_num_threads_local_) {
     const int one = 1;
-    if (mkl_set_num_threads_local_) previous = mkl_set_num_threads_local_(&one);
+    if (pinned) previous = mkl_set_num_threads_local_(&one);
   }
   ~WorkerScope() {
-    if (mkl_set_num_threads_local_) mkl_set_num_threads_local_(&previous);
+    if (pinned) mkl_set_num_threads_local_(&previous);
   }
 };
 
@@ -202,7 +203,6 @@ constexpr int64_t kSymBlock = HSU_SYM_BLOCK;
 template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
 void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, const G* sg, const T* inv_sx,
               int64_t i0, int64_t i1, int64_t j0, int64_t j1, double* e, at::Tensor& A, T* b) {
-  WorkerScope worker;
   const int64_t bi = i1 - i0, bj = j1 - j0;
   const bool diag = i0 == j0;
   const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());  // raw dot products, in G
@@ -264,8 +264,13 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
   const at::Tensor Z = NORM ? X * sx.unsqueeze(-1) : X;  // u rows (normalized) or w rows
   const at::Tensor inv = NORM ? sx.reciprocal().contiguous() : sx;
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
+  // Few tiles (small N, one or two blocks, as in most layers of a network): the tiles run one after the
+  // other on this thread and each BLAS call uses every thread; the pair math, O(N^2) against the
+  // products' O(N^2 D), is then the serial part. Otherwise tiles run in parallel, one thread each.
+  const int64_t ntiles = B * nblk * (nblk + 1) / 2;
+  const bool inner_parallel = ntiles < 2 * static_cast<int64_t>(at::get_num_threads());
   auto run = [&](int64_t bb, int64_t I, int64_t J) {
-    WorkerScope worker;
+    WorkerScope worker(!inner_parallel);
     at::Tensor Ab = A[bb];
     const auto [i0, i1] = block(I);
     const auto [j0, j1] = block(J);
@@ -295,7 +300,7 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
   // still receives its contributions in round order, so the result is the same as with the barriers,
   // and a slow tile no longer holds up every thread at the end of its round.
   const int nthreads = at::get_num_threads();
-  if (nthreads > 1 && !at::in_parallel_region()) {
+  if (nthreads > 1 && !inner_parallel && !at::in_parallel_region()) {
     std::vector<char> blk(B * nblk);
     char* dep = blk.data();
     std::exception_ptr error;
@@ -320,6 +325,11 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
     return;
   }
 #endif
+  if (inner_parallel) {
+    for (const auto& round : rounds)
+      for (const Tile& t : round) run(t.bb, t.I, t.J);
+    return;
+  }
   for (const auto& round : rounds)
     at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) run(round[t].bb, round[t].I, round[t].J);
