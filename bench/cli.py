@@ -123,7 +123,8 @@ def main(argv: List[str] = None) -> int:
                    f"pairs); network: hidden layers half-space + {10:g} x output layer, through energy_many "
                    f"(the reference: one call per layer); CoMHE: riesz s=2 half-space on [20, N, 40]")
     timing = (f"median of up to {args.repeats} repeats after a warm-up call that is also the correctness "
-              f"check, stopping after {args.budget:g} s; "
+              f"check, stopping after {args.budget:g} s of calls; the backends of a workload take turns, one "
+              f"call each, so that a slow phase of the machine falls on all of them; "
               + ("CUDA events" if on_gpu else f"time.perf_counter, {torch.get_num_threads()} torch threads"))
     if load_start is not None:
         load_end = _load()

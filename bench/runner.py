@@ -2,8 +2,9 @@
 
 For each (workload, dtype) the inputs are built once and shared by every backend. Each backend's first call
 is its warm-up and its correctness check: the loss and every gradient are compared with the first backend
-that ran (the eager reference where it can run). Then the step is timed (``measure.time_repeats``) and its
-peak memory measured (in-process on GPU, in a fresh process on CPU: ``bench/memprobe.py``).
+that ran (the eager reference where it can run). Once every backend has been checked, their steps are timed
+in turns (``_time_interleaved``: a slow phase of a noisy machine then falls on all of them, not on one), and
+then each one's peak memory is measured (in-process on GPU, in a fresh process on CPU: ``bench/memprobe.py``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
     inputs = make_inputs(case, dtype, opts.device, opts.seed)
     truth = _float64_truth(case, inputs, backends, energy, opts)
     baseline = None  # (backend, loss, grads, error vs truth) of the first backend that ran
+    timed: list = []  # (row, step) of the backends timed in turns once every backend has been checked
     on_gpu = torch.device(opts.device).type == "cuda"
     for backend in backends:
         row = Row(backend, case, dtype)
@@ -198,42 +200,91 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
                 row.times = [row.first_call]
                 row.notes.append("timed on the checked first call")
             else:
-                row.times = measure.time_repeats(lambda: step(inputs), opts.device, opts.budget_s, 1,
-                                                 opts.max_repeats)
-                if backend == "compile" or row.first_call > 2 * row.time:
-                    row.notes.append(f"first call {measure.fmt_time(row.first_call)}")
-            opts.best_rate[backend] = max(opts.best_rate.get(backend, 0.0), case.flops() / row.time)
-            if long_call:
-                row.notes.append("memory measured in-process on the first call")
-            elif opts.measure_memory:
-                if on_gpu:
-                    row.peak_bytes = measure.cuda_growth(lambda: step(inputs), opts.device)
-                elif backend == "compile":
-                    # a fresh process would compile again (tens of seconds): measure here, after the heap
-                    # of earlier backends has been given back to the OS
-                    row.peak_bytes = measure.rss_growth(lambda: step(inputs))[0]
-                    row.notes.append("memory measured in-process")
-                else:
-                    warm = backend == "compile" or row.time < 1.0
-                    probe = _probe_memory_cpu(case, energy, backend, dtype, opts, warm)
-                    row.peak_bytes = probe.peak_bytes
-                    if probe.status != "ok":
-                        row.notes.append(probe.status)
+                timed.append((row, step))  # timed below, interleaved with the other backends
+                continue
+            _finish_row(row, step, inputs, case, energy, backend, dtype, opts, long_call)
         except Exception as err:  # one backend's failure must not stop the table
-            if measure.is_oom(err):
-                row.status = "OOM"
-            else:
-                row.status = f"error ({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})"
-            row.times = []
+            _fail_row(row, err)
         finally:
             holder.clear()
             gc.collect()
             if on_gpu:
                 torch.cuda.empty_cache()
-        t = row.time
-        _log(opts, f"  {LABELS[backend]:26s} {row.status} {measure.fmt_time(t) if t else ''} "
-                   f"mem {measure.fmt_bytes(row.peak_bytes)} {row.check}")
+        _log_row(opts, row)
+    _time_interleaved(timed, inputs, opts)
+    for row, step in timed:
+        if row.status != "ok":
+            _log_row(opts, row)
+            continue
+        try:
+            if row.backend == "compile" or row.first_call > 2 * row.time:
+                row.notes.append(f"first call {measure.fmt_time(row.first_call)}")
+            _finish_row(row, step, inputs, case, energy, row.backend, dtype, opts, False)
+        except Exception as err:
+            _fail_row(row, err)
+        finally:
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
+        _log_row(opts, row)
     return rows
+
+
+def _time_interleaved(timed, inputs, opts: Options) -> None:
+    """Times the backends of one workload in turns (one call each per turn, until each has ``max_repeats``
+    calls or has spent ``budget_s``), so that a slow phase of a noisy machine falls on every backend alike
+    and the ratios between them hold, where timing one backend after the other would put it on one."""
+    spent = {id(row): 0.0 for row, _ in timed}
+    while True:
+        active = [(row, step) for row, step in timed if row.status == "ok" and len(row.times) < opts.max_repeats
+                  and (not row.times or spent[id(row)] < opts.budget_s)]
+        if not active:
+            return
+        for row, step in active:
+            try:
+                t = measure.time_call(lambda: step(inputs), opts.device)
+            except Exception as err:
+                _fail_row(row, err)
+                continue
+            row.times.append(t)
+            spent[id(row)] += t
+
+
+def _fail_row(row: Row, err: Exception) -> None:
+    if measure.is_oom(err):
+        row.status = "OOM"
+    else:
+        row.status = f"error ({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})"
+    row.times = []
+
+
+def _log_row(opts: Options, row: Row) -> None:
+    t = row.time
+    _log(opts, f"  {LABELS[row.backend]:26s} {row.status} {measure.fmt_time(t) if t else ''} "
+               f"mem {measure.fmt_bytes(row.peak_bytes)} {row.check}")
+
+
+def _finish_row(row: Row, step, inputs, case: Case, energy: Energy, backend: str, dtype: torch.dtype,
+                opts: Options, long_call: bool) -> None:
+    """After the timing: the backend's best rate so far and the row's peak memory."""
+    on_gpu = torch.device(opts.device).type == "cuda"
+    opts.best_rate[backend] = max(opts.best_rate.get(backend, 0.0), case.flops() / row.time)
+    if long_call:
+        row.notes.append("memory measured in-process on the first call")
+    elif opts.measure_memory:
+        if on_gpu:
+            row.peak_bytes = measure.cuda_growth(lambda: step(inputs), opts.device)
+        elif backend == "compile":
+            # a fresh process would compile again (tens of seconds): measure here, after the heap
+            # of earlier backends has been given back to the OS
+            row.peak_bytes = measure.rss_growth(lambda: step(inputs))[0]
+            row.notes.append("memory measured in-process")
+        else:
+            warm = backend == "compile" or row.time < 1.0
+            probe = _probe_memory_cpu(case, energy, backend, dtype, opts, warm)
+            row.peak_bytes = probe.peak_bytes
+            if probe.status != "ok":
+                row.notes.append(probe.status)
 
 
 def run_all(cases: Sequence[Case], dtypes: Sequence[torch.dtype], backends: Sequence[str], energy: Energy,
