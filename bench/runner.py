@@ -202,7 +202,7 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
             else:
                 timed.append((row, step))  # timed below, interleaved with the other backends
                 continue
-            _finish_row(row, step, inputs, case, energy, backend, dtype, opts, long_call)
+            _finish_row(row, step, inputs, case, energy, dtype, opts, long_call)
         except Exception as err:  # one backend's failure must not stop the table
             _fail_row(row, err)
         finally:
@@ -219,7 +219,7 @@ def run_case(case: Case, dtype: torch.dtype, backends: Sequence[str], energy: En
         try:
             if row.backend == "compile" or row.first_call > 2 * row.time:
                 row.notes.append(f"first call {measure.fmt_time(row.first_call)}")
-            _finish_row(row, step, inputs, case, energy, row.backend, dtype, opts, False)
+            _finish_row(row, step, inputs, case, energy, dtype, opts, False)
         except Exception as err:
             _fail_row(row, err)
         finally:
@@ -264,10 +264,11 @@ def _log_row(opts: Options, row: Row) -> None:
                f"mem {measure.fmt_bytes(row.peak_bytes)} {row.check}")
 
 
-def _finish_row(row: Row, step, inputs, case: Case, energy: Energy, backend: str, dtype: torch.dtype,
-                opts: Options, long_call: bool) -> None:
+def _finish_row(row: Row, step, inputs, case: Case, energy: Energy, dtype: torch.dtype, opts: Options,
+                long_call: bool) -> None:
     """After the timing: the backend's best rate so far and the row's peak memory."""
     on_gpu = torch.device(opts.device).type == "cuda"
+    backend = row.backend
     opts.best_rate[backend] = max(opts.best_rate.get(backend, 0.0), case.flops() / row.time)
     if long_call:
         row.notes.append("memory measured in-process on the first call")
@@ -280,8 +281,7 @@ def _finish_row(row: Row, step, inputs, case: Case, energy: Energy, backend: str
             row.peak_bytes = measure.rss_growth(lambda: step(inputs))[0]
             row.notes.append("memory measured in-process")
         else:
-            warm = backend == "compile" or row.time < 1.0
-            probe = _probe_memory_cpu(case, energy, backend, dtype, opts, warm)
+            probe = _probe_memory_cpu(case, energy, backend, dtype, opts, row.time < 1.0)
             row.peak_bytes = probe.peak_bytes
             if probe.status != "ok":
                 row.notes.append(probe.status)
