@@ -20,7 +20,9 @@ from .ops import (
 )
 from .regularizers import (
     METHODS,
+    PRESETS,
     MHERegularizer,
+    Preset,
     comhe_adversarial_objective,
     comhe_angle_loss,
     comhe_random_loss,
@@ -42,7 +44,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "METHODS",
+    "PRESETS",
     "MHERegularizer",
+    "Preset",
     "NeuronLayer",
     "collect_layers",
     "comhe_adversarial_objective",
