@@ -25,7 +25,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 TORCH_LIBRARY(hsu, m) {
   // w: [B, N, D]. Returns (E, G): E[b] = sum over unordered pairs of the (half-space) energy of w[b]
-  // (SPEC §4, "sum" reduction), G = dE/dw. E is float32 for half inputs, else w's dtype.
+  // (docs/spec.md §4, "sum" reduction), G = dE/dw. E is float32 for half inputs, else w's dtype.
   m.def(
       "energy_grad(Tensor w, int kind, float s, float t, float eps_norm, float eps_ang, bool half_space, "
       "bool normalize) -> (Tensor, Tensor)");

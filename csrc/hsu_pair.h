@@ -1,4 +1,4 @@
-// Per-pair math of the hyperspherical energies (SPEC.md §2-§5), shared by every compiled backend.
+// Per-pair math of the hyperspherical energies (docs/spec.md §2-§5), shared by every compiled backend.
 //
 // One definition of phi and phi' for host and device: the CPU kernel includes this header as plain C++,
 // the CUDA kernel includes it unchanged and gets __host__ __device__ functions through HSU_HD.
@@ -206,7 +206,7 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
   }
 }
 
-// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (SPEC §3), given
+// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (docs/spec.md §3), given
 // also om = 1 - |g| (formed by the caller as accurately as it can: in a wider type, or in closed form for
 // the half-space self pair). MODE is the exponent mode of s/2 (Riesz) or s (angular). G is the type g
 // arrives in: a float kernel may carry g in double so that d2 = 2 - 2g, which cancels for nearly parallel
@@ -379,7 +379,7 @@ HSU_HD T grad_scale(bool self, bool half_space) {
 
 namespace hsu {
 
-// The row epilogue (SPEC §6): from row i's accumulators a_i = sum_j cj w_j and b_i = sum_j ci to dE/dw_i.
+// The row epilogue (docs/spec.md §6): from row i's accumulators a_i = sum_j cj w_j and b_i = sum_j ci to dE/dw_i.
 //   normalized:   G = scale * a_i;  dE/dw_i = r_i G - r_i^3 (G . w_i) w_i   (+ k_diag w_i)
 //   un-normalized: dE/dw_i = scale * (a_i + b_i w_i)                        (+ k_diag w_i)
 // The two normalized terms cancel when a row's gradient is nearly radial, so the epilogue runs in the

@@ -1,7 +1,7 @@
 """hsu-kernels: fused, tiled kernels for hyperspherical-uniformity regularizers (MHE and its family).
 
 The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func:`uniformity_loss`,
-:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See SPEC.md for the numbers.
+:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See docs/spec.md for the numbers.
 """
 
 from . import distributed, reference

@@ -1,4 +1,4 @@
-"""From a model's layers to neuron matrices (SPEC.md §1).
+"""From a model's layers to neuron matrices (docs/spec.md §1).
 
 A layer's weight becomes ``W: Tensor[N, D]``, one row per neuron (output unit):
 
@@ -52,7 +52,7 @@ class NeuronLayer:
 
 
 def neuron_matrix(layer: nn.Module) -> torch.Tensor:
-    """The neuron matrix of one layer, a differentiable view of its weight (SPEC §1).
+    """The neuron matrix of one layer, a differentiable view of its weight (docs/spec.md §1).
 
     Args:
         layer: an ``nn.Linear``, ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (groups = 1).

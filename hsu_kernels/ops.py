@@ -170,7 +170,7 @@ def energy(
     power: Optional[str] = None,
     precision: Optional[str] = None,
 ) -> torch.Tensor:
-    """Hyperspherical energy of the rows of ``w`` (SPEC.md §3-§5), differentiable.
+    """Hyperspherical energy of the rows of ``w`` (docs/spec.md §3-§5), differentiable.
 
     ``E = sum_{i<j} phi(g_ij)`` with ``g_ij`` the cosine of rows ``i`` and ``j`` after
     ``u_i = w_i / sqrt(|w_i|^2 + eps_norm)``, and ``phi`` by ``kind``:

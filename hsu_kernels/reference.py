@@ -1,4 +1,4 @@
-"""The oracle: SPEC.md written as plainly as possible in PyTorch.
+"""The oracle: docs/spec.md written as plainly as possible in PyTorch.
 
 Every function here materializes the full ``N x N`` matrix and lets autograd differentiate it. That is
 O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
@@ -19,12 +19,12 @@ from ._params import EnergyParams, num_pairs
 
 
 def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
-    """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (SPEC §1)."""
+    """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (docs/spec.md §1)."""
     return w / torch.sqrt((w * w).sum(dim=-1, keepdim=True) + eps_norm)
 
 
 def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term as a function of the cosine of two normalized rows (SPEC §3)."""
+    """The per-pair term as a function of the cosine of two normalized rows (docs/spec.md §3)."""
     if p.kind in ("angular", "angular_log"):
         a = torch.acos(g) / math.pi + p.eps_ang
         return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
@@ -67,7 +67,7 @@ def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
-    """The energy, summed or averaged over unordered pairs (SPEC §4)."""
+    """The energy, summed or averaged over unordered pairs (docs/spec.md §4)."""
     e = energy_sum(w, p)
     if reduction == "mean":
         e = e / num_pairs(w.shape[-2], p.half_space)
@@ -99,12 +99,12 @@ def squared_distances(w: torch.Tensor, half_space: bool = False, eps_norm: float
 
 
 def min_separation(w: torch.Tensor, half_space: bool = False, eps_norm: float = 1e-4) -> torch.Tensor:
-    """MHS: ``-min_{i<j} d2_ij`` (SPEC §7)."""
+    """MHS: ``-min_{i<j} d2_ij`` (docs/spec.md §4)."""
     return -squared_distances(w, half_space, eps_norm).amin(-1)
 
 
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (SPEC §4, §7), with
-    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` clamped at 0 (SPEC §5)."""
+    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (docs/spec.md §4, §7), with
+    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` clamped at 0 (docs/spec.md §5)."""
     p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
     return torch.log(energy(x, p, "mean"))

@@ -1,6 +1,6 @@
 """The tiled PyTorch path (``backend="torch"``): any device, O(N * block) memory.
 
-The same algorithm as the compiled kernels (SPEC §6), written with PyTorch ops over blocks of rows:
+The same algorithm as the compiled kernels (docs/spec.md §6), written with PyTorch ops over blocks of rows:
 for a block ``I`` of rows, ``S = W_I W^T`` gives the raw dot products with every row, the per-pair terms are
 evaluated elementwise (``csrc/hsu_pair.h`` in tensor form), and ``C @ W`` accumulates the gradient. The
 energy and the gradient come out of one pass; ``backward`` only scales the saved gradient.
@@ -47,7 +47,7 @@ def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tens
 
 
 def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype, om=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3), computed in ``dtype``. ``g`` may come
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3), computed in ``dtype``. ``g`` may come
     in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows).
     ``om`` is ``1 - |g|`` when the caller has it in closed form (the half-space self pair)."""
     if p.kind in ("angular", "angular_log"):
@@ -139,7 +139,7 @@ def row_pass(x, y, p: EnergyParams, self_mode: bool, block: int = DEFAULT_BLOCK)
 
 
 def row_grad(x, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
-    """``dE/dw_i`` from the accumulators (the chain rule of SPEC §6, or ``a + b w`` un-normalized).
+    """``dE/dw_i`` from the accumulators (the chain rule of docs/spec.md §6, or ``a + b w`` un-normalized).
 
     Runs in float64 where the device has it: the two normalized terms cancel when a row's gradient is
     nearly radial, and this is O(N D) work."""

@@ -167,7 +167,7 @@ def test_exact_unit_rows_and_zero_rows():
 
 
 def test_sanity_values():
-    """SPEC §7: random near-orthogonal neurons in high dimension."""
+    """docs/spec.md §7: random near-orthogonal neurons in high dimension."""
     w = rand_rows(256, 4096, dtype=torch.float32, device=DEV)
     want = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in want.items():

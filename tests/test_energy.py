@@ -200,7 +200,7 @@ def test_zero_rows_and_exact_unit_rows(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sanity_values(backend):
-    """SPEC §7: near-orthogonal random neurons in high dimension."""
+    """docs/spec.md §7: near-orthogonal random neurons in high dimension."""
     w = rand_rows(48, 20000, dtype=torch.float32)
     want = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in want.items():

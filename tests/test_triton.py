@@ -10,7 +10,7 @@ Under the interpreter the shapes are small (N <= 130); on CUDA the same tests ru
 Tolerances (the flash-attention habit): the kernel's error against the float64 reference may be at most
 twice the reference's own error when the reference computes in the kernel's dtype (root-mean-square over
 the elements; 4x element by element), plus a small floor relative to the result's scale (``FLOOR``). The
-"reference's own error" is the larger of two float32 evaluations of SPEC (normalize-then-multiply as in
+"reference's own error" is the larger of two float32 evaluations of docs/spec.md (normalize-then-multiply as in
 reference.py, and the safe form ``(w_i . w_j) r_i r_j`` the kernels use): one evaluation's error is a
 random draw that can be far below typical by luck (see ``assert_close_to_ref``).
 """
@@ -73,7 +73,7 @@ def _ref_energy_grad(w, p, dtype):
 
 
 def _safe_pairs(x, y, p):
-    """``phi`` of every pair with the cosine in SPEC §1's safe form ``(x_i . y_j) r_i r_j`` (the kernels'
+    """``phi`` of every pair with the cosine in docs/spec.md §1's safe form ``(x_i . y_j) r_i r_j`` (the kernels'
     form; the reference normalizes first). Un-normalized: the reference's own formula."""
     if not p.normalize:
         d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
@@ -84,7 +84,7 @@ def _safe_pairs(x, y, p):
 
 
 def _safe_energy_grad(w, p, dtype):
-    """The SPEC energy of ``w: [B, N, D]`` in ``dtype`` through :func:`_safe_pairs` (half-space by
+    """The energy (docs/spec.md) of ``w: [B, N, D]`` in ``dtype`` through :func:`_safe_pairs` (half-space by
     concatenation, as the reference does)."""
     wd = w.detach().to(dtype).requires_grad_(True)
     x = torch.cat([wd, -wd], dim=-2) if p.half_space else wd
@@ -219,7 +219,7 @@ def test_batched(d):
 def test_eps_norm_zero_half_space():
     """eps_norm = 0: exact unit rows; the diagonal pair (u_i, -u_i) at g = -1 contributes phi(-1) each and no
     gradient. The reference cannot do this case (g_ii rounds below -1, acos gives NaN), so the expected value
-    is SPEC §4's form written out in float64: 2 sum_{i<j} [phi(g) + phi(-g)] + N phi(-1)."""
+    is docs/spec.md §4's form written out in float64: 2 sum_{i<j} [phi(g) + phi(-g)] + N phi(-1)."""
     p = make_params("angular", 1.0, half_space=True, eps_norm=0.0)
     w = _rand((1, 20, 3), 5)
     e, g = ht.energy_grad(w, p)
@@ -383,7 +383,7 @@ def test_errors():
 
 
 def test_sanity_values():
-    """SPEC §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
+    """docs/spec.md §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
     w = _rand((64, 256), 99)
     expected = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in expected.items():

@@ -1,5 +1,5 @@
 // The C++ CPU kernel: energy and gradient fused in one pass over tiles, multi-threaded with
-// at::parallel_for, no N x N buffer (SPEC §6).
+// at::parallel_for, no N x N buffer (docs/spec.md §6).
 //
 // Self energies (every D): symmetric tiles. Each unordered pair of 256-row blocks is one tile: its dot
 // products come from one BLAS call, the pair terms are applied while the tile is in cache, and two more

@@ -1,4 +1,4 @@
-// The CUDA kernels of the hsu ops and their host launchers, free of torch (SPEC.md §4-§6).
+// The CUDA kernels of the hsu ops and their host launchers, free of torch (docs/spec.md §4-§6).
 //
 // csrc/cuda/hsu_cuda.cu binds them to torch.ops.hsu.*; csrc/tests/cuda_compile_check.cu instantiates the
 // same launchers without torch (the CMake compile check). Per-pair math comes from csrc/hsu_pair.h, the
