@@ -46,10 +46,11 @@ $(VENV)/.deps-installed: pyproject.toml
 
 # The package, editable, in the venv: the build sees the venv's torch (no build isolation) and puts the
 # extension next to the sources, so `python -m bench`, the examples and `import hsu_kernels` from any folder
-# all use this checkout.
+# all use this checkout. (setuptools' note on flat-layout editable installs, that a folder named like the
+# package may shadow it, does not apply: that folder is the package installed here.)
 $(VENV)/.hsu-installed: $(DEPS) $(EXT_SOURCES)
 	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (a few minutes on 2 cores)"
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(DEPS) $(INSTALLED)
