@@ -9,12 +9,40 @@ still build the CUDA kernels), or when FORCE_CUDA=1. Environment:
   HSU_CPU_ARCH            -march for the CPU kernel (default "native": the extension is built where it runs;
                           set e.g. "x86-64-v2" to build a portable binary)
   MAX_JOBS                parallel compile jobs (ninja)
+  HSU_DEBUG=1             compile with debug info (-g); the default is a release build without it
+
+The extension is compiled against the torch that is installed where the build runs, and torch's C++ ABI
+changes between versions: build without isolation (``pip install --no-build-isolation .``) into the
+environment that will import it. The torch version of the build is written next to the extension
+(``hsu_kernels/_build_info.py``); ``hsu_kernels/_ext.py`` compares it with the running torch at import.
 """
 
 import glob
 import os
+import sys
 
+from setuptools import __version__ as setuptools_version
 from setuptools import find_packages, setup
+
+#: Printed when torch cannot be imported, which is what a build in pip's default isolated environment
+#: sees: fail in the first seconds and say what to run instead.
+NEEDS_TORCH = """hsu-kernels compiles its C++ extension against the torch that will import it, so torch must be
+installed before the build, in the environment that builds it (pip's default build isolation hides it).
+Install torch first, then build without isolation:
+
+    pip install torch
+    pip install --no-build-isolation .          (or -e . for an editable install)
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:
+    sys.exit(f"error: torch is not importable here ({exc}).\n{NEEDS_TORCH}")
+
+# pyproject.toml's SPDX license string (PEP 639) needs setuptools 77; an older one fails with a schema error
+if int(setuptools_version.split(".")[0]) < 77:
+    sys.exit(f'error: hsu-kernels needs setuptools>=77 to build (found {setuptools_version}): '
+             f'pip install "setuptools>=77", then build again')
 
 
 def _extensions():
@@ -30,6 +58,8 @@ def _extensions():
 
     arch = os.environ.get("HSU_CPU_ARCH", "native")
     cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+    # Python's own CFLAGS carry -g (a 32 MB extension, slower compiles); the last -g option wins
+    cxx.append("-g" if os.environ.get("HSU_DEBUG") == "1" else "-g0")
     if arch:
         cxx.append(f"-march={arch}")
     # at::parallel_for is an inline template: compiled without OpenMP it runs its body on one thread.
@@ -56,7 +86,22 @@ def _extensions():
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        """torch's BuildExtension, then the build's torch version next to the extension (only after a
+        successful build, so it always describes the binary beside it)."""
+
+        def run(self):
+            super().run()
+            import torch
+
+            # get_ext_fullpath names the build folder, or the source tree for --inplace and editable installs
+            folder = os.path.dirname(self.get_ext_fullpath("hsu_kernels._C"))
+            with open(os.path.join(folder, "_build_info.py"), "w") as f:
+                f.write('"""Written by setup.py with hsu_kernels._C: the torch it was compiled against."""\n\n'
+                        f"TORCH_VERSION = {str(torch.__version__)!r}\n"
+                        f"TORCH_CUDA = {torch.version.cuda!r}\n")
+
+    return {"build_ext": BuildExt}
 
 
 setup(

@@ -8,12 +8,39 @@ backward through the fused ops; use ``backend="reference"`` for higher derivativ
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 
+
+def built_against() -> Optional[str]:
+    """The torch version the extension was compiled against, as setup.py recorded it beside the extension
+    (``hsu_kernels/_build_info.py``); None when there is no record (no build, or one from elsewhere)."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:
+        return None
+    return str(TORCH_VERSION)
+
+
+def version_mismatch(built: Optional[str], running: str) -> Optional[str]:
+    """The message for an extension built against torch ``built`` and imported under torch ``running``,
+    or None when they agree (or nothing was recorded)."""
+    if built is None or built == running:
+        return None
+    return (f"hsu_kernels._C was built against torch {built} but torch {running} is running, so it is not "
+            f"loaded (torch's C++ ABI changes between versions; the 'reference', 'torch' and 'triton' backends "
+            f"still work). Rebuild it against this torch, in the source folder: "
+            f"pip install --no-build-isolation .  (a clone: pip install --no-build-isolation -e . or make build)")
+
+
 _LOAD_ERROR: Optional[BaseException] = None
+_MISMATCH = version_mismatch(built_against(), str(torch.__version__))
 try:
+    if _MISMATCH is not None:  # loading it could crash or misbehave: never load it, and say so once
+        warnings.warn(_MISMATCH, RuntimeWarning)
+        raise ImportError(_MISMATCH)
     from . import _C  # noqa: F401  (importing registers torch.ops.hsu.*)
 except ImportError as exc:  # the package still works without its extension (reference / torch backends)
     _LOAD_ERROR = exc

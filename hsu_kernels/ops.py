@@ -55,11 +55,11 @@ def _backend_ok(name: str, device: torch.device) -> Tuple[bool, str]:
         if device.type != "cuda":
             return False, f"it runs on CUDA tensors, got a {device.type} tensor"
         if not _ext.has_cuda_kernel():
-            return False, "the extension was built without CUDA (see README: building with CUDA)"
+            return False, "the extension was built without CUDA (see the README, Installation: the CUDA kernel)"
         return True, ""
     if name == "triton":
         if _triton_module() is None:
-            return False, "triton is not installed (pip install hsu-kernels[triton])"
+            return False, "triton is not installed (pip install triton)"
         if device.type == "cuda" or (device.type == "cpu" and _triton_interpret()):
             return True, ""
         return False, "it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)"

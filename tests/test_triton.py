@@ -29,7 +29,7 @@ if not (INTERPRET or torch.cuda.is_available()):
         "`TRITON_INTERPRET=1 python -m pytest tests/test_triton.py`",
         allow_module_level=True,
     )
-pytest.importorskip("triton", reason="triton is not installed (pip install hsu-kernels[triton])")
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 import hsu_kernels  # noqa: E402
 from hsu_kernels import reference  # noqa: E402
