@@ -6,6 +6,9 @@
 #   make bench                the same set-up, then the benchmark table and the scaling plot.
 #   make test PYTHON=python3  on a machine that already has torch (e.g. a CUDA build on a GPU box, no
 #                             internet): no venv, nothing downloaded, the extension built against that torch.
+#   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
+#                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
+#                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
 
 PYTHON ?=
 VENV ?= .venv
@@ -49,6 +52,11 @@ cmake-check:
 		cmake --build _build_cmake -j $(MAX_JOBS) && \
 		ctest --test-dir _build_cmake --output-on-failure; \
 	else echo "cmake not found: compile check skipped"; fi
+
+# Needs python3 (with venv), nvcc and git; all else it installs into a venv cached under ~/.cache/hsu-kernels.
+.PHONY: cuda-check
+cuda-check:
+	bash .ci/cuda_check.sh
 
 bench: build
 	$(PY) -m bench
