@@ -3,15 +3,14 @@
 #
 #   1. a venv with a CUDA build of torch (torch==$CUDA_TORCH; on the CI machines this resolves to a CUDA 13
 #      wheel through the package index pip is configured with there, so nothing is fetched from outside),
-#   2. the extension built from the CUDA sources for sm_80 and sm_90 (FORCE_CUDA=1, CUDA_HOME left to
-#      setup.py's discovery unless set),
+#   2. bench/gpu_check.sh --dry-run, whose build stage builds the extension from the CUDA sources for sm_80
+#      and sm_90 (FORCE_CUDA=1, CUDA_HOME left to setup.py's discovery unless set); its GPU stages are
+#      skipped with their reason, and every file it promises must be in its $OUT,
 #   3. import: both ops (hsu::energy_grad, hsu::cross_energy_grad) have CPU and CUDA kernels in the
 #      dispatch table,
 #   4. cuobjdump (shipped in the Triton wheel) finds SASS for both architectures in the .so, and prints the
 #      registers / stack / spills of the CUDA kernels,
-#   5. the CPU suite's quick subset ($QUICK_TESTS, -k "$QUICK_K") under that torch,
-#   6. bench/gpu_check.sh --dry-run: the GPU script's build and set-up run, its GPU stages are skipped with
-#      their reason, and every file it promises must be in its $OUT.
+#   5. the CPU suite's quick subset ($QUICK_TESTS, -k "$QUICK_K") under that torch.
 #
 # Everything runs in a throwaway copy of the tree (the clone's own in-place CPU build is left alone).
 # Cached between runs, under ${HSU_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hsu-kernels}:
@@ -21,6 +20,8 @@
 # An entry is used only once complete (a .complete file is written last); entries of older keys are
 # removed when a new one is made. HSU_CACHE_DIR=/some/dir to move it, HSU_NO_CACHE=1 to rebuild both.
 set -euo pipefail
+# The whole script is one function, read before it runs: editing this file during a run cannot change it.
+main() {
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -29,7 +30,7 @@ ARCHS="8.0;9.0"
 PY3=${PY3:-python3}
 PKGS="torch==$CUDA_TORCH numpy ninja pybind11 pytest setuptools wheel"
 QUICK_TESTS="tests/test_energy.py tests/test_errors.py tests/test_regularizers.py tests/test_compile_model.py \
-tests/test_cuda.py tests/test_setup_cuda_home.py"
+tests/test_cuda.py tests/test_setup_cuda_home.py tests/test_gpu_backends.py"
 QUICK_K="not large_odd_n"
 CACHE=${HSU_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hsu-kernels}
 export MAX_JOBS=${MAX_JOBS:-2}
@@ -71,26 +72,39 @@ git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' 
 done | tar -cf - --null -T - | tar -xf - -C "$WORK"
 echo "tree copied to $WORK"
 
-# ---- 2. the CUDA build -----------------------------------------------------------------------------------
+# ---- 2. the CUDA build, by bench/gpu_check.sh --dry-run -------------------------------------------------
+# The dry run's build stage is the command a GPU machine runs (FORCE_CUDA=1 setup.py build_ext --inplace);
+# its other stages check their commands without a GPU. A cached build is put where setuptools looks for it
+# (build/lib.*/, newer than every source), so that the build stage finds it up to date.
 BKEY=$( { cd "$ROOT" && find csrc setup.py -type f | LC_ALL=C sort | xargs sha256sum;
           echo "$VKEY $ARCHS"; nvcc --version 2>/dev/null || echo "no nvcc"; } | hash_of)
 BUILD=$CACHE/build-cuda-$BKEY
-phase "build for $ARCHS, cache $BUILD"
-if [ "${HSU_NO_CACHE:-0}" = 1 ] || [ ! -e "$BUILD/.complete" ]; then
-  t0=$SECONDS
-  (cd "$WORK" && env -u HSU_NO_CUDA FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCHS" "$VPY" setup.py -q build_ext --inplace)
-  echo "built in $((SECONDS - t0)) s"
-  find "$CACHE" -maxdepth 1 -name 'build-cuda-*' -exec rm -rf {} +
-  mkdir -p "$BUILD"
-  cp "$WORK"/hsu_kernels/_C*.so "$BUILD/"
-  touch "$BUILD/.complete"
-else
-  echo "reused (cached)"
-  cp "$BUILD"/_C*.so "$WORK/hsu_kernels/"
-  touch "$WORK"/hsu_kernels/_C*.so  # newer than every source: a later build_ext --inplace skips it
+LIBDIR=$WORK/build/$("$VPY" -c "import sys, sysconfig; print(f'lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}')")/hsu_kernels
+HIT=0
+if [ "${HSU_NO_CACHE:-0}" != 1 ] && [ -e "$BUILD/.complete" ]; then
+  HIT=1
+  mkdir -p "$LIBDIR"
+  cp "$BUILD"/_C*.so "$LIBDIR/"
+  touch "$LIBDIR"/_C*.so
+fi
+phase "bench/gpu_check.sh --dry-run: the build for $ARCHS ($([ $HIT = 1 ] && echo "cached in $BUILD" || echo "not cached: compiling, minutes")) and the GPU script's set-up"
+DRY_OUT=$WORK/gpu-check-dry
+# nvcc compiles the two architectures in parallel threads (NVCC_APPEND_FLAGS is read by nvcc itself)
+if ! (cd "$WORK" && env -u HSU_NO_CUDA -u CUDA_VISIBLE_DEVICES OUT="$DRY_OUT" PYTHON="$VPY" \
+      TORCH_CUDA_ARCH_LIST="$ARCHS" NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:---threads 2}" \
+      GPU_CHECK_LIMIT_BUILD="${GPU_CHECK_LIMIT_BUILD:-3600}" bash bench/gpu_check.sh --dry-run); then
+  echo "--- the dry run failed; its build log ends:"
+  tail -40 "$DRY_OUT/build.log" 2>/dev/null
+  exit 1
 fi
 SO=$(ls "$WORK"/hsu_kernels/_C*.so)
 echo "extension: $SO ($(du -h "$SO" | cut -f1))"
+if [ $HIT = 0 ]; then
+  find "$CACHE" -maxdepth 1 -name 'build-cuda-*' -exec rm -rf {} +
+  mkdir -p "$BUILD"
+  cp "$SO" "$BUILD/"
+  touch "$BUILD/.complete"
+fi
 
 cd "$WORK"
 
@@ -150,7 +164,6 @@ phase "quick tests under torch $CUDA_TORCH"
 # shellcheck disable=SC2086
 "$VPY" -m pytest -q -rs -p no:cacheprovider $QUICK_TESTS -k "$QUICK_K"
 
-# ---- 6. the GPU script's dry run -------------------------------------------------------------------------
-phase "bench/gpu_check.sh --dry-run"
-OUT="$WORK/gpu-check-dry" PYTHON="$VPY" TORCH_CUDA_ARCH_LIST="$ARCHS" bash bench/gpu_check.sh --dry-run
 phase "done in $((SECONDS - T_START)) s"
+}
+main "$@"

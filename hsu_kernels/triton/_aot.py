@@ -70,11 +70,11 @@ def occupancy(arch: int, regs: int, shared: int, warps: int) -> Tuple[int, str]:
     """
     lim = ARCH_LIMITS[arch]
     regs_per_warp = -(-max(regs, 1) * 32 // 256) * 256
-    by = {
-        "registers": (lim["regs"] // regs_per_warp) // warps,
-        "shared memory": lim["smem"] // (shared + lim["reserved"]) if shared <= lim["smem_block"] else 0,
+    by = {  # in this order, so that a tie names the hardware's own cap first
         "warps": lim["warps"] // warps,
         "blocks": lim["blocks"],
+        "registers": (lim["regs"] // regs_per_warp) // warps,
+        "shared memory": lim["smem"] // (shared + lim["reserved"]) if shared <= lim["smem_block"] else 0,
     }
     limiter = min(by, key=lambda k: by[k])
     return by[limiter] * warps, limiter if by[limiter] else f"does not fit ({limiter})"
@@ -91,10 +91,6 @@ def _mode_consts(mode: str) -> Tuple[str, dict]:
     if mode == "fp16":
         return "fp16", dict(PREC="tf32", PREC2="tf32", C_DTYPE="fp32")
     raise ValueError(f"unknown mode {mode!r}")
-
-
-def _config_kwargs(c) -> dict:
-    return dict(c.kwargs)
 
 
 def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = False) -> List[dict]:
@@ -121,20 +117,20 @@ def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = Fals
                                     ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
                                           "tab_ptr": "i64"},
                                     consts=dict(flags, DIAG=True, **prod, EPI="fp32", BLOCK_D=bd,
-                                                **_config_kwargs(c)),
+                                                **c.kwargs),
                                     warps=c.num_warps, stages=c.num_stages))
             for c in K._strip_configs(interpret=False)[:1] if quick else K._strip_configs(interpret=False):
                 out.append(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
                                       "b_ptr": "fp32", "tab_ptr": "i64"},
-                                consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **_config_kwargs(c)),
+                                consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
                                 warps=c.num_warps, stages=c.num_stages))
             for c in K._gemm_configs(interpret=False)[:1] if quick else K._gemm_configs(interpret=False):
                 gflags = {k: v for k, v in flags.items() if k not in ("POW",)}
                 out.append(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
                                 consts=dict(gflags, PREC2=prod["PREC2"], C_DTYPE=prod["C_DTYPE"],
-                                            **_config_kwargs(c)),
+                                            **c.kwargs),
                                 warps=c.num_warps, stages=c.num_stages))
             if mode != "tf32":  # the epilogue has no products: tf32 compiles the same kernel as ieee
                 from .launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
