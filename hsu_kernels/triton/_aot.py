@@ -276,6 +276,25 @@ def summarize(results: List[dict]) -> List[str]:
     return lines
 
 
+def spill_free(results: List[dict]) -> List[str]:
+    """One line per (kernel, mode, D, arch): how many of its configs compile without spills, and the worst
+    spill among the others (what the autotuner can pick from without spilling)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for t in results:
+        if "error" not in t:
+            groups.setdefault((t["kernel"], t["mode"], t["D"], t["arch"]), []).append(t)
+    lines = []
+    order = ("ieee", "tf32", "bf16", "fp16")
+    # stable sort: the Ds keep the order they were compiled in (ascending)
+    for (kernel, mode, d, arch), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]),
+                                                                                   -kv[0][3])):
+        clean = [t for t in rows if not (t["spill_stores"] or t["spill_loads"])]
+        worst = max(t["spill_stores"] for t in rows)
+        lines.append(f"| {kernel} | {mode} | {d} | sm_{arch} | {len(clean)} of {len(rows)} | "
+                     + (f"{worst} |" if worst else "0 |"))
+    return lines
+
+
 def _git(*args) -> str:
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
@@ -284,15 +303,20 @@ def _git(*args) -> str:
         return ""
 
 
-def write_table(path: str, results: List[dict], argv: List[str], seconds: float, kind: str) -> None:
+def commit_label() -> str:
+    """The commit of the sources, marked when the working tree differs from it."""
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_table(path: str, results: List[dict], argv: List[str], seconds: float, kind: str, commit: str) -> None:
+    """The markdown report: how it was made, the summaries, and one row per compiled config."""
     import triton
 
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = " (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else ""
     lines = [
         f"# Triton kernels compiled with ptxas, no GPU ({datetime.date.today().isoformat()})",
         "",
-        f"- commit: {commit}{dirty}; triton {triton.__version__}",
+        f"- commit: {commit}; triton {triton.__version__}",
         f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s)",
         f"- variant: {kind} kind with a general exponent, half-space with the diagonal term, normalized, "
         "self energy, ragged batch (sizes from the table); pointers 16-byte aligned",
@@ -306,6 +330,12 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         "## Summary",
         "",
         *[f"- {line}" for line in summarize(results)],
+        "",
+        "## Configs without spills, per kernel, mode, D and architecture",
+        "",
+        "| kernel | mode | D | arch | configs without spills | worst spill stores (B) |",
+        "|---|---|---|---|---|---|",
+        *spill_free(results),
         "",
         "## Every config",
         "",
@@ -344,6 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import tempfile
 
     jobs = args.jobs or (1 if args.quick else os.cpu_count() or 1)
+    commit = commit_label()  # before the compiles, which take minutes
     # a fresh cache: every config really goes through ptxas, which prints its report
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")
     _worker_init()
@@ -371,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(line)
     if not (args.quick or args.no_write) or args.out:
         path = args.out or _default_out()
-        write_table(path, results, argv, seconds, args.kind)
+        write_table(path, results, argv, seconds, args.kind, commit)
         print(f"table written to {path}")
     print(f"{len(results)} compiles in {seconds:.0f} s")
     if any("error" in r for r in results):
