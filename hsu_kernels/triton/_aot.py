@@ -7,7 +7,7 @@ GPU does. Run it without ``TRITON_INTERPRET``::
 
     python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
     python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills
-    python -m hsu_kernels.triton._aot --quick          # one config per kernel, sm_90 (a compile check)
+    python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
 
 What is compiled (the default): every autotuning config the launcher can select, per kernel:
 
@@ -112,20 +112,20 @@ def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = Fals
                 served = [d for d in FUSED_DS if max(16, 1 << (d - 1).bit_length()) == bd]
                 kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prod["PREC"],
                                       C_DTYPE=tl_dtype[prod["C_DTYPE"]])
-                for c in kept[:1] if quick else kept:
+                for c in kept[-1:] if quick else kept:
                     out.append(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
                                     ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
                                           "tab_ptr": "i64"},
                                     consts=dict(flags, DIAG=True, **prod, EPI="fp32", BLOCK_D=bd,
                                                 **c.kwargs),
                                     warps=c.num_warps, stages=c.num_stages))
-            for c in K._strip_configs(interpret=False)[:1] if quick else K._strip_configs(interpret=False):
+            for c in K._strip_configs(interpret=False)[-1:] if quick else K._strip_configs(interpret=False):
                 out.append(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
                                       "b_ptr": "fp32", "tab_ptr": "i64"},
                                 consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
                                 warps=c.num_warps, stages=c.num_stages))
-            for c in K._gemm_configs(interpret=False)[:1] if quick else K._gemm_configs(interpret=False):
+            for c in K._gemm_configs(interpret=False)[-1:] if quick else K._gemm_configs(interpret=False):
                 gflags = {k: v for k, v in flags.items() if k not in ("POW",)}
                 out.append(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
@@ -361,7 +361,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="compute capabilities (80: A100, 90: H100/H200)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16, fp16")
     ap.add_argument("--kind", default="angular", choices=sorted(KINDS), help="the energy kind compiled")
-    ap.add_argument("--quick", action="store_true", help="one config per kernel, bf16, the first --arch only")
+    ap.add_argument("--quick", action="store_true",
+                    help="one config per kernel (the last of each list, a small tile), bf16, the first --arch only")
     ap.add_argument("--jobs", type=int, default=None,
                     help="parallel compiles (default: the number of cores; 1 with --quick)")
     ap.add_argument("--out", default=None, help="the markdown table (default bench/results/triton-ptxas-<date>.md)")
