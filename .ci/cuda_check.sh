@@ -74,18 +74,15 @@ echo "tree copied to $WORK"
 
 # ---- 2. the CUDA build, by bench/gpu_check.sh --dry-run -------------------------------------------------
 # The dry run's build stage is the command a GPU machine runs (FORCE_CUDA=1 setup.py build_ext --inplace);
-# its other stages check their commands without a GPU. A cached build is put where setuptools looks for it
-# (build/lib.*/, newer than every source), so that the build stage finds it up to date.
+# its other stages check their commands without a GPU. A cached build is put in place, where the dry run
+# keeps it (torch's ninja build would recompile everything in a new folder).
 BKEY=$( { cd "$ROOT" && find csrc setup.py -type f | LC_ALL=C sort | xargs sha256sum;
           echo "$VKEY $ARCHS"; nvcc --version 2>/dev/null || echo "no nvcc"; } | hash_of)
 BUILD=$CACHE/build-cuda-$BKEY
-LIBDIR=$WORK/build/$("$VPY" -c "import sys, sysconfig; print(f'lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}')")/hsu_kernels
 HIT=0
 if [ "${HSU_NO_CACHE:-0}" != 1 ] && [ -e "$BUILD/.complete" ]; then
   HIT=1
-  mkdir -p "$LIBDIR"
-  cp "$BUILD"/_C*.so "$LIBDIR/"
-  touch "$LIBDIR"/_C*.so
+  cp "$BUILD"/_C*.so "$WORK/hsu_kernels/"
 fi
 phase "bench/gpu_check.sh --dry-run: the build for $ARCHS ($([ $HIT = 1 ] && echo "cached in $BUILD" || echo "not cached: compiling, minutes")) and the GPU script's set-up"
 DRY_OUT=$WORK/gpu-check-dry
