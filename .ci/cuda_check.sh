@@ -88,6 +88,7 @@ phase "bench/gpu_check.sh --dry-run: the build for $ARCHS ($([ $HIT = 1 ] && ech
 DRY_OUT=$WORK/gpu-check-dry
 # nvcc compiles the two architectures in parallel threads (NVCC_APPEND_FLAGS is read by nvcc itself)
 if ! (cd "$WORK" && env -u HSU_NO_CUDA -u CUDA_VISIBLE_DEVICES OUT="$DRY_OUT" PYTHON="$VPY" \
+      HSU_COMMIT="$(git -C "$ROOT" rev-parse HEAD)" \
       TORCH_CUDA_ARCH_LIST="$ARCHS" NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:---threads 2}" \
       GPU_CHECK_LIMIT_BUILD="${GPU_CHECK_LIMIT_BUILD:-3600}" bash bench/gpu_check.sh --dry-run); then
   echo "--- the dry run failed; its build log ends:"

@@ -304,8 +304,9 @@ def _git(*args) -> str:
 
 
 def commit_label() -> str:
-    """The commit of the sources, marked when the working tree differs from it."""
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    """The commit of the sources, marked when the working tree differs from it (``HSU_COMMIT`` where the
+    tree has no git, as on a machine that got a copy of it)."""
+    commit = _git("rev-parse", "--short", "HEAD") or os.environ.get("HSU_COMMIT", "unknown")
     return commit + (" (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
