@@ -54,6 +54,7 @@ FLOOR = 2e-6
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
 
+
 @pytest.fixture(autouse=True)
 def _first_config_per_launch_on_gpu(monkeypatch):
     """On a GPU the autotuner compiles and times every config a launch's pruner leaves, for every new
