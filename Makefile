@@ -11,6 +11,9 @@
 #                             against that torch (run from the repository root).
 #   HSU_DEBUG=1 make test     the extension with debug info (-g); the default is a release build.
 #   make test PYTEST_ARGS="--durations=15"   extra pytest options.
+#   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
+#                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
+#                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
 
 PYTHON ?=
 VENV ?= .venv
@@ -72,6 +75,11 @@ cmake-check:
 		cmake --build _build_cmake -j $(MAX_JOBS) && \
 		ctest --test-dir _build_cmake --output-on-failure; \
 	else echo "cmake not found: compile check skipped"; fi
+
+# Needs python3 (with venv), nvcc and git; all else it installs into a venv cached under ~/.cache/hsu-kernels.
+.PHONY: cuda-check
+cuda-check:
+	bash .ci/cuda_check.sh
 
 bench: build
 	$(PY) -m bench

@@ -43,10 +43,21 @@ def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _no_gpu_reason() -> str:
+    """Why CUDA tensors cannot be computed on here, or "" when they can."""
+    if torch.cuda.is_available():
+        return ""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"torch.cuda.is_available() is False: this torch ({torch.__version__}) is not a CUDA build"
+    return "torch.cuda.is_available() is False: no GPU or no CUDA driver on this machine"
+
+
 def _backend_ok(name: str, device: torch.device) -> Tuple[bool, str]:
     """Whether ``name`` can run on ``device``, and why not."""
     if name in ("reference", "torch"):
         return True, ""
+    if name in ("cuda", "triton") and device.type == "cuda" and _no_gpu_reason():
+        return False, _no_gpu_reason()
     if name == "cpu":
         if not _ext.available():
             return False, f"the compiled extension did not load ({_ext.load_error()})"

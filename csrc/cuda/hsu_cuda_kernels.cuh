@@ -39,6 +39,7 @@
 #include <cstdint>
 
 #include "../hsu_pair.h"
+#include "hsu_cuda_grid.h"
 
 namespace hsu {
 namespace cuda {
@@ -399,7 +400,7 @@ inline cudaError_t launch_row_stats(const T* x, int64_t rows, int64_t D, const P
                                     T* st, cudaStream_t stream) {
   if (rows > 0) {
     const int threads = 256;
-    row_stats_kernel<T><<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0, stream>>>(
+    row_stats_kernel<T><<<grid_x(blocks_of(rows, threads)), threads, 0, stream>>>(
         x, rows, D, p, eps_norm, sq, st);
   }
   return cudaGetLastError();
@@ -422,7 +423,7 @@ template <typename T>
 inline cudaError_t launch_pair_pass(const PassArgs<T>& a, cudaStream_t stream) {
   if (a.B == 0 || a.n1 == 0) return cudaGetLastError();
   const int64_t nrb = (a.n1 + kBlock - 1) / kBlock;
-  const dim3 grid(static_cast<unsigned>(a.B * nrb), static_cast<unsigned>(a.splits));
+  const dim3 grid(grid_x(a.B * nrb), static_cast<unsigned>(a.splits));
   const int width = small_width<T>(a.D);
   if (width == 0) {
     pair_pass_general<T><<<grid, kBlock, 0, stream>>>(a);
@@ -442,14 +443,14 @@ template <typename T>
 inline cudaError_t launch_finish_rows(const FinishArgs<T>& f, cudaStream_t stream) {
   if (f.rows > 0) {
     const int threads = 128;
-    finish_rows_kernel<T><<<static_cast<unsigned>((f.rows + threads - 1) / threads), threads, 0, stream>>>(f);
+    finish_rows_kernel<T><<<grid_x(blocks_of(f.rows, threads)), threads, 0, stream>>>(f);
   }
   return cudaGetLastError();
 }
 
 inline cudaError_t launch_reduce_energy(const double* e_row, const double* e_diag, int64_t B, int64_t n,
                                         double pair_scale, double* out, cudaStream_t stream) {
-  if (B > 0) reduce_energy_kernel<<<static_cast<unsigned>(B), kReduceThreads, 0, stream>>>(e_row, e_diag, n, pair_scale, out);
+  if (B > 0) reduce_energy_kernel<<<grid_x(B), kReduceThreads, 0, stream>>>(e_row, e_diag, n, pair_scale, out);
   return cudaGetLastError();
 }
 

@@ -256,8 +256,8 @@ def _prune_fused(configs, named_args, **kwargs):
     return keep or [min(configs, key=live)]
 
 
-def _strip_configs():
-    if INTERPRET:
+def _strip_configs(interpret: bool = INTERPRET):
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
@@ -268,8 +268,8 @@ def _strip_configs():
     ]
 
 
-def _gemm_configs():
-    if INTERPRET:
+def _gemm_configs(interpret: bool = INTERPRET):
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_D": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
