@@ -2,8 +2,11 @@
 dispatch key (the CPU kernel in csrc/cpu/, the CUDA kernel in csrc/cuda/).
 
 ``energy_grad`` returns the energy *and* its gradient from one pass; the registered backward only scales
-the saved gradient by ``grad_output``. The gradient output itself is not differentiable (no double
-backward through the fused ops; use ``backend="reference"`` for higher derivatives).
+the saved gradient by ``grad_output``. The gradient output itself is not differentiable (it is marked so:
+using it in a loss raises). Second derivatives of the energy work as through the public functions (see
+``_autograd.py``); the public functions wrap the ops in their own autograd Functions, which also support
+``torch.func``. Autocast kernels (csrc/hsu_autocast.cpp) make the ops compute in float32/float64 under any
+``torch.autocast``.
 """
 
 from __future__ import annotations
@@ -60,18 +63,35 @@ if available():
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
 
+    def _params_of(inputs, first):
+        from ._autograd import _params
+
+        return _params(*inputs[first:])
+
     def _energy_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.p = _params_of(inputs, 1)
 
     def _energy_backward(ctx, grad_energy, grad_grad):
-        (g,) = ctx.saved_tensors
+        w, g = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable in w
+            from ._autograd import GradTimes
+
+            return (GradTimes.apply(w, grad_energy, g, ctx.p), None, None, None, None, None, None, None)
         return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None)
 
     def _cross_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1], output[2])
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
+        ctx.p = _params_of(inputs, 2)
 
     def _cross_backward(ctx, grad_energy, grad_gx, grad_gy):
-        gx, gy = ctx.saved_tensors
+        x, y, gx, gy = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            from ._autograd import CrossGradTimes
+
+            return (*CrossGradTimes.apply(x, y, grad_energy, gx, gy, ctx.p), None, None, None, None, None, None, None)
         scale = grad_energy[:, None, None]
         return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None)
 
