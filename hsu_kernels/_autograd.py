@@ -54,25 +54,16 @@ def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half
     return EnergyParams(KINDS[kind], s, t, eps_norm, eps_ang, half_space, normalize)
 
 
-def _check_finite(t: torch.Tensor, name: str, eps_norm: float, normalize: bool) -> None:
-    """The C++ kernel's input checks, for the Python backends (they run again inside the operators so that
-    a compiled graph, where the public functions' checks cannot run, still refuses NaN/Inf)."""
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    if normalize and eps_norm == 0 and bool((t.abs().amax(dim=-1) == 0).any()):
-        raise ValueError(f"{name} has a zero row, which has no direction when eps_norm=0")
-
-
 # ---- opaque operators of the Python backends (the C++ op is defined in csrc/hsu_ops.cpp) ----------------
+# Their inputs are checked by the public functions (``check_matrix``), which under torch.compile put the
+# NaN/Inf check into the graph as an assert.
 
 
 @torch.library.custom_op("hsu::tiled_energy_grad", mutates_args=())
 def tiled_energy_grad(w: torch.Tensor, kind: int, s: float, t: float, eps_norm: float, eps_ang: float,
                       half_space: bool, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The tiled PyTorch pass (``tiled.energy_grad``) as one operator: ``(E: [B], G: [B, N, D])``."""
-    _check_finite(w, "w", eps_norm, normalize)
-    e, g = tiled.energy_grad(w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize))
-    return e, g
+    return tiled.energy_grad(w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize))
 
 
 @tiled_energy_grad.register_fake
@@ -85,8 +76,6 @@ def tiled_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, kind: int, s: floa
                             eps_ang: float, half_space: bool,
                             normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``tiled.cross_energy_grad`` as one operator: ``(E: [B], Gx, Gy)``."""
-    _check_finite(x, "x", eps_norm, normalize)
-    _check_finite(y, "y", eps_norm, normalize)
     return tiled.cross_energy_grad(x, y, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize))
 
 
@@ -106,7 +95,6 @@ def triton_energy_grad(w: torch.Tensor, kind: int, s: float, t: float, eps_norm:
                        half_space: bool, normalize: bool,
                        precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton pass as one operator: ``(E: float32 [B], G: [B, N, D])``."""
-    _check_finite(w, "w", eps_norm, normalize)
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
     return _triton().energy_grad(w, p, precision=precision)
 
@@ -121,8 +109,6 @@ def triton_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, kind: int, s: flo
                              eps_ang: float, half_space: bool, normalize: bool,
                              precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton cross pass as one operator: ``(E: float32 [B], Gx, Gy)``."""
-    _check_finite(x, "x", eps_norm, normalize)
-    _check_finite(y, "y", eps_norm, normalize)
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
     return _triton().cross_energy_grad(x, y, p, precision=precision)
 
@@ -137,8 +123,6 @@ def triton_energy_many_grad(ws: List[torch.Tensor], kind: int, s: float, t: floa
                             eps_ang: float, half_space: bool, normalize: bool,
                             precision: Optional[str]) -> tuple[torch.Tensor, List[torch.Tensor]]:
     """The Triton ragged batch as one operator: ``(E: float32 [K], [G_k])``."""
-    for k, w in enumerate(ws):
-        _check_finite(w, f"ws[{k}]", eps_norm, normalize)
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
     e, grads = _triton().energy_many_grad(ws, p, precision=precision)
     # the launch returns views of one buffer; an operator's outputs may not alias each other

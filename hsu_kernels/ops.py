@@ -107,7 +107,7 @@ def _check_precision(precision: Optional[str]) -> None:
 def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None) -> torch.Tensor:
     """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``: float32
     (float64 for float64 input), computed with autocast off (the caller holds ``autocast_off``)."""
-    if backend != "triton" and w3.dtype in (torch.float16, torch.bfloat16):
+    if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
         w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
     if backend == "reference":
         return reference.energy_sum(w3, p)
@@ -161,7 +161,9 @@ def energy(
 
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
-        ``w``'s dtype.
+        ``w``'s dtype, whatever ``torch.autocast`` is active (the products are never autocast); the gradient
+        comes back in ``w``'s dtype. Differentiable twice on every backend (``create_graph=True``), and
+        usable under ``torch.func`` transforms and ``torch.compile``.
     """
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
@@ -269,7 +271,7 @@ def cross_energy(
     _check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
-    if name != "triton" and x3.dtype in (torch.float16, torch.bfloat16):
+    if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
         x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
     with autocast_off(x.device):
         if name == "reference":

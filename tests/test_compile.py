@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounterWithBackend
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import hsu_kernels as hk
 from hsu_kernels.testing import assert_close, fast_backends, rand_rows

@@ -38,9 +38,6 @@ constexpr int64_t kPreciseMaxD = 32;  // dot products and row statistics in doub
 #ifndef HSU_GEMM_ROWS
 #define HSU_GEMM_ROWS 64
 #endif
-#ifndef HSU_SPLIT_ROWS
-#define HSU_SPLIT_ROWS 64
-#endif
 #ifndef HSU_GEMM_COLS
 #define HSU_GEMM_COLS 1024
 #endif
@@ -132,7 +129,7 @@ struct WorkerScope {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   bool pinned;
   int previous = 0;
-  explicit WorkerScope(bool single_threaded_blas = true) : pinned(single_threaded_blas && mkl_set_num_threads_local_) {
+  WorkerScope() : pinned(mkl_set_num_threads_local_ != nullptr) {
     const int one = 1;
     if (pinned) previous = mkl_set_num_threads_local_(&one);
   }
@@ -199,14 +196,17 @@ void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0,
 // 384 and 512 were within the machine's noise of 256, 128 slower.
 constexpr int64_t kSymBlock = 256;
 
-// A tile's work is cut into chunks of kSplitRows rows (and, for the second side's product, columns) that
-// do not depend on the thread count: every BLAS call is on one chunk and runs on one thread, whichever
-// thread that is. MKL's multi-threaded GEMM rounds differently for different thread counts (measured:
-// [100 x 64] @ [64 x 100] in float32 differs in the last bits between 1 and 4 threads), so a product
-// that used every thread made the result depend on the thread count. Chunks of one tile run in parallel
-// when the tiles alone cannot keep the threads busy (few tiles), else one after the other inside their
-// tile's task; both orders do the same calls and the same sums, so the result is bitwise the same.
-constexpr int64_t kSplitRows = HSU_SPLIT_ROWS;
+// Few tiles (small N, one to three per matrix, as in most layers of a network) would leave threads idle if
+// each tile ran on one thread. Such a tile is cut into chunks of kSplitRows rows (and, for the second
+// side's product, columns) spread over the threads, every BLAS call on one chunk and one thread. Earlier
+// each BLAS call ran on every thread instead, but MKL's threaded GEMM rounds differently for different
+// thread counts (measured: [100 x 64] @ [64 x 100] in float32 differs in the last bits between 1 and 4
+// threads), so the result depended on the thread count. The choice between the two modes depends only
+// on the shape (kFewTiles), and the chunks do not depend on the thread count, so the same calls make the
+// same sums on any number of threads. Chunk size: on 2 threads (2026-12-01) 64 rows against 32 and MKL's
+// own threading, at N = 256, D = 576 and N = 100, D = 64; see the commit message.
+constexpr int64_t kSplitRows = 64;
+constexpr int64_t kFewTiles = 4;  // fewer tiles than this (all matrices of a batch together): split them
 
 // Runs f(k) for k in [0, n): on every thread (one thread's BLAS per chunk) when `split`, else here.
 template <typename F>
@@ -272,31 +272,32 @@ void sym_tile_rows(const Params<T>& p, const at::Tensor& Xg, const G* sg, const 
 // One tile (rows [i0, i1) against rows [j0, j1), or a block against itself). G is the type of the dot
 // products and row statistics: double for D <= kPreciseMaxD (the products are cheap there, and nearly
 // parallel rows, common among points on a low-dimensional sphere, keep their digits), else T. `split`:
-// run the tile's chunks on every thread (see kSplitRows).
+// cut the tile into chunks run on every thread (see kSplitRows); else it is one chunk, on this thread.
 template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
 void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, const G* sg, const T* inv_sx,
               int64_t i0, int64_t i1, int64_t j0, int64_t j1, double* e, at::Tensor& A, T* b, bool split) {
   const int64_t bi = i1 - i0, bj = j1 - j0;
   const bool diag = i0 == j0;
   at::Tensor C = at::empty({bi, bj}, Z.options());  // coefficients, in T
-  const int64_t nrow = (bi + kSplitRows - 1) / kSplitRows;
-  const int64_t ncol = diag ? 0 : (bj + kSplitRows - 1) / kSplitRows;
+  const int64_t piece = split ? kSplitRows : std::max(bi, bj);
+  const int64_t nrow = (bi + piece - 1) / piece;
+  const int64_t ncol = diag ? 0 : (bj + piece - 1) / piece;
   // per row chunk: its column sums (energies in double, b coefficients in T), added in chunk order below
   std::vector<double> ecol(diag ? 0 : nrow * bj, 0.0);
   std::vector<T> bcol(diag ? 0 : nrow * bj, T(0));
   for_chunks(nrow, split, [&](int64_t k) {
-    sym_tile_rows<T, G, KIND, HS, NORM, MODE>(p, Xg, sg, inv_sx, i0, j0, bj, k * kSplitRows,
-                                              std::min(bi, (k + 1) * kSplitRows), diag, e, b, C,
+    sym_tile_rows<T, G, KIND, HS, NORM, MODE>(p, Xg, sg, inv_sx, i0, j0, bj, k * piece,
+                                              std::min(bi, (k + 1) * piece), diag, e, b, C,
                                               diag ? nullptr : ecol.data() + k * bj,
                                               diag ? nullptr : bcol.data() + k * bj);
   });
   // a_I += C Z_J by row chunks of C; a_J += C^T Z_I by column chunks of C: each chunk writes its own rows.
   for_chunks(nrow + ncol, split, [&](int64_t k) {
     if (k < nrow) {
-      const int64_t r0 = k * kSplitRows, rows = std::min(bi, r0 + kSplitRows) - r0;
+      const int64_t r0 = k * piece, rows = std::min(bi, r0 + piece) - r0;
       A.narrow(0, i0 + r0, rows).addmm_(C.narrow(0, r0, rows), Z.narrow(0, j0, bj));
     } else {
-      const int64_t c0 = (k - nrow) * kSplitRows, cols = std::min(bj, c0 + kSplitRows) - c0;
+      const int64_t c0 = (k - nrow) * piece, cols = std::min(bj, c0 + piece) - c0;
       A.narrow(0, j0 + c0, cols).addmm_(C.narrow(1, c0, cols).t(), Z.narrow(0, i0, bi));
     }
   });
@@ -329,11 +330,10 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
   const at::Tensor Z = NORM ? X * sx.unsqueeze(-1) : X;  // u rows (normalized) or w rows
   const at::Tensor inv = NORM ? sx.reciprocal().contiguous() : sx;
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
-  // Few tiles (small N, one or two blocks, as in most layers of a network): the tiles run one after the
-  // other and each spreads its chunks over every thread. Otherwise tiles run in parallel, one thread each.
-  // Both give the same result (see kSplitRows), so the choice may depend on the thread count.
+  // Few tiles: the tiles run one after the other and each spreads its chunks over every thread. Otherwise
+  // tiles run in parallel, one thread each. The choice depends on the shape only (see kSplitRows).
   const int64_t ntiles = B * nblk * (nblk + 1) / 2;
-  const bool inner_parallel = ntiles < 2 * static_cast<int64_t>(at::get_num_threads());
+  const bool inner_parallel = ntiles < kFewTiles;
   auto run = [&](int64_t bb, int64_t I, int64_t J) {
     WorkerScope worker;
     at::Tensor Ab = A[bb];
