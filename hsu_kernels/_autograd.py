@@ -1,10 +1,13 @@
 """Autograd for the fused backends: one-pass energy + gradient, second derivatives, torch.func, torch.compile.
 
 Every fused backend (``cpu``/``cuda``: the C++ op ``torch.ops.hsu.energy_grad``; ``torch``: the tiled
-PyTorch pass; ``triton``) is reached through an opaque operator with a fake kernel, so ``torch.compile``
-sees one node per call whatever N is (no recompile per N, no graph break), and through the autograd
-Functions below, written in the ``setup_context`` style with a ``vmap`` rule, so ``torch.func.grad``,
-``vjp``, ``jacrev`` and ``vmap`` work.
+PyTorch pass; ``triton``) is an opaque operator with a fake kernel and a registered autograd formula, so
+``torch.compile`` sees one node per call whatever N is (no recompile per N, no graph break). Under
+``torch.func`` transforms the operators are called through the autograd Functions below instead, written
+in the ``setup_context`` style with a ``vmap`` rule (``torch.func.grad``, ``vjp``, ``jacrev``, ``vmap``).
+(Outside them the operators' own autograd is used: ``Function.apply`` of a ``setup_context`` Function
+binds its arguments with ``inspect`` on every call, ~60 us, a tenth of a small call such as the Thomson
+solver's N = 100.)
 
 First derivatives: the forward pass returns the gradient with the energy; the backward scales it by
 ``grad_output``.
@@ -44,9 +47,9 @@ def autocast_off(device: torch.device):
     """A context in which ``torch.autocast`` does not touch this device's products: the ops compute in
     float32/float64 under any autocast (SPEC's accuracy needs it: ``2 - 2g`` of close rows loses every digit
     in bf16)."""
-    if device.type in _AUTOCAST_DEVICES:
+    if device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()  # (entering torch.autocast costs ~10 us: the Thomson solver's N = 100 calls)
 
 
 def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half_space: bool,
@@ -150,6 +153,59 @@ def cross_pass(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, 
     if backend == "triton":
         return torch.ops.hsu.triton_cross_energy_grad(x, y, *p.as_args(), precision)
     return torch.ops.hsu.tiled_cross_energy_grad(x, y, *p.as_args())
+
+
+def _op_setup(ctx, inputs, output, cross: bool):
+    nt = 2 if cross else 1  # tensor inputs first, then the parameters in schema order
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*inputs[:nt], *output[1:])
+    ctx.p = _params(*inputs[nt:nt + 7])
+    ctx.n_inputs = len(inputs)
+
+
+def _op_backward(ctx, ge, *_grads_of_gradients):
+    saved = ctx.saved_tensors
+    rest = (None,) * (ctx.n_inputs - len(saved) // 2)
+    if len(saved) == 2:
+        w, g = saved
+        if torch.is_grad_enabled():  # the backward is being differentiated (create_graph=True)
+            return (GradTimes.apply(w, ge, g, ctx.p), *rest)
+        return (ge.to(g.dtype)[:, None, None] * g, *rest)
+    x, y, gx, gy = saved
+    if torch.is_grad_enabled():
+        return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p), *rest)
+    s = ge[:, None, None]
+    return (s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, *rest)
+
+
+def register_op_autograd(qualname: str, cross: bool) -> None:
+    """The autograd formula of a fused operator ``(w, params...) -> (E, G)`` or ``(x, y, params...) ->
+    (E, Gx, Gy)``: the backward scales the saved gradients; its gradient outputs are not differentiable
+    (a loss built on them raises), and a differentiated backward gives second derivatives."""
+    torch.library.register_autograd(
+        qualname, _op_backward, setup_context=lambda ctx, inputs, output: _op_setup(ctx, inputs, output, cross)
+    )
+
+
+for _name, _cross in (("hsu::tiled_energy_grad", False), ("hsu::tiled_cross_energy_grad", True),
+                      ("hsu::triton_energy_grad", False), ("hsu::triton_cross_energy_grad", True)):
+    register_op_autograd(_name, _cross)
+
+
+def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str]) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``w: [B, N, D]`` on a fused backend (see the module docstring)."""
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(w):
+        return Energy.apply(w, backend, p, precision)[0]
+    return self_pass(backend, w, p, precision)[0]
+
+
+def cross_energy_sum(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams,
+                     precision: Optional[str]) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend."""
+    if not torch.compiler.is_compiling() and (torch._C._functorch.is_functorch_wrapped_tensor(x)
+                                               or torch._C._functorch.is_functorch_wrapped_tensor(y)):
+        return CrossEnergy.apply(x, y, backend, p, precision)[0]
+    return cross_pass(backend, x, y, p, precision)[0]
 
 
 # ---- second derivatives ---------------------------------------------------------------------------------

@@ -63,37 +63,7 @@ if available():
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
 
-    def _params_of(inputs, first):
-        from ._autograd import _params
+    from ._autograd import register_op_autograd
 
-        return _params(*inputs[first:])
-
-    def _energy_setup(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(inputs[0], output[1])
-        ctx.p = _params_of(inputs, 1)
-
-    def _energy_backward(ctx, grad_energy, grad_grad):
-        w, g = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable in w
-            from ._autograd import GradTimes
-
-            return (GradTimes.apply(w, grad_energy, g, ctx.p), None, None, None, None, None, None, None)
-        return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None)
-
-    def _cross_setup(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
-        ctx.p = _params_of(inputs, 2)
-
-    def _cross_backward(ctx, grad_energy, grad_gx, grad_gy):
-        x, y, gx, gy = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            from ._autograd import CrossGradTimes
-
-            return (*CrossGradTimes.apply(x, y, grad_energy, gx, gy, ctx.p), None, None, None, None, None, None, None)
-        scale = grad_energy[:, None, None]
-        return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None)
-
-    torch.library.register_autograd("hsu::energy_grad", _energy_backward, setup_context=_energy_setup)
-    torch.library.register_autograd("hsu::cross_energy_grad", _cross_backward, setup_context=_cross_setup)
+    register_op_autograd("hsu::energy_grad", cross=False)
+    register_op_autograd("hsu::cross_energy_grad", cross=True)

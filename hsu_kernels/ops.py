@@ -111,7 +111,7 @@ def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Opti
         w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
     if backend == "reference":
         return reference.energy_sum(w3, p)
-    return _autograd.Energy.apply(w3, backend, p, precision)[0]
+    return _autograd.energy_sum(backend, w3, p, precision)
 
 
 def energy(
@@ -277,7 +277,7 @@ def cross_energy(
         if name == "reference":
             e = reference.cross_energy(x3, y3, p)
         else:
-            e = _autograd.CrossEnergy.apply(x3, y3, name, p, precision)[0]
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision)
     if reduction == "mean":
         e = e / (x.shape[-2] * y.shape[-2])
     return e if x.dim() == 3 else e[0]
