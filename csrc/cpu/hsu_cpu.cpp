@@ -203,9 +203,10 @@ constexpr int64_t kSymBlock = 256;
 // thread counts (measured: [100 x 64] @ [64 x 100] in float32 differs in the last bits between 1 and 4
 // threads), so the result depended on the thread count. The choice between the two modes depends only
 // on the shape (kFewTiles), and the chunks do not depend on the thread count, so the same calls make the
-// same sums on any number of threads. Chunk size: on 2 threads (2026-12-01) 64 rows against 32 and MKL's
-// own threading, at N = 256, D = 576 and N = 100, D = 64; see the commit message.
-constexpr int64_t kSplitRows = 64;
+// same sums on any number of threads. Chunk size, measured on 2 threads (2026-12-01, a loaded machine:
+// paired runs, median ratios): 128 rows within noise of MKL's own threading at N = 256, D = 576 and faster
+// at N = 100 (one chunk: no threads started for a tiny tile); 64 rows 4-16% slower there, 32 rows slower still.
+constexpr int64_t kSplitRows = 128;
 constexpr int64_t kFewTiles = 4;  // fewer tiles than this (all matrices of a batch together): split them
 
 // Runs f(k) for k in [0, n): on every thread (one thread's BLAS per chunk) when `split`, else here.
