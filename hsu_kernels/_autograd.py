@@ -160,18 +160,18 @@ def _op_setup(ctx, inputs, output, cross: bool):
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*inputs[:nt], *output[1:])
     ctx.p = _params(*inputs[nt:nt + 7])
-    ctx.n_inputs = len(inputs)
+    ctx.n_params = len(inputs) - nt  # the parameters get no gradient
 
 
 def _op_backward(ctx, ge, *_grads_of_gradients):
     saved = ctx.saved_tensors
-    rest = (None,) * (ctx.n_inputs - len(saved) // 2)
-    if len(saved) == 2:
+    rest = (None,) * ctx.n_params
+    if len(saved) == 2:  # (w, G)
         w, g = saved
         if torch.is_grad_enabled():  # the backward is being differentiated (create_graph=True)
             return (GradTimes.apply(w, ge, g, ctx.p), *rest)
         return (ge.to(g.dtype)[:, None, None] * g, *rest)
-    x, y, gx, gy = saved
+    x, y, gx, gy = saved  # a cross energy
     if torch.is_grad_enabled():
         return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p), *rest)
     s = ge[:, None, None]
