@@ -2,8 +2,11 @@
 dispatch key (the CPU kernel in csrc/cpu/, the CUDA kernel in csrc/cuda/).
 
 ``energy_grad`` returns the energy *and* its gradient from one pass; the registered backward only scales
-the saved gradient by ``grad_output``. The gradient output itself is not differentiable (no double
-backward through the fused ops; use ``backend="reference"`` for higher derivatives).
+the saved gradient by ``grad_output``. The gradient output itself is not differentiable (it is marked so:
+using it in a loss raises). Second derivatives of the energy work as through the public functions (see
+``_autograd.py``); the public functions wrap the ops in their own autograd Functions, which also support
+``torch.func``. Autocast kernels (csrc/hsu_autocast.cpp) make the ops compute in float32/float64 under any
+``torch.autocast``.
 """
 
 from __future__ import annotations
@@ -87,20 +90,7 @@ if available():
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
 
-    def _energy_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
+    from ._autograd import register_op_autograd
 
-    def _energy_backward(ctx, grad_energy, grad_grad):
-        (g,) = ctx.saved_tensors
-        return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None)
-
-    def _cross_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1], output[2])
-
-    def _cross_backward(ctx, grad_energy, grad_gx, grad_gy):
-        gx, gy = ctx.saved_tensors
-        scale = grad_energy[:, None, None]
-        return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None)
-
-    torch.library.register_autograd("hsu::energy_grad", _energy_backward, setup_context=_energy_setup)
-    torch.library.register_autograd("hsu::cross_energy_grad", _cross_backward, setup_context=_cross_setup)
+    register_op_autograd("hsu::energy_grad", cross=False)
+    register_op_autograd("hsu::cross_energy_grad", cross=True)

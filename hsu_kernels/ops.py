@@ -15,14 +15,14 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _ext, reference, tiled
-from ._params import EnergyParams, check_matrix, check_reduction, make_params, num_pairs
+from . import _autograd, _ext, reference, tiled
+from ._autograd import autocast_off, compute_dtype
+from ._params import EnergyParams, check_matrix, check_reduction, is_batched_by_vmap, make_params, num_pairs
 
 BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 
@@ -110,60 +110,19 @@ def resolve_backend(backend: str, device: torch.device, d: int = 0, dtype: Optio
     return "reference"  # pragma: no cover  (torch always runs)
 
 
-class _FusedEnergy(torch.autograd.Function):
-    """Autograd for a Python backend's one-pass ``energy_grad``: the forward keeps the gradient, the
-    backward scales it by ``grad_output``."""
-
-    @staticmethod
-    def forward(ctx, w, fn, p):
-        energy, grad = fn(w, p)
-        ctx.save_for_backward(grad)
-        return energy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_energy):
-        (grad,) = ctx.saved_tensors
-        return grad_energy.to(grad.dtype)[:, None, None] * grad, None, None
-
-
-class _FusedCrossEnergy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, fn, p):
-        energy, gx, gy = fn(x, y, p)
-        ctx.save_for_backward(gx, gy)
-        return energy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_energy):
-        gx, gy = ctx.saved_tensors
-        s = grad_energy[:, None, None]
-        return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None
-
-
-def _triton_fn(name: str, precision: Optional[str]) -> Callable:
-    fn = getattr(_triton_module(), name)
-    return fn if precision is None else functools.partial(fn, precision=precision)
-
-
 def _check_precision(precision: Optional[str]) -> None:
     if precision is not None and precision not in ("ieee", "tf32"):
         raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
 
 
 def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None) -> torch.Tensor:
-    """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``."""
+    """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``: float32
+    (float64 for float64 input), computed with autocast off (the caller holds ``autocast_off``)."""
+    if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
+        w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
     if backend == "reference":
         return reference.energy_sum(w3, p)
-    if backend in ("cpu", "cuda"):
-        w_in = w3
-        if backend == "cpu" and w3.dtype in (torch.float16, torch.bfloat16):
-            w_in = w3.float()
-        return torch.ops.hsu.energy_grad(w_in, *p.as_args())[0]
-    if backend == "triton":
-        return _FusedEnergy.apply(w3, _triton_fn("energy_grad", precision), p)
-    return _FusedEnergy.apply(w3, tiled.energy_grad, p)
+    return _autograd.energy_sum(backend, w3, p, precision)
 
 
 def energy(
@@ -213,7 +172,9 @@ def energy(
 
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
-        ``w``'s dtype.
+        ``w``'s dtype, whatever ``torch.autocast`` is active (the products are never autocast); the gradient
+        comes back in ``w``'s dtype. Differentiable twice on every backend (``create_graph=True``), and
+        usable under ``torch.func`` transforms and ``torch.compile``.
     """
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
@@ -222,7 +183,8 @@ def energy(
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
-    e = _energy_sum(w3, p, name, precision)
+    with autocast_off(w.device):
+        e = _energy_sum(w3, p, name, precision)
     if reduction == "mean":
         e = e / num_pairs(w.shape[-2], p.half_space)
     return e if w.dim() == 3 else e[0]
@@ -268,13 +230,14 @@ def energy_many(
         if w.dtype != ws[0].dtype:
             raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
     name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
-    if name == "triton":
-        e = _triton_module().energy_many_sum(list(ws), p, precision)
-    else:
-        e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0] for w in ws])
+    with autocast_off(ws[0].device):
+        if name == "triton" and not any(is_batched_by_vmap(w) for w in ws):
+            es = _autograd.EnergyMany.apply(p, precision, *ws)[0].unbind(0)
+        else:
+            es = [_energy_sum(w.unsqueeze(0), p, name, precision)[0] for w in ws]
     if reduction == "mean":
-        e = e / torch.tensor([num_pairs(w.shape[0], p.half_space) for w in ws], dtype=e.dtype, device=e.device)
-    return e
+        es = [e / num_pairs(w.shape[0], p.half_space) for e, w in zip(es, ws)]
+    return torch.stack(es)
 
 
 def cross_energy(
@@ -319,15 +282,13 @@ def cross_energy(
     _check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
-    if name == "reference":
-        e = reference.cross_energy(x3, y3, p)
-    elif name in ("cpu", "cuda"):
-        if name == "cpu" and x3.dtype in (torch.float16, torch.bfloat16):
-            x3, y3 = x3.float(), y3.float()
-        e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args())[0]
-    else:
-        fn: Callable = _triton_fn("cross_energy_grad", precision) if name == "triton" else tiled.cross_energy_grad
-        e = _FusedCrossEnergy.apply(x3, y3, fn, p)
+    if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
+        x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
+    with autocast_off(x.device):
+        if name == "reference":
+            e = reference.cross_energy(x3, y3, p)
+        else:
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision)
     if reduction == "mean":
         e = e / (x.shape[-2] * y.shape[-2])
     return e if x.dim() == 3 else e[0]

@@ -57,13 +57,17 @@ def _phi(geom: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 
 def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
-    half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
-    diagonal (not a pair) never enters the graph."""
+    half-space points ``{w_i} u {-w_i}``. Every entry but the pairs ``i < j`` is replaced by a harmless
+    value before ``phi`` is applied and by 0 after, so the diagonal (not a pair) never enters the graph.
+    (A mask rather than ``triu_indices``, which needs N as a Python int: under ``torch.compile(dynamic=True)``
+    it would recompile for every N.)"""
     if p.half_space:
         w = torch.cat([w, -w], dim=-2)
     n = w.shape[-2]
-    iu = torch.triu_indices(n, n, offset=1, device=w.device)
-    return _phi(_geometry(w, w, p)[..., iu[0], iu[1]], p).sum(-1)
+    idx = torch.arange(n, device=w.device)
+    pair = idx[:, None] < idx[None, :]
+    geom = torch.where(pair, _geometry(w, w, p), 0.0 if p.normalize else 1.0)
+    return torch.where(pair, _phi(geom, p), 0.0).sum((-1, -2))
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:

@@ -129,7 +129,7 @@ struct WorkerScope {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   bool pinned;
   int previous = 0;
-  explicit WorkerScope(bool single_threaded_blas = true) : pinned(single_threaded_blas && mkl_set_num_threads_local_) {
+  WorkerScope() : pinned(mkl_set_num_threads_local_ != nullptr) {
     const int one = 1;
     if (pinned) previous = mkl_set_num_threads_local_(&one);
   }
@@ -196,26 +196,56 @@ void gemm_rows(const Params<T>& p, const at::Tensor& X, const T* sx, int64_t i0,
 // 384 and 512 were within the machine's noise of 256, 128 slower.
 constexpr int64_t kSymBlock = 256;
 
-// One tile (rows [i0, i1) against rows [j0, j1), or a block against itself). G is the type of the dot
-// products and row statistics: double for D <= kPreciseMaxD (the products are cheap there, and nearly
-// parallel rows, common among points on a low-dimensional sphere, keep their digits), else T.
+// Few tiles (small N, one to three per matrix, as in most layers of a network) would leave threads idle if
+// each tile ran on one thread. Such a tile is cut into chunks of kSplitRows rows (and, for the second
+// side's product, columns) spread over the threads, every BLAS call on one chunk and one thread. Earlier
+// each BLAS call ran on every thread instead, but MKL's threaded GEMM rounds differently for different
+// thread counts (measured: [100 x 64] @ [64 x 100] in float32 differs in the last bits between 1 and 4
+// threads), so the result depended on the thread count. The choice between the two modes depends only
+// on the shape (kFewTiles), and the chunks do not depend on the thread count, so the same calls make the
+// same sums on any number of threads. Chunk size, measured on 2 threads (2026-12-01, a loaded machine:
+// paired runs, median ratios): 128 rows within noise of MKL's own threading at N = 256, D = 576 and faster
+// at N = 100 (one chunk: no threads started for a tiny tile); 64 rows 4-16% slower there, 32 rows slower still.
+constexpr int64_t kSplitRows = 128;
+constexpr int64_t kFewTiles = 4;  // fewer tiles than this (all matrices of a batch together): split them
+
+// Runs f(k) for k in [0, n): on every thread (one thread's BLAS per chunk) when `split`, else here.
+template <typename F>
+void for_chunks(int64_t n, bool split, const F& f) {
+  if (!split) {
+    for (int64_t k = 0; k < n; ++k) f(k);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t k0, int64_t k1) {
+    WorkerScope worker;
+    for (int64_t k = k0; k < k1; ++k) f(k);
+  });
+}
+
+// Rows [r0, r1) of a tile (tile rows start at i0, columns at j0, bj columns): their dot products (one BLAS
+// call), the pair terms, the coefficient rows into C (ldc = bj), the row sums into e/b, and the column sums
+// of these rows into ecol/bcol (off-diagonal tiles).
 template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
-void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, const G* sg, const T* inv_sx,
-              int64_t i0, int64_t i1, int64_t j0, int64_t j1, double* e, at::Tensor& A, T* b) {
-  const int64_t bi = i1 - i0, bj = j1 - j0;
-  const bool diag = i0 == j0;
-  const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());  // raw dot products, in G
-  const at::Tensor C = std::is_same_v<G, T> ? S : at::empty({bi, bj}, Z.options());  // coefficients, in T
+void sym_tile_rows(const Params<T>& p, const at::Tensor& Xg, const G* sg, const T* inv_sx, int64_t i0, int64_t j0,
+                   int64_t bj, int64_t r0, int64_t r1, bool diag, double* e, T* b, at::Tensor& C, double* ecol,
+                   T* bcol) {
+  at::Tensor Cr = C.narrow(0, r0, r1 - r0);
+  at::Tensor S;  // raw dot products, in G (when G is T, computed in place in C and overwritten by it)
+  if constexpr (std::is_same_v<G, T>) {
+    S = Cr;
+    at::mm_out(S, Xg.narrow(0, i0 + r0, r1 - r0), Xg.narrow(0, j0, bj).t());
+  } else {
+    S = at::mm(Xg.narrow(0, i0 + r0, r1 - r0), Xg.narrow(0, j0, bj).t());
+  }
   const G* sp = S.data_ptr<G>();
   T* cp = C.data_ptr<T>();
-  std::vector<double> ecol(bj, 0.0);
-  std::vector<T> ecol_t(bj), bcol(bj, T(0));
+  std::vector<T> ecol_t(bj);
   const G* syc = sg + j0;
   const T* nrm = inv_sx + j0;  // 1 / r_j
-  for (int64_t r = 0; r < bi; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t i = i0 + r;
     const G si = sg[i];
-    const G* row = sp + r * bj;
+    const G* row = sp + (r - r0) * bj;
     T* crow = cp + r * bj;
     const int64_t skip = diag ? r : -1;
     T esum = T(0), bsum = T(0);
@@ -238,12 +268,50 @@ void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, con
     if (!diag)
       for (int64_t jj = 0; jj < bj; ++jj) ecol[jj] += static_cast<double>(ecol_t[jj]);
   }
-  A.narrow(0, i0, bi).addmm_(C, Z.narrow(0, j0, bj));
+}
+
+// One tile (rows [i0, i1) against rows [j0, j1), or a block against itself). G is the type of the dot
+// products and row statistics: double for D <= kPreciseMaxD (the products are cheap there, and nearly
+// parallel rows, common among points on a low-dimensional sphere, keep their digits), else T. `split`:
+// cut the tile into chunks run on every thread (see kSplitRows); else it is one chunk, on this thread.
+template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
+void sym_tile(const Params<T>& p, const at::Tensor& Xg, const at::Tensor& Z, const G* sg, const T* inv_sx,
+              int64_t i0, int64_t i1, int64_t j0, int64_t j1, double* e, at::Tensor& A, T* b, bool split) {
+  const int64_t bi = i1 - i0, bj = j1 - j0;
+  const bool diag = i0 == j0;
+  at::Tensor C = at::empty({bi, bj}, Z.options());  // coefficients, in T
+  const int64_t piece = split ? kSplitRows : std::max(bi, bj);
+  const int64_t nrow = (bi + piece - 1) / piece;
+  const int64_t ncol = diag ? 0 : (bj + piece - 1) / piece;
+  // per row chunk: its column sums (energies in double, b coefficients in T), added in chunk order below
+  std::vector<double> ecol(diag ? 0 : nrow * bj, 0.0);
+  std::vector<T> bcol(diag ? 0 : nrow * bj, T(0));
+  for_chunks(nrow, split, [&](int64_t k) {
+    sym_tile_rows<T, G, KIND, HS, NORM, MODE>(p, Xg, sg, inv_sx, i0, j0, bj, k * piece,
+                                              std::min(bi, (k + 1) * piece), diag, e, b, C,
+                                              diag ? nullptr : ecol.data() + k * bj,
+                                              diag ? nullptr : bcol.data() + k * bj);
+  });
+  // a_I += C Z_J by row chunks of C; a_J += C^T Z_I by column chunks of C: each chunk writes its own rows.
+  for_chunks(nrow + ncol, split, [&](int64_t k) {
+    if (k < nrow) {
+      const int64_t r0 = k * piece, rows = std::min(bi, r0 + piece) - r0;
+      A.narrow(0, i0 + r0, rows).addmm_(C.narrow(0, r0, rows), Z.narrow(0, j0, bj));
+    } else {
+      const int64_t c0 = (k - nrow) * piece, cols = std::min(bj, c0 + piece) - c0;
+      A.narrow(0, j0 + c0, cols).addmm_(C.narrow(1, c0, cols).t(), Z.narrow(0, i0, bi));
+    }
+  });
   if (!diag) {
-    A.narrow(0, j0, bj).addmm_(C.t(), Z.narrow(0, i0, bi));
     for (int64_t jj = 0; jj < bj; ++jj) {
-      e[j0 + jj] += ecol[jj];
-      if (b) b[j0 + jj] += bcol[jj];
+      double es = 0.0;
+      T bs = T(0);
+      for (int64_t k = 0; k < nrow; ++k) {
+        es += ecol[k * bj + jj];
+        bs += bcol[k * bj + jj];
+      }
+      e[j0 + jj] += es;
+      if (b) b[j0 + jj] += bs;
     }
   }
 }
@@ -263,18 +331,18 @@ void gemm_self_symmetric(const Params<T>& p, const at::Tensor& X, const at::Tens
   const at::Tensor Z = NORM ? X * sx.unsqueeze(-1) : X;  // u rows (normalized) or w rows
   const at::Tensor inv = NORM ? sx.reciprocal().contiguous() : sx;
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
-  // Few tiles (small N, one or two blocks, as in most layers of a network): the tiles run one after the
-  // other on this thread and each BLAS call uses every thread; the pair math, O(N^2) against the
-  // products' O(N^2 D), is then the serial part. Otherwise tiles run in parallel, one thread each.
+  // Few tiles: the tiles run one after the other and each spreads its chunks over every thread. Otherwise
+  // tiles run in parallel, one thread each. The choice depends on the shape only (see kSplitRows).
   const int64_t ntiles = B * nblk * (nblk + 1) / 2;
-  const bool inner_parallel = ntiles < 2 * static_cast<int64_t>(at::get_num_threads());
+  const bool inner_parallel = ntiles < kFewTiles;
   auto run = [&](int64_t bb, int64_t I, int64_t J) {
-    WorkerScope worker(!inner_parallel);
+    WorkerScope worker;
     at::Tensor Ab = A[bb];
     const auto [i0, i1] = block(I);
     const auto [j0, j1] = block(J);
     sym_tile<T, G, KIND, HS, NORM, MODE>(p, Xg[bb], Z[bb], sg.data_ptr<G>() + bb * n, inv.data_ptr<T>() + bb * n,
-                                         i0, i1, j0, j1, e + bb * n, Ab, b ? b + bb * n : nullptr);
+                                         i0, i1, j0, j1, e + bb * n, Ab, b ? b + bb * n : nullptr,
+                                         inner_parallel);
   };
   // The tiles in round order. Round 0: every block with itself. Rounds 1..m-1 (the circle method):
   // block 0 stays, the others rotate; position k meets position m-1-k.
