@@ -48,6 +48,7 @@
 #include <atomic>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../hsu_pair.h"
@@ -78,50 +79,68 @@ struct Rows {
   int64_t n;
 };
 
-// Loads and stores of a run's full vectors (FULL) and of its tail (cnt < kLanes lanes; loads zero the rest).
+// Calls f(integral_constant<int, 0>), ..., f(integral_constant<int, N - 1>). The loops over coordinates and
+// rows are written with it, so that every index into the small arrays of vectors below is a constant and
+// the compiler keeps those vectors in registers (with a run-time index they stay in memory, where every
+// store to a double* may alias them: __m512d is a may_alias type).
+template <int N, typename F>
+inline __attribute__((always_inline)) void static_for(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+// Loads and stores of a run's whole vectors (FULL) and of its tail (cnt < kLanes lanes; loads zero the rest).
 template <bool FULL>
-inline Vec load(const double* p, int64_t cnt) {
+inline __attribute__((always_inline)) Vec load(const double* p, int64_t cnt) {
   return FULL ? Vec::loadu(p) : Vec::loadu(p, cnt);
 }
 template <bool FULL>
-inline void store(const Vec& v, double* p, int64_t cnt) {
+inline __attribute__((always_inline)) void store(const Vec& v, double* p, int64_t cnt) {
   if (FULL) v.store(p);
   else v.store(p, static_cast<int>(cnt));
 }
 
-// Runs body(FULL, k, cnt) over the vectors of k in [0, m): whole vectors, then the tail.
+// Runs body(FULL, k, cnt) over the vectors of [0, m): the whole ones, then the tail, so that the main loop
+// has no per-load test of the count.
 template <typename F>
-inline void over_vectors(int64_t m, F&& body) {
+inline __attribute__((always_inline)) void over_vectors(int64_t m, F&& body) {
   int64_t k = 0;
   for (; k + kLanes <= m; k += kLanes) body(std::true_type{}, k, kLanes);
   if (k < m) body(std::false_type{}, k, m - k);
 }
 
-// Geometry pass: d2m[k] (and d2p[k] when BOTH) for columns j + k, k < m. Buffers hold whole vectors.
+// The sum of a vector's lanes, in lane order.
+inline double lane_sum(Vec v) {
+  alignas(64) double lanes[kLanes];
+  v.store(lanes);
+  double s = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+// Geometry pass: d2m[k] (and d2p[k] when BOTH) for columns j + k, k < m. The buffers hold whole vectors;
+// loads past m read zeros (Vectorized::loadu with a count).
 template <int D, bool NORM, bool BOTH>
 void geometry(const Rows& r, int64_t i, int64_t j, int64_t m, double* __restrict d2m, double* __restrict d2p) {
-  const double* uc[D];
+  const double* uc = r.u + j;
+  const int64_t n = r.n;
   Vec ui[D];
-#pragma GCC unroll 4
-  for (int d = 0; d < D; ++d) {
-    uc[d] = r.u + d * r.n + j;
-    ui[d] = Vec(r.u[d * r.n + i]);
-  }
+  static_for<D>([&](auto d) { ui[d] = Vec(r.u[d * n + i]); });
   const double* ac = NORM ? r.a + j : nullptr;
   const Vec ai(NORM ? r.a[i] : 0.0);
-  over_vectors(m, [&](auto full, int64_t k, int64_t cnt) {
+  over_vectors(m, [&](auto full, int64_t k, int64_t cnt) __attribute__((always_inline)) {
     constexpr bool F = decltype(full)::value;
     Vec sm(0.0), sp(0.0);
-#pragma GCC unroll 4
-    for (int d = 0; d < D; ++d) {
-      const Vec uj = load<F>(uc[d] + k, cnt);
+    static_for<D>([&](auto d) {
+      const Vec uj = load<F>(uc + d * n + k, cnt);
       const Vec dm = ui[d] - uj;
       sm = at::vec::fmadd(dm, dm, sm);
       if constexpr (BOTH) {
         const Vec dp = ui[d] + uj;
         sp = at::vec::fmadd(dp, dp, sp);
       }
-    }
+    });
     if constexpr (NORM) {
       const Vec aa = ai + load<F>(ac + k, cnt);
       sm = sm + aa;
@@ -183,88 +202,118 @@ double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double*
   return esum;
 }
 
-// Update pass: the accumulators of the m columns j, and row i's own sums returned in gi[D] (and *ki).
+// Update pass for R consecutive rows i, i+1, ... against the same m columns j (their coefficients in
+// cm[rho], cp[rho]; a column a row must skip has coefficient 0): the columns' accumulators, loaded and
+// stored once for all R rows, and each row's own sums returned in gi[rho][D] (and ki[rho]).
 // SPLIT (normalized, float64): G = A + K u, with A_i += c_m (u_j - u_i) + c_p (u_i + u_j) and K_i += c_m - c_p,
 // so that a nearly parallel (or antipodal) pair adds its large coefficient to K, which the epilogue never
 // cancels against anything, and only c times a small difference to A. The float32 path accumulates G itself
 // (G_i += c u_j): the radial part that the epilogue cancels there costs ~1e-16 / |u_i - u_j| relative, far
 // below float32 rounding for any two distinct float32 rows.
-template <int D, bool HS, bool NORM, bool SPLIT>
-void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* __restrict cm,
-            const double* __restrict cp, double* gi, double* ki) {
-  const double* uc[D];
-  double* gc[D];
-  Vec ui[D], acc[D];
-#pragma GCC unroll 4
-  for (int d = 0; d < D; ++d) {
-    uc[d] = r.u + d * r.n + j;
-    gc[d] = r.g + d * r.n + j;
-    ui[d] = Vec(r.u[d * r.n + i]);
-    acc[d] = Vec(0.0);
-  }
+template <int D, bool HS, bool NORM, bool SPLIT, int R>
+void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const* cm, const double* const* cp,
+            double (*gi)[D], double* ki) {
+  const int64_t n = r.n;
+  const double* uc = r.u + j;
+  double* gc = r.g + j;
   double* kc = SPLIT ? r.k + j : nullptr;
-  Vec kacc(0.0);
-  over_vectors(m, [&](auto full, int64_t k, int64_t cnt) {
-    constexpr bool F = decltype(full)::value;
-    const Vec c = load<F>(cm + k, cnt);  // zero past cnt: those lanes add nothing
-    const Vec c2 = (HS && (SPLIT || !NORM)) ? load<F>(cp + k, cnt) : Vec(0.0);
-    if constexpr (NORM && SPLIT) {
-      const Vec kk = HS ? c - c2 : c;
-      kacc = kacc + kk;
-      store<F>(load<F>(kc + k, cnt) + kk, kc + k, cnt);
-    }
-#pragma GCC unroll 4
-    for (int d = 0; d < D; ++d) {
-      const Vec uj = load<F>(uc[d] + k, cnt);
-      Vec gj = load<F>(gc[d] + k, cnt);
-      if constexpr (NORM && !SPLIT) {
-        acc[d] = at::vec::fmadd(c, uj, acc[d]);
-        gj = at::vec::fmadd(c, ui[d], gj);
-      } else {
-        // un-normalized: G_i += c (x_i - x_j) + c2 (x_i + x_j), G_j += c (x_j - x_i) + c2 (x_i + x_j);
-        // normalized, split: the same with the signs of c flipped (c_m multiplies u_j - u_i in A_i)
-        const Vec cdm = c * (ui[d] - uj);
-        acc[d] = NORM ? acc[d] - cdm : acc[d] + cdm;
-        gj = NORM ? gj + cdm : gj - cdm;
-        if constexpr (HS) {
-          const Vec dp = ui[d] + uj;
-          acc[d] = at::vec::fmadd(c2, dp, acc[d]);
-          gj = at::vec::fmadd(c2, dp, gj);
-        }
-      }
-      store<F>(gj, gc[d] + k, cnt);
-    }
+  Vec ui[R][D], acc[R][D], kacc[R];
+  static_for<R>([&](auto q) {
+    static_for<D>([&](auto d) {
+      ui[q][d] = Vec(r.u[d * n + i + q]);
+      acc[q][d] = Vec(0.0);
+    });
+    kacc[q] = Vec(0.0);
   });
-  alignas(64) double lanes[kLanes];
-  for (int d = 0; d < D; ++d) {
-    acc[d].store(lanes);
-    double s = 0.0;
-    for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-    gi[d] = s;
-  }
-  kacc.store(lanes);
-  double s = 0.0;
-  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-  *ki = s;
+  over_vectors(m, [&](auto full, int64_t k, int64_t cnt) __attribute__((always_inline)) {
+    constexpr bool F = decltype(full)::value;
+    Vec c[R], c2[R];
+    static_for<R>([&](auto q) {
+      c[q] = load<F>(cm[q] + k, cnt);  // zero past cnt: those lanes add nothing
+      c2[q] = (HS && (SPLIT || !NORM)) ? load<F>(cp[q] + k, cnt) : Vec(0.0);
+    });
+    if constexpr (NORM && SPLIT) {
+      Vec kj = load<F>(kc + k, cnt);
+      static_for<R>([&](auto q) {
+        const Vec kk = HS ? c[q] - c2[q] : c[q];
+        kacc[q] = kacc[q] + kk;
+        kj = kj + kk;
+      });
+      store<F>(kj, kc + k, cnt);
+    }
+    static_for<D>([&](auto d) {
+      const Vec uj = load<F>(uc + d * n + k, cnt);
+      Vec gj = load<F>(gc + d * n + k, cnt);
+      static_for<R>([&](auto q) {
+        if constexpr (NORM && !SPLIT) {
+          acc[q][d] = at::vec::fmadd(c[q], uj, acc[q][d]);
+          gj = at::vec::fmadd(c[q], ui[q][d], gj);
+        } else {
+          // un-normalized: G_i += c (x_i - x_j) + c2 (x_i + x_j), G_j += c (x_j - x_i) + c2 (x_i + x_j);
+          // normalized, split: the same with the signs of c flipped (c_m multiplies u_j - u_i in A_i)
+          const Vec cdm = c[q] * (ui[q][d] - uj);
+          acc[q][d] = NORM ? acc[q][d] - cdm : acc[q][d] + cdm;
+          gj = NORM ? gj + cdm : gj - cdm;
+          if constexpr (HS) {
+            const Vec dp = ui[q][d] + uj;
+            acc[q][d] = at::vec::fmadd(c2[q], dp, acc[q][d]);
+            gj = at::vec::fmadd(c2[q], dp, gj);
+          }
+        }
+      });
+      store<F>(gj, gc + d * n + k, cnt);
+    });
+  });
+  static_for<R>([&](auto q) {
+    static_for<D>([&](auto d) { gi[q][d] = lane_sum(acc[q][d]); });
+    ki[q] = lane_sum(kacc[q]);
+  });
 }
 
-// One tile: rows [i0, i1) against rows [j0, j1), or a block against itself (pairs j > i).
+// One tile: rows [i0, i1) against rows [j0, j1), or a block against itself (pairs j > i). Rows go two at a
+// time through the update pass (half the loads and stores of the columns' accumulators); in a diagonal
+// tile the second row's run starts one column later, which its coefficient buffer marks with a 0.
 template <typename T, int D, int64_t KIND, bool HS, bool NORM, int MODE>
 void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;
   constexpr bool kSplit = NORM && std::is_same_v<T, double>;
-  alignas(64) double d2m[kMaxBlock], d2p[kMaxBlock], cm[kMaxBlock], cp[kMaxBlock];
+  constexpr int64_t kBuf = kMaxBlock + kLanes;  // room for the second row's runs shifted by one
+  alignas(64) double d2m[2][kBuf], d2p[2][kBuf], cm[2][kBuf], cp[2][kBuf];
+  const double* cms[2] = {cm[0], cm[1]};
+  const double* cps[2] = {cp[0], cp[1]};
   const bool diag = i0 == j0;
-  for (int64_t i = i0; i < i1; ++i) {
+  auto finish = [&](int64_t i, int R, const double (*gi)[D], const double* ki) {
+    for (int q = 0; q < R; ++q) {
+      for (int d = 0; d < D; ++d) r.g[d * r.n + i + q] += gi[q][d];
+      if constexpr (kSplit) r.k[i + q] += ki[q];
+    }
+  };
+  int64_t i = i0;
+  for (; i + 1 < i1; i += 2) {
+    const int64_t j = diag ? i + 1 : j0;
+    const int64_t m = j1 - j;
+    const int64_t shift = diag ? 1 : 0;  // row i + 1 starts at column j + shift
+    if (m - shift <= 0) break;
+    geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
+    r.e[i] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    geometry<D, NORM, kBoth>(r, i + 1, j + shift, m - shift, d2m[1] + shift, d2p[1] + shift);
+    r.e[i + 1] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m - shift, d2m[1] + shift, d2p[1] + shift,
+                                                              cm[1] + shift, cp[1] + shift);
+    cm[1][0] = shift ? 0.0 : cm[1][0];
+    cp[1][0] = shift ? 0.0 : cp[1][0];
+    double gi[2][D], ki[2];
+    update<D, HS, NORM, kSplit, 2>(r, i, j, m, cms, cps, gi, ki);
+    finish(i, 2, gi, ki);
+  }
+  for (; i < i1; ++i) {
     const int64_t j = diag ? i + 1 : j0;
     const int64_t m = j1 - j;
     if (m <= 0) continue;
-    geometry<D, NORM, kBoth>(r, i, j, m, d2m, d2p);
-    r.e[i] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m, d2m, d2p, cm, cp);
-    double gi[D], ki;
-    update<D, HS, NORM, kSplit>(r, i, j, m, cm, cp, gi, &ki);
-    for (int d = 0; d < D; ++d) r.g[d * r.n + i] += gi[d];
-    if constexpr (kSplit) r.k[i] += ki;
+    geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
+    r.e[i] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    double gi[1][D], ki[1];
+    update<D, HS, NORM, kSplit, 1>(r, i, j, m, cms, cps, gi, ki);
+    finish(i, 1, gi, ki);
   }
 }
 
