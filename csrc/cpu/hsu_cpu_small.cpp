@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "../hsu_pair.h"
+#include "../hsu_small_pair.h"
 
 namespace hsu {
 namespace {
@@ -151,51 +152,23 @@ void geometry(const Rows& r, int64_t i, int64_t j, int64_t m, double* __restrict
   });
 }
 
-// Pair-math pass: the energy of m pairs (returned) and their coefficients cm[k] (and cp[k], un-normalized
-// half-space). Phi and phi' in T, from csrc/hsu_pair.h.
+// Pair-math pass: the energy of m pairs (returned) and their coefficients cm[k], cp[k] (csrc/hsu_small_pair.h),
+// with phi and phi' in T. SPLIT (normalized float64) keeps cm and cp apart for the A, K accumulators; the
+// float path accumulates G = dE/du itself, with the single coefficient cm + cp of u_j.
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, bool SPLIT>
 double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double* cm, double* cp) {
-  constexpr bool kAngle = KIND == kAngular || KIND == kAngularLog;
+  constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;  // whether d2p was computed
   double esum = 0.0;
 #pragma omp simd reduction(+ : esum)
   for (int64_t k = 0; k < m; ++k) {
-    T f, c;
-    if constexpr (kAngle) {
-      // g = (d2p - d2m) / 4 and 1 - |g| = min(d2m, d2p) / 2, both without cancellation
-      const double g = 0.25 * (d2p[k] - d2m[k]);
-      const double om = 0.5 * std::min(d2m[k], d2p[k]);
-      T df;
-      phi_g_om_k<KIND, MODE, T, T>(p.s, p.t, p.eps_ang, static_cast<T>(g), static_cast<T>(om), f, df);
-      c = df;
-      T c2 = T(0);
-      if constexpr (HS) {
-        T f2, df2;
-        phi_g_om_k<KIND, MODE, T, T>(p.s, p.t, p.eps_ang, static_cast<T>(-g), static_cast<T>(om), f2, df2);
-        f += f2;
-        c2 = -df2;
-      }
-      if constexpr (SPLIT) {
-        cm[k] = static_cast<double>(c);
-        if constexpr (HS) cp[k] = static_cast<double>(c2);
-      } else {
-        cm[k] = static_cast<double>(c + c2);
-      }
+    T f, c, c2;
+    small_pair<KIND, HS, NORM, MODE, T>(p.s, p.t, p.eps_ang, static_cast<T>(d2m[k]),
+                                        static_cast<T>(kBoth ? d2p[k] : d2m[k]), f, c, c2);
+    if constexpr (NORM && !SPLIT) {
+      cm[k] = static_cast<double>(c + c2);
     } else {
-      T df;
-      phi_d2_k<KIND, MODE>(p.s, p.t, static_cast<T>(d2m[k]), f, df);
-      T f2 = T(0), df2 = T(0);
-      if constexpr (HS) phi_d2_k<KIND, MODE>(p.s, p.t, static_cast<T>(d2p[k]), f2, df2);
-      f += f2;
-      if constexpr (NORM && SPLIT) {
-        // dphi/dg = -2 f'(2 - 2g); the image -u_j adds d phi(-g) / dg = 2 f'(2 + 2g)
-        cm[k] = static_cast<double>(T(-2) * df);
-        if constexpr (HS) cp[k] = static_cast<double>(T(2) * df2);
-      } else if constexpr (NORM) {
-        cm[k] = static_cast<double>(T(-2) * df + T(2) * df2);
-      } else {
-        cm[k] = static_cast<double>(T(2) * df);
-        if constexpr (HS) cp[k] = static_cast<double>(T(2) * df2);
-      }
+      cm[k] = static_cast<double>(c);
+      if constexpr (HS) cp[k] = static_cast<double>(c2);
     }
     esum += static_cast<double>(f);
   }
@@ -332,10 +305,15 @@ struct Plan {
   int64_t parts() const { return static_cast<int64_t>(first.size()) - 1; }
 };
 
+// Rows per task of the O(N) loops (statistics, sums of the parts, epilogue): tens of nanoseconds per row,
+// so below this many rows a fork would cost more than the loop.
+constexpr int64_t kRowGrain = 1 << 14;
+
 // At most this many parts (their buffers cost (D + 2) doubles per row each), and at least this many pairs
-// per part (below that, forking costs more than it saves).
+// per part (about a millisecond of work: below that, forking costs more than it saves, and far more on a
+// machine whose cores other processes share, where a waiting thread may wait for a whole time slice).
 constexpr int64_t kMaxParts = 8;
-constexpr int64_t kMinPartPairs = 1 << 16;
+constexpr int64_t kMinPartPairs = 1 << 18;
 
 Plan make_plan(int64_t B, int64_t n) {
   Plan plan;
@@ -460,7 +438,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   const T* wp = w.data_ptr<T>();
   // Per row: |w|^2 and the row statistic in float64; coordinates transposed to [B][D][n].
   std::vector<double> sq(B * n), st(B * n), u(B * D * n), a(normalize ? B * n : 0);
-  at::parallel_for(0, B * n, 2048, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bb = r / n, i = r % n;
       double acc = 0.0;
@@ -485,7 +463,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   dispatch_dim<T>(p, plan, wk);
   // The parts' sums, added in part order, into part 0's buffers.
   if (parts > 1)
-    at::parallel_for(0, B * n, 2048, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
       for (int64_t q = 1; q < parts; ++q)
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t bb = r / n, i = r % n;
@@ -499,7 +477,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   const double scale = grad_scale<double>(true, half_space);
   std::vector<double> ediag(B * n, 0.0);
   T* gp = grad.data_ptr<T>();
-  at::parallel_for(0, B * n, 2048, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bb = r / n, i = r % n;
       double wr[kSmallMaxD], gr[kSmallMaxD], out[kSmallMaxD];
@@ -509,15 +487,13 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
       }
       double k = 0.0;
       if (half_space) diag_term(pd, sq[r], eps_norm, ediag[r], k);
-      if (split) {
-        // dE/du = A + K u; through u = r w:  dE/dw = r (A - (A.u) u + K a u) + k w, using |u|^2 = 1 - a
-        double au = 0.0;
-        for (int64_t d = 0; d < D; ++d) au += gr[d] * u[(bb * D + d) * n + i];
-        const double kr = kacc[r] * a[r];
-        for (int64_t d = 0; d < D; ++d)
-          out[d] = st[r] * scale * (gr[d] + (kr - au) * u[(bb * D + d) * n + i]) + k * wr[d];
-      } else {
+      if (normalize && !split) {
         row_grad<double, double>(pd, wr, st[r], gr, 0.0, scale, k, D, out);
+      } else {
+        double ur[kSmallMaxD];
+        for (int64_t d = 0; d < D; ++d) ur[d] = u[(bb * D + d) * n + i];
+        small_row_grad(normalize, wr, ur, normalize ? a[r] : 0.0, st[r], gr, split ? kacc[r] : 0.0, scale, k, D,
+                       out);
       }
       for (int64_t d = 0; d < D; ++d) gp[r * D + d] = static_cast<T>(out[d]);
     }
