@@ -17,6 +17,7 @@
 #include "../hsu_checks.h"
 #include "../hsu_pair.h"
 #include "hsu_cuda_kernels.cuh"
+#include "hsu_cuda_small.h"
 
 namespace hsu {
 namespace {
@@ -84,6 +85,8 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
   check_common(w_in, "w", kind, s, t, eps_norm, normalize);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
   TORCH_CHECK(w_in.is_cuda(), "w must be a CUDA tensor");
+  if (small_d_serves_cuda(w_in, kind))  // points on a circle or a low-dimensional sphere: hsu_cuda_small.cuh
+    return energy_grad_small_cuda(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize);
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.to(compute_dtype(w_in)).contiguous();
   const int64_t B = w.size(0), n = w.size(1);
