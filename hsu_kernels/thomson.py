@@ -451,16 +451,18 @@ class Result:
 class _Progress:
     """A progress bar on stderr (tqdm when installed, else a status line), or nothing."""
 
-    def __init__(self, enabled: bool, total: int, desc: str):
+    def __init__(self, enabled: bool, desc: str):
         self.bar = None
         self.enabled = enabled
-        self.count, self.total, self.desc, self.post = 0, total, desc, ""
+        self.count, self.desc = 0, desc
         if not enabled:
             return
         try:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="min", file=sys.stderr, dynamic_ncols=True)
+            # no total: a run usually ends early (published optimum reached, time limit), and an estimate of
+            # the time left from the total would mislead
+            self.bar = tqdm(desc=desc, unit=" minimizations", file=sys.stderr, dynamic_ncols=True)
         except ImportError:
             self.bar = None
 
@@ -472,8 +474,7 @@ class _Progress:
             self.bar.set_postfix_str(post, refresh=False)
             self.bar.update(k)
         else:
-            print(f"\r{self.desc}: {self.count}/{self.total} minimizations, {post}", end="", file=sys.stderr,
-                  flush=True)
+            print(f"\r{self.desc}: {self.count} minimizations, {post}", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -565,7 +566,7 @@ def minimize(
     t0 = time.perf_counter()
     pub = published(n, dim, kind, s)
     result = Result(torch.empty(0), math.inf if kind != "tammes" else -math.inf, kind, s, dim, pub)
-    bar = _Progress(progress, restarts + hops * batch, f"{kind} N={n}")
+    bar = _Progress(progress, f"{kind} N={n}")
 
     def better(v: float) -> bool:
         return v < result.value if kind != "tammes" else v > result.value
@@ -620,7 +621,8 @@ def minimize(
             inside = ((walkers - centre[:, None]).norm(dim=-1) < 2.5 * a[:, None]).to(torch.float64)
             noise = torch.randn(walkers.shape, generator=gen, dtype=torch.float64)
             y, ey = descend(walkers + 0.5 * a[:, None, None] * inside[..., None] * noise, objective)
-            accept = (ey < we) | (torch.rand(batch, generator=gen, dtype=torch.float64) < torch.exp(-(ey - we) / temperature))
+            luck = torch.rand(batch, generator=gen, dtype=torch.float64)
+            accept = (ey < we) | (luck < torch.exp(-(ey - we) / temperature))
             walkers[accept], we[accept] = y[accept], ey[accept]
             record(y, ey, batch)
             if reached() or out_of_time():
@@ -780,14 +782,14 @@ def main(argv=None) -> int:
                    stop_at_published=not args.keep_going, backend=args.backend, progress=not args.no_progress)
     what = {"riesz": f"Riesz s = {args.s:g} energy", "log": "log energy (sum -log r^2)",
             "tammes": "smallest angle"}[args.kind]
-    shown = f"{res.value:.12g}" if args.kind != "tammes" else f"{res.value:.12f} rad = {math.degrees(res.value):.8f} deg"
+    shown = f"{res.value:.9f}" if args.kind != "tammes" else f"{res.value:.12f} rad = {math.degrees(res.value):.8f} deg"
     print(f"N = {args.n}, dim = {args.dim}: {what} = {shown}  "
           f"({res.minimizations} local minimizations, {res.seconds:.1f} s)")
     if args.kind == "log":
-        print(f"  Smale's log energy sum log(1/r) = {res.value / 2:.12g}")
+        print(f"  Smale's log energy sum log(1/r) = {res.value / 2:.9f}")
     if res.published is not None:
         ref = res.published.value
-        ref_text = f"{ref:.12g}" if args.kind != "tammes" else f"{ref:.12f} rad"
+        ref_text = f"{ref:.9f}" if args.kind != "tammes" else f"{ref:.12f} rad"
         print(f"published optimum {ref_text} ({res.published.source}); relative difference {res.gap:+.2e}")
     if args.save:
         import numpy as np
