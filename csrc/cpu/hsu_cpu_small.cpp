@@ -6,27 +6,25 @@
 //  * direct: no GEMM, no N x N tile in memory. Rows are kept as float64 coordinate arrays (one array per
 //    coordinate, [D][N]), and each row i sweeps a block of columns j with ATen's Vectorized<double> (AVX-512,
 //    AVX2 or the portable implementation, chosen from the compiler's target: -march=native, HSU_CPU_ARCH);
-//  * precise: the squared chordal distance of nearly parallel rows comes from coordinate differences in
-//    float64, never from 2 - 2g. With u_i = w_i / sqrt(|w_i|^2 + eps_norm) and a_i = eps_norm / (|w_i|^2 +
-//    eps_norm) (so |u_i|^2 = 1 - a_i),
-//        2 - 2 g_ij = |u_i - u_j|^2 + a_i + a_j,      2 + 2 g_ij = |u_i + u_j|^2 + a_i + a_j,
-//    both exact identities without cancellation. Un-normalized rows use |x_i -+ x_j|^2 directly. The
-//    gradient accumulators are float64 as well;
+//  * precise: squared distances come from coordinate differences in float64, never from 2 - 2g, and the
+//    gradient is accumulated in float64 in terms of the same differences (csrc/hsu_small_pair.h), so nearly
+//    parallel and nearly antipodal rows keep their digits;
 //  * the per-pair terms phi, phi' are the shared ones of csrc/hsu_pair.h, in the input's precision (float
-//    for float32 inputs), vectorized by the compiler over a block's buffer of distances.
+//    for float32 inputs), vectorized by the compiler (omp simd) over a buffer of one row's distances.
 //
-// Work split: rows in blocks of kBlock; a tile is a pair of blocks (I <= J) of one batch entry. Tiles are
-// scheduled in the rounds of a round-robin tournament (no block appears twice in a round), so the tiles of
-// a round run in parallel without sharing rows, and every row receives its contributions in round order,
-// each tile's in row order. Results are bitwise the same on any number of threads.
+// Per row i against a run of columns j (two rows at a time where they share the run), in three passes:
+//   geometry:  d2m = |u_i - u_j|^2 + a_i + a_j (and d2p = |u_i + u_j|^2 + a_i + a_j where needed);
+//   pair math: f (phi, plus phi(-g) in half-space mode) summed into e_i, and the coefficients cm, cp;
+//   update:    the gradient accumulators of row i (in registers) and of the columns j (in memory).
+//   normalized float32: G_i += c u_j, G_j += c u_i with c = cm + cp, so G = dE/du (hsu_pair.h's row_grad
+//   turns it into dE/dw; the radial part it cancels costs ~1e-16 / |u_i - u_j| relative, below float32
+//   rounding for any two distinct float32 rows). float64 and un-normalized: A and K of hsu_small_pair.h.
 //
-// Per pair (one row i against a run of columns j, pass by pass over the run):
-//   geometry:  d2m = |u_i - u_j|^2 + a_i + a_j (and d2p = |u_i + u_j|^2 + a_i + a_j where needed), float64;
-//   pair math: f = phi (plus phi(-g) in half-space mode) summed into e_i; the coefficients below;
-//   update:    normalized:   G_i += c u_j, G_j += c u_i with c = dphi/dg (- dphi/dg(-g)), so G = dE/du;
-//              un-normalized: G_i += km (x_i - x_j) + kp (x_i + x_j), G_j += km (x_j - x_i) + kp (x_i + x_j)
-//              with km = 2 f'(d2m), kp = 2 f'(d2p), so G = dE/dx.
-// The row epilogue (hsu_pair.h's row_grad, in float64) turns G into dE/dw.
+// Work split and determinism: rows in blocks (block_rows: 64, 128 or 256 by N), a tile is a pair of blocks
+// (I <= J) of one batch entry, and the tiles, in a fixed order, are cut into at most kMaxParts parts of about
+// equal work (make_plan: a function of B and N only). Each part accumulates into buffers of its own, the
+// threads take parts in any order, and the parts' buffers are added in part order afterwards: every sum has
+// the same terms in the same order on any number of threads, so results are bitwise the same.
 
 // ATen's Vectorized picks its implementation from CPU_CAPABILITY_* macros, which torch defines only when it
 // compiles its own per-ISA kernel files. This file is compiled for the machine it runs on, so it picks the
@@ -61,8 +59,8 @@ using Vec = at::vec::Vectorized<double>;
 constexpr int64_t kLanes = Vec::size();
 
 // Rows per block. 256 keeps a block's coordinates, accumulators and pair buffers in L1/L2; smaller N uses
-// smaller blocks so that a round still has a tile for every thread. A function of N only (never of the
-// thread count), so the partition, and with it the result, is the same on any machine.
+// smaller blocks, so that its tiles can still be cut into parts of about equal work. A function of N only
+// (never of the thread count), so the partition, and with it the result, is the same on any machine.
 constexpr int64_t kMaxBlock = 256;
 static_assert(kMaxBlock % 8 == 0, "buffers hold whole vectors");
 
