@@ -40,11 +40,7 @@
 #include "hsu_cpu_small.h"
 
 #include <ATen/Parallel.h>
-// torch's vector headers carry '#pragma unroll' (a clang/nvcc pragma) that GCC reports as unknown
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #include <ATen/cpu/vec/vec.h>
-#pragma GCC diagnostic pop
 
 #include <algorithm>
 #include <atomic>
