@@ -300,3 +300,35 @@ def test_bitwise_same_on_any_thread_count():
     for threads in (2, 3, 4):
         for (e, g), (e1, g1) in zip(results[threads], results[1]):
             assert torch.equal(e, e1) and torch.equal(g, g1), f"{threads} threads differ from 1"
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_cuda_kernel()),
+                    reason="needs a GPU and the extension built with CUDA")
+def test_cuda_small_d_kernel():
+    """The CUDA kernel for D <= 4 (csrc/cuda/hsu_cuda_small.cuh) against the oracle: every kind and flag,
+    batched, odd N, hard rows; float64 to 1e-9, float32 within twice the CPU kernel's error on the same rows
+    (or 4 float32 ulps), nearly parallel rows included (hi + lo pairs)."""
+    gen = torch.Generator().manual_seed(7)
+    cases = [rand_rows(2, n, d) for n, d in ((2, 3), (17, 2), (130, 4), (1100, 3))]
+    cases += [_hard_rows(d, gen) for d in (2, 3, 4)]
+    for w in cases:
+        for kind, s in KIND_S:
+            for hs in (False, True):
+                for norm in (True, False) if kind in ("riesz", "log") else (True,):
+                    kw = dict(kind=kind, s=s, half_space=hs, normalize=norm)
+                    x = w if norm else w / w.norm(dim=-1, keepdim=True).clamp_min(1)
+                    for dtype in (torch.float64, torch.float32):
+                        xc = x.to(dtype)
+                        e_ref, g_ref = precise_energy(xc.double(), **kw)
+                        if not (torch.isfinite(e_ref).all() and torch.isfinite(g_ref).all()):
+                            continue  # coinciding un-normalized rows: infinite energy, nothing to compare
+                        e, g = energy_and_grad(
+                            lambda y: hk.energy(y, reduction="sum", backend="cuda", **kw), xc.cuda())
+                        if dtype == torch.float64:
+                            tols = (1e-9, 1e-9)
+                        else:
+                            e_cpu, g_cpu = _kernel(xc, **kw)
+                            tols = (max(2 * rel_err(e_cpu, e_ref), 4 * FP32_FLOOR),
+                                    max(2 * rel_err(g_cpu, g_ref), 4 * FP32_FLOOR))
+                        what = f"cuda {kind} s={s} hs={hs} norm={norm} shape={tuple(x.shape)} {dtype}"
+                        assert rel_err(e.cpu(), e_ref) <= tols[0] and rel_err(g.cpu(), g_ref) <= tols[1], what
