@@ -145,6 +145,9 @@ def _extensions():
     cxx.append("-g" if os.environ.get("HSU_DEBUG") == "1" else "-g0")
     if arch:
         cxx.append(f"-march={arch}")
+    # torch's vector headers (ATen/cpu/vec, used by csrc/cpu/hsu_cpu_small.cpp) carry clang's '#pragma unroll',
+    # which GCC reports once per use; a diagnostic pragma cannot silence these before GCC 13
+    cxx.append("-Wno-unknown-pragmas")
     # at::parallel_for is an inline template: compiled without OpenMP it runs its body on one thread.
     # With torch's OpenMP backend we compile and link with -fopenmp; the loader then binds libgomp.so.1 to
     # the copy torch has already loaded, so the kernel shares torch's thread pool and thread count.

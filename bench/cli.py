@@ -137,7 +137,7 @@ def main(argv: List[str] = None) -> int:
             f"{load_start:.1f} / {load_end:.1f} on {os.cpu_count()} cores"
             + (": other processes shared the CPU during this run, so times are inflated and noisy" if busy else ""))
     head = report.header(device, info, peaks, skipped, energy_desc, timing, report.describe_memory(device, rows))
-    body = head + "\n\n" + report.table(rows, peaks) + "\n"
+    body = head + "\n\n" + report.table(rows, peaks, device) + "\n"
     print(body)
     path = args.out or report.default_path(device)
     report.write(path, f"hsu-kernels benchmark: {measure.device_slug(device)}", body)

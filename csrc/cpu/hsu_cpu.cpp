@@ -29,6 +29,7 @@
 
 #include "../hsu_checks.h"
 #include "../hsu_pair.h"
+#include "hsu_cpu_small.h"
 
 namespace hsu {
 namespace {
@@ -564,6 +565,8 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
                                                    bool normalize) {
   check_common(w_in, "w", kind, s, t, eps_norm, normalize);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
+  if (small_d_serves(w_in, kind))  // points on a circle or a low-dimensional sphere: csrc/cpu/hsu_cpu_small.cpp
+    return energy_grad_small_cpu(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize);
   const at::Tensor w = w_in.to(out_dtype(w_in)).contiguous();
   const int64_t B = w.size(0), n = w.size(1);
   at::Tensor energy = at::empty({B}, w.options().dtype(at::kDouble));

@@ -21,6 +21,7 @@
 #include "../hsu_pair.h"
 #include "hsu_cuda_grid.h"
 #include "hsu_cuda_kernels.cuh"
+#include "hsu_cuda_small.h"
 
 namespace hsu {
 namespace {
@@ -109,6 +110,8 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
     }
     return {at::cat(es), at::cat(gs)};
   }
+  if (small_d_serves_cuda(w_in, kind))  // points on a circle or a low-dimensional sphere: hsu_cuda_small.cuh
+    return energy_grad_small_cuda(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize);
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.to(compute_dtype(w_in)).contiguous();
   const int64_t B = w.size(0), n = w.size(1);
