@@ -93,6 +93,9 @@ if ! (cd "$WORK" && env -u HSU_NO_CUDA -u CUDA_VISIBLE_DEVICES OUT="$DRY_OUT" PY
       GPU_CHECK_LIMIT_BUILD="${GPU_CHECK_LIMIT_BUILD:-3600}" bash bench/gpu_check.sh --dry-run); then
   echo "--- the dry run failed; its build log ends:"
   tail -40 "$DRY_OUT/build.log" 2>/dev/null
+  # last, so that a shortened CI log still shows which stage failed
+  echo "--- the dry run's summary:"
+  cat "$DRY_OUT/summary.txt" 2>/dev/null
   exit 1
 fi
 SO=$(ls "$WORK"/hsu_kernels/_C*.so)

@@ -345,7 +345,8 @@ __global__ void finish_rows_kernel(const FinishArgs<T> f) {
 }
 
 // out[b] = pair_scale * sum_i e_row[b, i] + sum_i e_diag[b, i], one block per batch entry, fixed order.
-__global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row, const double* e_diag,
+// static: this header is compiled into more than one translation unit of the extension (not a template).
+static __global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row, const double* e_diag,
                                                                       int64_t n, double pair_scale, double* out) {
   __shared__ double sp[kReduceThreads], sd[kReduceThreads];
   const int64_t b = blockIdx.x;
