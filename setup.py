@@ -161,7 +161,7 @@ def _extensions():
         return [
             CUDAExtension(
                 "hsu_kernels._C",
-                sources + [s for s in cuda_sources],
+                sources + cuda_sources,
                 extra_compile_args={"cxx": cxx + ["-DHSU_WITH_CUDA"], "nvcc": nvcc},
                 extra_link_args=link,
             )
