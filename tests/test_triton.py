@@ -428,30 +428,47 @@ def test_sanity_values():
 
 
 def test_gpu_config_pruning():
-    """The GPU autotuning list keeps at least one config for every padded D and product mode, and only
-    configs within the register budget measured with ptxas (see kernels._prune_fused)."""
+    """For every padded D and product mode the pruner keeps exactly the configs of ``FUSED_TABLE`` (those
+    _aot compiles without spills), at least two so the autotuner has a choice, each in the autotuning list;
+    the same for the GEMM kernel and ``GEMM_TABLE``."""
     import triton.language as tl
 
     from hsu_kernels.triton import kernels
 
+    def fkey(c):
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+
     configs = kernels._fused_configs(interpret=False)
-    for bd in (16, 32, 64, 128, 256):
-        for prec, cdt, limit in (("ieee", tl.float32, 96), ("tf32", tl.float32, 192), ("tf32", tl.bfloat16, 192)):
+    assert len({fkey(c) for c in configs}) == len(configs)
+    modes = {"ieee": ("ieee", tl.float32), "tf32": ("tf32", tl.float32), "bf16": ("tf32", tl.bfloat16)}
+    for mode, (prec, cdt) in modes.items():
+        for bd in (16, 32, 64, 128, 256):
             kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt)
-            assert kept, (bd, prec)
+            assert [fkey(c) for c in kept] == list(kernels.FUSED_TABLE[mode][bd]), (mode, bd)
+            assert len(kept) >= 2, (mode, bd)
             for c in kept:
-                assert (2 * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * bd / (32 * c.num_warps) <= limit
+                assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
+        gemm = kernels._prune_gemm(kernels._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt)
+        assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                for c in gemm] == list(kernels.GEMM_TABLE[mode]) and len(gemm) >= 2, mode
+    # float16 inputs multiply on tensor cores with float32 coefficients: the tf32 lists
+    assert kernels.product_mode("tf32", tl.float32) == "tf32"
+    # a pinned list (one config outside the table) is left alone
+    odd = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 256}, num_warps=2, num_stages=1)]
+    assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32) == odd
 
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU every test above already compiles the kernels for real")
 def test_kernels_compile_for_gpu():
     """Under the interpreter nothing is compiled; this lowers the kernels through Triton's GPU passes and
-    the bundled ptxas for sm_90 (no GPU needed), catching what the lenient interpreter accepts."""
+    the bundled ptxas for sm_90 (no GPU needed), catching what the lenient interpreter accepts, and fails
+    if one of them spills registers (the full check of every config is ``_aot --fail-on-spill``)."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "hsu_kernels.triton._aot", "--arch", "90", "--quick"],
+    proc = subprocess.run([sys.executable, "-m", "hsu_kernels.triton._aot", "--arch", "90", "--quick",
+                           "--fail-on-spill"],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0 and "ptxas" in proc.stdout + proc.stderr and "not found" in proc.stdout + proc.stderr:
         pytest.skip("ptxas is not available to compile for sm_90")
