@@ -6,7 +6,8 @@ real frontend, layouts, and register spills (``ptxas -v``). It cannot check the 
 GPU does. Run it without ``TRITON_INTERPRET``::
 
     python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
-    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills
+    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills (the CI gate,
+                                                       # `make triton-aot-check`; ~3-5 min on 2 cores)
     python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
     python -m hsu_kernels.triton._aot --kernels fused --ds 256 --modes ieee --no-write   # a subset
 
