@@ -236,8 +236,9 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 #: The tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
 #: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles (e.g.
 #: 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 4-warp tiles at BLOCK_D >= 64 with tensor
-#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). Modes: ``ieee`` is float32 with exact products
-#: (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs and coefficients.
+#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). Modes: ``ieee`` is
+#: float32 with exact products (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs
+#: and coefficients.
 FUSED_TABLE = {
     "ieee": {
         16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2)),
