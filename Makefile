@@ -11,6 +11,8 @@
 #                             against that torch (run from the repository root).
 #   HSU_DEBUG=1 make test     the extension with debug info (-g); the default is a release build.
 #   make test PYTEST_ARGS="--durations=15"   extra pytest options.
+#   make triton-aot-check     every Triton autotuning config compiled for sm_80/sm_90 with ptxas (no GPU),
+#                             failing on any register spill (the committed table: bench/results/triton-ptxas-*).
 #   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
 #                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
 #                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
@@ -80,6 +82,12 @@ cmake-check:
 .PHONY: cuda-check
 cuda-check:
 	bash .ci/cuda_check.sh
+
+# Every Triton autotuning config compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one spills
+# registers (~3-5 min on 2 cores; `make test` compiles one small config per kernel).
+.PHONY: triton-aot-check
+triton-aot-check: build
+	$(PY) -m hsu_kernels.triton._aot --fail-on-spill --no-write
 
 bench: build
 	$(PY) -m bench
