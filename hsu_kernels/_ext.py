@@ -2,7 +2,9 @@
 dispatch key (the CPU kernel in csrc/cpu/, the CUDA kernel in csrc/cuda/).
 
 ``energy_grad`` returns the energy *and* its gradient from one pass; the registered backward only scales
-the saved gradient by ``grad_output``. The gradient output itself is not differentiable (no double
+the saved gradient by ``grad_output``. The energy is ``scale * sum`` over pairs (``scale`` a trailing
+argument, default 1), and for the Gaussian kind (code 4) the log-sum ``log(scale * sum exp(-t d2))`` with
+the gradient of that log (SPEC §4). The gradient output itself is not differentiable (no double
 backward through the fused ops; use ``backend="reference"`` for higher derivatives).
 """
 
@@ -50,12 +52,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 if available():
 
     @torch.library.register_fake("hsu::energy_grad")
-    def _energy_grad_fake(w, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+    def _energy_grad_fake(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(w.dim() == 3, lambda: "w must have shape [B, N, D]")
         return w.new_empty((w.shape[0],), dtype=_acc_dtype(w.dtype)), torch.empty_like(w)
 
     @torch.library.register_fake("hsu::cross_energy_grad")
-    def _cross_energy_grad_fake(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+    def _cross_energy_grad_fake(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must have shape [B, N, D]")
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
@@ -65,7 +67,7 @@ if available():
 
     def _energy_backward(ctx, grad_energy, grad_grad):
         (g,) = ctx.saved_tensors
-        return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None)
+        return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None, None)
 
     def _cross_setup(ctx, inputs, output):
         ctx.save_for_backward(output[1], output[2])
@@ -73,7 +75,7 @@ if available():
     def _cross_backward(ctx, grad_energy, grad_gx, grad_gy):
         gx, gy = ctx.saved_tensors
         scale = grad_energy[:, None, None]
-        return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None)
+        return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd("hsu::energy_grad", _energy_backward, setup_context=_energy_setup)
     torch.library.register_autograd("hsu::cross_energy_grad", _cross_backward, setup_context=_cross_setup)

@@ -29,6 +29,9 @@ POWERS = {
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+#: With eps_norm = 0, a row whose largest entry is below this has no direction the kernels can form.
+_TINY_ROW = 2.0**-1000
+
 
 @dataclass(frozen=True)
 class EnergyParams:
@@ -113,10 +116,15 @@ def check_matrix(
         name: the argument's name, used in every message.
         allow_batch: accept a leading batch dimension.
         min_rows: the smallest N allowed (2 for a self energy, 1 for one side of a cross energy).
-        eps_norm: when exactly 0, zero rows are an error (they have no direction).
+        eps_norm: when exactly 0, zero rows are an error (they have no direction), and so are rows whose
+            largest entry is below 2^-1000 (their 1/|w|, and their gradient, overflows float64).
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got a nested tensor")
+    if w.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {w.layout}")
     ranks = "2 ([N, D]) or 3 ([B, N, D])" if allow_batch else "2 ([N, D])"
     if w.dim() not in ((2, 3) if allow_batch else (2,)):
         raise ValueError(f"{name} must have rank {ranks}, got shape {tuple(w.shape)}")
@@ -136,8 +144,11 @@ def check_matrix(
         # finiteness check inside the kernel, so a compiled graph still refuses NaN/Inf.
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"{name} contains NaN or Inf")
-        if eps_norm == 0 and bool((w.detach().abs().amax(dim=-1) == 0).any()):
-            raise ValueError(f"{name} has a zero row, which has no direction when eps_norm=0")
+        if eps_norm == 0 and bool((w.detach().abs().amax(dim=-1) < _TINY_ROW).any()):
+            raise ValueError(
+                f"{name} has a zero row (or one whose largest entry is below 2^-1000), which has no direction "
+                "when eps_norm=0"
+            )
     return w
 
 

@@ -16,6 +16,7 @@ Backends (``backend=``):
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -141,18 +142,29 @@ def _check_precision(precision: Optional[str]) -> None:
         raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
 
 
-def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None) -> torch.Tensor:
-    """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``."""
+def _is_log(p: EnergyParams) -> bool:
+    """The Gaussian kind is reduced as a log-sum (SPEC §4): the backends return ``log(scale * sum exp)``."""
+    return p.kind == "gaussian"
+
+
+def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None,
+                scale: float = 1.0) -> torch.Tensor:
+    """``scale * sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
+    ``log(scale * sum_{i<j} exp(-t d2))``), differentiable, on ``backend``. ``scale`` goes into the kernels,
+    so a mean whose sum (or whose sum's gradient) would overflow is still computed."""
     if backend == "reference":
-        return reference.energy_sum(w3, p)
+        if _is_log(p):
+            return reference.gaussian_logsum(w3, p) + math.log(scale)
+        return scale * reference.energy_sum(w3, p)
     if backend in ("cpu", "cuda"):
         w_in = w3
         if backend == "cpu" and w3.dtype in (torch.float16, torch.bfloat16):
             w_in = w3.float()
-        return torch.ops.hsu.energy_grad(w_in, *p.as_args())[0]
+        return torch.ops.hsu.energy_grad(w_in, *p.as_args(), scale)[0]
     if backend == "triton":
-        return _FusedEnergy.apply(w3, _triton_fn("energy_grad", precision), p)
-    return _FusedEnergy.apply(w3, tiled.energy_grad, p)
+        e = _FusedEnergy.apply(w3, _triton_fn("energy_grad", precision), p)
+        return torch.log(e) + math.log(scale) if _is_log(p) else scale * e
+    return _FusedEnergy.apply(w3, functools.partial(tiled.energy_grad, scale=scale), p)
 
 
 def energy(
@@ -211,9 +223,10 @@ def energy(
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
-    e = _energy_sum(w3, p, name, precision)
-    if reduction == "mean":
-        e = e / num_pairs(w.shape[-2], p.half_space)
+    scale = 1.0 / num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1.0
+    e = _energy_out(w3, p, name, precision, scale)
+    if _is_log(p):
+        e = torch.exp(e)
     return e if w.dim() == 3 else e[0]
 
 
@@ -257,13 +270,12 @@ def energy_many(
         if w.dtype != ws[0].dtype:
             raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
     name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
+    scales = [1.0 / num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1.0 for w in ws]
     if name == "triton":
         e = _triton_module().energy_many_sum(list(ws), p, precision)
-    else:
-        e = torch.stack([_energy_sum(w.unsqueeze(0), p, name)[0] for w in ws])
-    if reduction == "mean":
-        e = e / torch.tensor([num_pairs(w.shape[0], p.half_space) for w in ws], dtype=e.dtype, device=e.device)
-    return e
+        return e * torch.tensor(scales, dtype=e.dtype, device=e.device)
+    e = torch.stack([_energy_out(w.unsqueeze(0), p, name, scale=sc)[0] for w, sc in zip(ws, scales)])
+    return torch.exp(e) if _is_log(p) else e
 
 
 def cross_energy(
@@ -308,17 +320,19 @@ def cross_energy(
     _check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
+    scale = 1.0 / (x.shape[-2] * y.shape[-2]) if reduction == "mean" else 1.0
     if name == "reference":
-        e = reference.cross_energy(x3, y3, p)
+        e = reference.cross_energy(x3, y3, p, reduction)
     elif name in ("cpu", "cuda"):
         if name == "cpu" and x3.dtype in (torch.float16, torch.bfloat16):
             x3, y3 = x3.float(), y3.float()
-        e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args())[0]
+        e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args(), scale)[0]
+        e = torch.exp(e) if _is_log(p) else e
+    elif name == "triton":
+        e = scale * _FusedCrossEnergy.apply(x3, y3, _triton_fn("cross_energy_grad", precision), p)
     else:
-        fn: Callable = _triton_fn("cross_energy_grad", precision) if name == "triton" else tiled.cross_energy_grad
-        e = _FusedCrossEnergy.apply(x3, y3, fn, p)
-    if reduction == "mean":
-        e = e / (x.shape[-2] * y.shape[-2])
+        e = _FusedCrossEnergy.apply(x3, y3, functools.partial(tiled.cross_energy_grad, scale=scale), p)
+        e = torch.exp(e) if _is_log(p) else e
     return e if x.dim() == 3 else e[0]
 
 
@@ -326,14 +340,23 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     """The contrastive uniformity loss ``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given
     (the caller normalizes features if it wants them on the sphere).
 
+    Computed as a log-sum-exp (SPEC §4), so it is finite for features of any scale, where the terms
+    ``exp(-t d2)`` themselves underflow (float32 features of norm 10 and above).
+
     Args:
         x: ``Tensor[N, D]`` or ``Tensor[B, N, D]`` features, N >= 2.
         t: temperature, > 0 (2 in the paper).
+        backend: see the module docstring.
 
     Returns:
-        A scalar (``Tensor[B]`` for batched input). Every term is in (0, 1], so the mean needs no shift.
+        A scalar (``Tensor[B]`` for batched input).
     """
-    return torch.log(energy(x, "gaussian", t=t, normalize=False, reduction="mean", backend=backend))
+    p = make_params("gaussian", 0.0, normalize=False, t=t)
+    check_matrix(x, "x")
+    name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    e = _energy_out(x3, p, name, scale=1.0 / num_pairs(x.shape[-2], False))
+    return e if x.dim() == 3 else e[0]
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
@@ -341,14 +364,17 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Te
 
     Args:
         x, y: ``Tensor[N, D]`` of the same shape.
-        alpha: exponent, > 0.
+        alpha: exponent, a finite number > 0.
+
+    Returns:
+        A scalar.
     """
     check_matrix(x, "x", allow_batch=False, min_rows=1)
     check_matrix(y, "y", allow_batch=False, min_rows=1)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     return (x - y).norm(dim=1).pow(alpha).mean()
 
 
@@ -417,7 +443,7 @@ def min_separation(
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``.
         half_space: the minimum over the 2N points ``{u_i} u {-u_i}``.
         eps_norm: as in :func:`energy`.
-        block: rows per tile.
+        block: rows per tile, an int >= 1.
 
     Returns:
         A scalar (``Tensor[B]`` batched). Its gradient goes to every pair attaining the minimum, shared
@@ -426,6 +452,10 @@ def min_separation(
     check_matrix(w, "w", eps_norm=eps_norm)
     if not isinstance(half_space, bool):
         raise TypeError(f"half_space must be a bool, got {type(half_space).__name__}")
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"block must be an int, got {type(block).__name__} ({block!r})")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     make_params("riesz", 1.0, eps_norm=eps_norm)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
     out = _MinSeparation.apply(w3, half_space, float(eps_norm), int(block))

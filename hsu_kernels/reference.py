@@ -2,11 +2,27 @@
 
 Every function here materializes the full ``N x N`` matrix and lets autograd differentiate it. That is
 O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
-against it in float64. (Being plain, it inherits autograd's limits: with rows whose |w|^2 exceeds
-eps_norm by more than the dtype's precision, u_i . u_i rounds to 1 and the half-space angular gradient
-through acos is not finite; the kernels take that self pair in closed form.) Half-space energies are
-computed the naive way, by concatenating ``[U, -U]``, so the
+against it in float64. Half-space energies are computed the naive way, by concatenating ``[U, -U]``, so the
 kernels' ``2 sum [phi(g) + phi(-g)] + sum phi(-g_ii)`` shortcut is tested against an independent form.
+
+Three things are written in their numerically stable form, because the literal one is wrong even in float64
+on valid inputs (SPEC §1, §4, §5):
+
+- close pairs. The squared distance ``2 - 2g`` (or ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j``) cancels when two rows
+  are nearly parallel (or nearly antipodal): exact duplicates of norm 100 give ``2 - 2g = 0`` in float32
+  where the true value is ``2e-8``. Every pair whose ``1 - |g|`` is below :data:`CLOSE` (or whose expanded
+  distance is below ``CLOSE (|x_i|^2 + |x_j|^2)``) is recomputed from coordinate differences in float64:
+  ``1 - |g| = (a_i + a_j + |u_i - sign(g) u_j|^2) / 2`` with ``a_i = 1 - |u_i|^2 = eps_norm / n_i^2`` in
+  closed form. Angles come from ``om = 1 - |g|`` as ``2 asin(sqrt(om / 2))`` (or ``pi`` minus it), never
+  from ``acos`` near ``+-1``.
+- extreme norms. Rows are scaled by a power of two before their squared norm is formed, so rows whose
+  ``|w|^2`` overflows (or underflows) are normalized exactly.
+- the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
+
+A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
+Riesz and log energies are ``+inf`` there, and autograd gives NaN in the rows of such a pair (the same
+convention as the kernels, see README "Precision"). The reference does not guard against overflow of the
+per-pair terms themselves (e.g. angular ``s = 50`` in float32): the kernels do.
 """
 
 from __future__ import annotations
@@ -17,18 +33,43 @@ import torch
 
 from ._params import EnergyParams, num_pairs
 
+#: Pairs with ``1 - |g|`` below this (or an expanded distance below this fraction of ``|x_i|^2 + |x_j|^2``)
+#: are recomputed from coordinate differences.
+CLOSE = 2.0**-4
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype != torch.float64 else dtype
+
+
+def row_scale(w: torch.Tensor, eps_norm: float):
+    """``u = w / n``, ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (SPEC §1), formed after
+    dividing each row by a power of two ``m >= max(|w_id|, sqrt(eps_norm))`` so that no square overflows or
+    underflows. Returns ``(u, a)``, ``a`` of shape ``[..., N, 1]``."""
+    big = w.detach().abs().amax(-1, keepdim=True)
+    if eps_norm > 0:
+        big = big.clamp_min(math.sqrt(eps_norm))
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    m = torch.ldexp(torch.ones_like(big), torch.frexp(big).exponent)
+    ws = w / m
+    eps_s = (eps_norm / m) / m
+    n2 = (ws * ws).sum(-1, keepdim=True) + eps_s
+    return ws / torch.sqrt(n2), eps_s / n2
+
 
 def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
     """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (SPEC §1)."""
-    return w / torch.sqrt((w * w).sum(dim=-1, keepdim=True) + eps_norm)
+    return row_scale(w, eps_norm)[0]
 
 
-def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term as a function of the cosine of two normalized rows (SPEC §3)."""
+def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The per-pair term (SPEC §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
     if p.kind in ("angular", "angular_log"):
-        a = torch.acos(g) / math.pi + p.eps_ang
+        half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
+        theta = torch.where(g >= 0, half, math.pi - half)
+        a = theta / math.pi + p.eps_ang
         return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
-    return phi_of_d2(2 - 2 * g, p)
+    return phi_of_d2(torch.where(g >= 0, 2 * om, 2 - 2 * g), p)
 
 
 def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
@@ -42,47 +83,117 @@ def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     raise ValueError(f"kind={p.kind!r} needs normalized rows")
 
 
-def _geometry(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The cosine ``g`` (normalized) or the squared distance ``d2`` (un-normalized) of every pair
-    ``(x_i, y_j)``: a ``[..., Nx, Ny]`` matrix."""
+def _pairs(n: int, device) -> torch.Tensor:
+    return torch.triu_indices(n, n, offset=1, device=device)
+
+
+def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams):
+    """For the pairs ``(x[..., ii], y[..., jj])``: ``(g, om)`` (normalized) or ``d2`` (un-normalized), each of
+    shape ``[..., P]``, with close pairs recomputed from coordinate differences in float64."""
+    wide = _wide(x.dtype)
     if p.normalize:
-        return normalize_rows(x, p.eps_norm) @ normalize_rows(y, p.eps_norm).transpose(-1, -2)
-    d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
-    return d2.clamp_min(0)
+        ux, ax = row_scale(x, p.eps_norm)
+        uy, ay = row_scale(y, p.eps_norm)
+        g = (ux @ uy.transpose(-1, -2))[..., ii, jj]
+        om = 1 - g.abs()
+        close = (om < CLOSE).nonzero(as_tuple=True)
+        if close[0].numel():
+            ux64, ax64 = row_scale(x.to(wide), p.eps_norm)
+            uy64, ay64 = row_scale(y.to(wide), p.eps_norm)
+            *bb, k = close
+            i, j = ii[k], jj[k]
+            sign = torch.where(g[close] >= 0, 1.0, -1.0).to(wide).detach()
+            diff = ux64[(*bb, i)] - sign[:, None] * uy64[(*bb, j)]
+            exact = 0.5 * (ax64[(*bb, i)][:, 0] + ay64[(*bb, j)][:, 0] + (diff * diff).sum(-1))
+            om = om.index_put(close, exact.to(om.dtype))
+        return g, om
+    qx, qy = (x * x).sum(-1), (y * y).sum(-1)
+    scale = qx[..., ii] + qy[..., jj]
+    d2 = (scale - 2 * (x @ y.transpose(-1, -2))[..., ii, jj]).clamp_min(0)
+    close = (~(d2 >= CLOSE * scale)).nonzero(as_tuple=True)  # also catches an overflowed |x|^2
+    if close[0].numel():
+        *bb, k = close
+        diff = x[(*bb, ii[k])].to(wide) - y[(*bb, jj[k])].to(wide)
+        d2 = d2.index_put(close, (diff * diff).sum(-1).to(d2.dtype))
+    return d2
 
 
-def _phi(geom: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    return phi_of_g(geom, p) if p.normalize else phi_of_d2(geom, p)
+def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams):
+    """``phi`` of the pairs ``(x[..., ii], y[..., jj])``, ``[..., P]``."""
+    if p.normalize:
+        g, om = _geometry(x, y, ii, jj, p)
+        return phi_of_om(g, om, p)
+    return phi_of_d2(_geometry(x, y, ii, jj, p), p)
+
+
+def _log_terms(x, y, ii, jj, p: EnergyParams) -> torch.Tensor:
+    """``-t d2`` of the pairs (the Gaussian kind's log terms)."""
+    if p.normalize:
+        g, om = _geometry(x, y, ii, jj, p)
+        return -p.t * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+    return -p.t * _geometry(x, y, ii, jj, p)
+
+
+def _self_pairs(w: torch.Tensor, p: EnergyParams):
+    """The point set of a self energy (``[W, -W]`` in half-space mode) and its unordered pairs."""
+    if p.half_space:
+        w = torch.cat([w, -w], dim=-2)
+    iu = _pairs(w.shape[-2], w.device)
+    return w, iu[0], iu[1]
 
 
 def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
     half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
     diagonal (not a pair) never enters the graph."""
-    if p.half_space:
-        w = torch.cat([w, -w], dim=-2)
-    n = w.shape[-2]
-    iu = torch.triu_indices(n, n, offset=1, device=w.device)
-    return _phi(_geometry(w, w, p)[..., iu[0], iu[1]], p).sum(-1)
+    w, ii, jj = _self_pairs(w, p)
+    return _pair_terms(w, w, ii, jj, p).sum(-1)
+
+
+def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (SPEC §4)."""
+    w, ii, jj = _self_pairs(w, p)
+    return torch.logsumexp(_log_terms(w, w, ii, jj, p), -1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
     """The energy, summed or averaged over unordered pairs (SPEC §4)."""
+    if p.kind == "gaussian":
+        shift = -math.log(num_pairs(w.shape[-2], p.half_space)) if reduction == "mean" else 0.0
+        return torch.exp(gaussian_logsum(w, p) + shift)
     e = energy_sum(w, p)
     if reduction == "mean":
         e = e / num_pairs(w.shape[-2], p.half_space)
     return e
 
 
+def _all_pairs(x: torch.Tensor, y: torch.Tensor):
+    ii = torch.arange(x.shape[-2], device=x.device).repeat_interleave(y.shape[-2])
+    jj = torch.arange(y.shape[-2], device=x.device).repeat(x.shape[-2])
+    return ii, jj
+
+
+def cross_logsum(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``log sum_i sum_j exp(-t d2(x_i, y_j))`` (plus the pairs with ``-y_j`` in half-space mode)."""
+    ii, jj = _all_pairs(x, y)
+    terms = _log_terms(x, y, ii, jj, p)
+    if p.half_space:
+        terms = torch.cat([terms, _log_terms(x, -y, ii, jj, p)], -1)
+    return torch.logsumexp(terms, -1)
+
+
 def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum") -> torch.Tensor:
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
     mode), or its mean over the ``Nx * Ny`` pairs."""
-    phi = _phi(_geometry(x, y, p), p)
+    count = x.shape[-2] * y.shape[-2]
+    if p.kind == "gaussian":
+        return torch.exp(cross_logsum(x, y, p) - (math.log(count) if reduction == "mean" else 0.0))
+    ii, jj = _all_pairs(x, y)
+    e = _pair_terms(x, y, ii, jj, p).sum(-1)
     if p.half_space:
-        phi = phi + _phi(_geometry(x, -y, p), p)
-    e = phi.sum((-1, -2))
+        e = e + _pair_terms(x, -y, ii, jj, p).sum(-1)
     if reduction == "mean":
-        e = e / (x.shape[-2] * y.shape[-2])
+        e = e / count
     return e
 
 
@@ -104,7 +215,7 @@ def min_separation(w: torch.Tensor, half_space: bool = False, eps_norm: float = 
 
 
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (SPEC §4, §7), with
-    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` clamped at 0 (SPEC §5)."""
+    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (SPEC §4, §7), as a log-sum-exp, with
+    ``|x_i - x_j|^2`` from the expanded form and close pairs recomputed from differences (SPEC §5)."""
     p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
-    return torch.log(energy(x, p, "mean"))
+    return gaussian_logsum(x, p) - math.log(num_pairs(x.shape[-2], False))
