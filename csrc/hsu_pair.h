@@ -320,7 +320,7 @@ HSU_HD bool pair_norm(T s, T t, T eps_ang, T cs, G g, T& e, T& c) {
     c -= df2;
   }
   c *= cs;
-  return (om < close_tau<G>()) | !is_finite(e) | !is_finite(c);
+  return om < close_tau<G>() || !is_finite(e) || !is_finite(c);
 }
 
 // An un-normalized pair from its raw dot product and squared norms q (in G): d2 = q_i + q_j - 2 dot,
@@ -343,9 +343,9 @@ HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
     e += f2;
     cj += T(2) * cs * df2;
     ci += T(2) * cs * df2;
-    care = care | !(dp >= close_tau<G>() * sum);
+    care = care || !(dp >= close_tau<G>() * sum);
   }
-  return care | !is_finite(e) | !is_finite(cj);
+  return care || !is_finite(e) || !is_finite(cj);
 }
 
 // The Gaussian kind as log terms (SPEC §4: reduced as a log-sum-exp): x1 = -t d2 of the pair, x2 = -t d2
@@ -366,7 +366,7 @@ HSU_HD bool gauss_logs(T t, G v, G qi, G qj, T& x1, T& x2) {
     dm = sum - G(2) * v;
     dp = sum + G(2) * v;
     care = !(dm >= close_tau<G>() * sum);
-    if (HS) care = care | !(dp >= close_tau<G>() * sum);
+    if (HS) care = care || !(dp >= close_tau<G>() * sum);
   }
   x1 = -t * static_cast<T>(hsu_max(dm, G(0)));
   x2 = HS ? -t * static_cast<T>(hsu_max(dp, G(0))) : -static_cast<T>(INFINITY);
@@ -415,16 +415,30 @@ HSU_HD double mul_rn(double a, double b) {
 #endif
 }
 
-// Coordinates of u_j - u_i = r_i (w_j - w_i) + w_j (r_j - r_i), differences first and products rounded
-// (mul_rn): identical rows give exactly 0, and so do w and 2^k w when eps_norm is negligible.
+// A row's r split exactly as r = t 2^e (t in [1/2, 1)): with the row scaled by 2^e (exact), u = (w 2^e) t.
+struct RowSplit {
+  double t, scale;  // scale = 2^e
+};
+
+HSU_HD RowSplit split_r(double r) {
+  int e;
+  const double t = frexp(r, &e);
+  return RowSplit{t, ldexp(1.0, e)};
+}
+
+// Coordinates of u_j - u_i = t_i (v_j - v_i) + v_j (t_j - t_i) with v = w 2^e, r = t 2^e (split_r):
+// differences first and products rounded (mul_rn), so that identical rows give exactly 0, and so do w and
+// 2^k w when eps_norm is negligible (their v and t are then identical), however the compiler fuses.
 template <bool NORM, typename T>
 HSU_HD CarefulGeom careful_geom(const T* wi, const T* wj, int64_t D, double ri, double rj, double ai, double aj) {
   double dm = 0.0, dp = 0.0;
-  const double dr = rj - ri;
+  const RowSplit si = split_r(ri), sj = split_r(rj);
+  const double dt = sj.t - si.t;
   for (int64_t d = 0; d < D; ++d) {
-    const double xi = static_cast<double>(wi[d]), xj = static_cast<double>(wj[d]);
-    const double m = NORM ? mul_rn(ri, xj - xi) + mul_rn(xj, dr) : xj - xi;  // u_j - u_i
-    const double p = NORM ? mul_rn(ri, xj + xi) + mul_rn(xj, dr) : xj + xi;  // u_j + u_i
+    const double xi = NORM ? static_cast<double>(wi[d]) * si.scale : static_cast<double>(wi[d]);
+    const double xj = NORM ? static_cast<double>(wj[d]) * sj.scale : static_cast<double>(wj[d]);
+    const double m = NORM ? mul_rn(si.t, xj - xi) + mul_rn(xj, dt) : xj - xi;  // u_j - u_i
+    const double p = NORM ? mul_rn(si.t, xj + xi) + mul_rn(xj, dt) : xj + xi;  // u_j + u_i
     dm += m * m;
     dp += p * p;
   }
@@ -434,10 +448,51 @@ HSU_HD CarefulGeom careful_geom(const T* wi, const T* wj, int64_t D, double ri, 
   return CarefulGeom{0.5 * (ai + aj + (dm <= dp ? dm : dp)), 0.0, sign};
 }
 
-// The pair's coefficients on the careful path: normalized k1 = cs dphi/dg (the c above), un-normalized
-// k1 / k2 with dE/dx_i = k1 (x_i - x_j) + k2 (x_i + x_j).
+// The careful path's scale of a normalized pair: q = 2 om = 2 (1 - |g|), its smaller squared distance (to
+// u_j or to -u_j); 1 where that is 0 (a pair at distance 0 from u_j or -u_j: nothing to scale by).
+HSU_HD double careful_q(double om) {
+  return om > 0.0 ? 2.0 * om : 1.0;
+}
+
+// phi and q dphi/dg of a normalized pair on the careful path (q = careful_q(1 - |g|)), in double. dphi/dg itself overflows double for pairs whose energy
+// and gradient do not (exactly parallel rows of norm 1e55 with s = 3.5: 2 - 2g ~ 1e-114); q dphi/dg is
+// formed without it (for Riesz, s phi (q / d2)), and careful_apply divides the small factors by q instead.
+template <int64_t KIND>
+HSU_HD void phi_g_om_q(double s, double t, double eps_ang, double g, double om, double& f, double& dfq) {
+  const double q = careful_q(om);
+  if (KIND == kAngular || KIND == kAngularLog) {
+    const double inv_pi = 0.318309886183790671537767526745028724;
+    const double gc = hsu_min(hsu_max(g, -1.0), 1.0);
+    const double a = hsu_acos_om(gc, om) * inv_pi + eps_ang;
+    // q / sin(theta) = 2 om / sqrt(om (2 - om)) = 2 sqrt(om / (2 - om)) (infinite at om = 0, q = 1)
+    const double q_sin = om > 0.0 ? 2.0 * sqrt(om / (2.0 - om)) : 1.0 / sqrt(om * (2.0 - om));
+    if (KIND == kAngular) {
+      f = pow_neg(a, s);
+      dfq = s * inv_pi * (f / a) * q_sin;
+    } else {
+      f = -log(a);
+      dfq = inv_pi / a * q_sin;
+    }
+    return;
+  }
+  const double d2 = g >= 0.0 ? 2.0 * om : 2.0 - 2.0 * g;
+  const double ratio = q / d2;  // 1 for g >= 0 (infinite at distance 0, where q = 1)
+  if (KIND == kRiesz) {
+    f = pow_neg(d2, 0.5 * s);
+    dfq = s * f * ratio;  // dphi/dg = s d2^(-s/2 - 1)
+  } else if (KIND == kLog) {
+    f = -log(d2);
+    dfq = 2.0 * ratio;  // dphi/dg = 2 / d2
+  } else {
+    f = exp(-t * d2);
+    dfq = 2.0 * t * f * q;
+  }
+}
+
+// The pair's coefficients on the careful path: normalized, k1 = cs q dphi/dg (q above; the Gaussian kind's
+// log-sum uses q = 1), un-normalized, k1 / k2 with dE/dx_i = k1 (x_i - x_j) + k2 (x_i + x_j).
 struct CarefulCoef {
-  double k1, k2;
+  double k1, k2, q;
 };
 
 template <int64_t KIND, bool HS, bool NORM>
@@ -445,15 +500,15 @@ HSU_HD CarefulCoef careful_terms(const Params<double>& p, double cs, const Caref
   double f, df;
   if (NORM) {
     const double g = q.sign * (1.0 - q.om);
-    phi_g_om_k<KIND, kPowGeneral>(p.s, p.t, p.eps_ang, g, q.om, f, df);
+    phi_g_om_q<KIND>(p.s, p.t, p.eps_ang, g, q.om, f, df);
     e = f;
     double c = df;
     if (HS) {
-      phi_g_om_k<KIND, kPowGeneral>(p.s, p.t, p.eps_ang, -g, q.om, f, df);
+      phi_g_om_q<KIND>(p.s, p.t, p.eps_ang, -g, q.om, f, df);
       e += f;
       c -= df;
     }
-    return CarefulCoef{cs * c, 0.0};
+    return CarefulCoef{cs * c, 0.0, careful_q(q.om)};
   }
   phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.om, f, df);
   e = f;
@@ -464,7 +519,7 @@ HSU_HD CarefulCoef careful_terms(const Params<double>& p, double cs, const Caref
     e += f;
     k2 = 2.0 * cs * df;
   }
-  return CarefulCoef{k1, k2};
+  return CarefulCoef{k1, k2, 1.0};
 }
 
 // Gaussian log terms on the careful path (as gauss_logs).
@@ -486,28 +541,32 @@ HSU_HD void careful_logs(double t, const CarefulGeom& q, double& x1, double& x2)
 // Gaussian coefficients on the careful path from the weights (as gauss_coef).
 template <bool NORM>
 HSU_HD CarefulCoef careful_gauss_coef(double t, double w1, double w2) {
-  if (NORM) return CarefulCoef{2.0 * t * (w1 - w2), 0.0};
-  return CarefulCoef{-2.0 * t * w1, -2.0 * t * w2};  // d exp(-t |x_i -+ x_j|^2)/dx_i = -2t w (x_i -+ x_j)
+  if (NORM) return CarefulCoef{2.0 * t * (w1 - w2), 0.0, 1.0};
+  return CarefulCoef{-2.0 * t * w1, -2.0 * t * w2, 1.0};  // d exp(-t |x_i -+ x_j|^2)/dx_i = -2t w (x_i -+ x_j)
 }
 
-// Adds a careful pair's gradient terms to row i's accumulator (and, when acc_j is not null, row j's):
-// normalized, c sign delta_i (and c sign delta_j = -c delta_i) plus the radial coefficient c sign to
-// rad_i (rad_j); un-normalized, k1 (x_i - x_j) + k2 (x_i + x_j) (and k1 (x_j - x_i) + k2 (x_i + x_j)).
+// Adds a careful pair's gradient terms to row i's accumulator (and, when acc_j is not null, row j's).
+// Normalized, with c = k1 / q: c sign delta_i (and c sign delta_j = -c delta_i), and the radial terms
+// c sign a_i to rad_i (c sign a_j to rad_j), each formed as k1 times a ratio to q (delta / q, a / q), so
+// that a c beyond double's range whose products are not does no harm (see phi_g_om_q); rad is the row's
+// radial coefficient times a already. Un-normalized: k1 (x_i - x_j) + k2 (x_i + x_j) (and
+// k1 (x_j - x_i) + k2 (x_i + x_j)).
 template <bool NORM, typename T, typename A>
 HSU_HD void careful_apply(const CarefulCoef& k, double sign, const T* wi, const T* wj, int64_t D, double ri,
-                          double rj, A* acc_i, A* acc_j, double& rad_i, double& rad_j) {
+                          double rj, double ai, double aj, A* acc_i, A* acc_j, double& rad_i, double& rad_j) {
   if (NORM) {
-    const double cs = k.k1 * sign;
-    const double dr = rj - ri;
+    const double ks = k.k1 * sign;
+    const RowSplit si = split_r(ri), sj = split_r(rj);
+    const double dt = sj.t - si.t;
     for (int64_t d = 0; d < D; ++d) {
-      // delta = sign u_j - u_i, in the contraction-proof form of careful_geom
-      const double xi = static_cast<double>(wi[d]), xj = sign * static_cast<double>(wj[d]);
-      const double delta = mul_rn(ri, xj - xi) + mul_rn(xj, dr);
-      acc_i[d] += static_cast<A>(cs * delta);
-      if (acc_j) acc_j[d] -= static_cast<A>(k.k1 * delta);
+      // delta = sign u_j - u_i, in the form of careful_geom
+      const double xi = static_cast<double>(wi[d]) * si.scale, xj = sign * static_cast<double>(wj[d]) * sj.scale;
+      const double delta_q = (mul_rn(si.t, xj - xi) + mul_rn(xj, dt)) / k.q;
+      acc_i[d] += static_cast<A>(ks * delta_q);
+      if (acc_j) acc_j[d] -= static_cast<A>(k.k1 * delta_q);
     }
-    rad_i += cs;
-    rad_j += cs;
+    rad_i += ks * (ai / k.q);
+    rad_j += ks * (aj / k.q);
   } else {
     for (int64_t d = 0; d < D; ++d) {
       const double xi = static_cast<double>(wi[d]), xj = static_cast<double>(wj[d]);
@@ -555,7 +614,7 @@ HSU_HD CarefulCoef careful_terms_rt(const Params<double>& p, double cs, const Ca
   HSU_CAREFUL_RT(kAngularLog)
 #undef HSU_CAREFUL_RT
   e = 0.0;
-  return CarefulCoef{0.0, 0.0};
+  return CarefulCoef{0.0, 0.0, 1.0};
 }
 
 template <typename T, typename G>
@@ -652,18 +711,19 @@ HSU_HD double coef_scale(double scale) {
 }
 
 // The row epilogue (SPEC §6), in double, from row i's accumulator acc (= sum_j c_ij z_j) and its scalar
-// rad (normalized: the careful pairs' radial coefficient; un-normalized: sum_j ci_ij):
-//   normalized:    dE/dw_i = r (gs (G - (G.u) u + rad a u) + k u),  G = acc, u = w r
+// rad (normalized: the careful pairs' radial coefficients times a_i, see careful_apply; un-normalized:
+// sum_j ci_ij):
+//   normalized:    dE/dw_i = r (gs (G - (G.u) u + rad u) + k u),  G = acc, u = w r
 //   un-normalized: dE/dw_i = gs (acc + rad w) + k w
 // gs scales the pair sums (grad_scale times the epilogue's share of the output scale), k is the row's
 // half-space self term. `out` may alias `acc`.
 template <typename T, typename A>
-HSU_HD void row_grad(bool normalize, const T* w, double r, double a, const A* acc, double rad, double gs, double k,
-                     int64_t D, T* out) {
+HSU_HD void row_grad(bool normalize, const T* w, double r, const A* acc, double rad, double gs, double k, int64_t D,
+                     T* out) {
   if (normalize) {
     double gu = 0.0;
     for (int64_t d = 0; d < D; ++d) gu += static_cast<double>(acc[d]) * (static_cast<double>(w[d]) * r);
-    const double radial = gs * (rad * a - gu) + k;
+    const double radial = gs * (rad - gu) + k;
     for (int64_t d = 0; d < D; ++d) {
       const double u = static_cast<double>(w[d]) * r;
       out[d] = static_cast<T>(r * (gs * static_cast<double>(acc[d]) + radial * u));

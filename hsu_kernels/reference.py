@@ -19,6 +19,11 @@ on valid inputs (SPEC §1, §4, §5):
   ``|w|^2`` overflows (or underflows) are normalized exactly.
 - the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
 
+Being plain, it inherits autograd's limits: the half-space angular energy with ``eps_norm = 0`` (or rows
+whose ``eps_norm / |w|^2`` underflows, norms beyond ~1e154) meets ``1/sin(pi)`` times zero in the pair
+``(u_i, -u_i)`` (NaN; the kernels take that pair in closed form: derivative 0), and the derivative of a pair
+whose ``2 - 2g`` is below ~1e-200 overflows.
+
 A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
 Riesz and log energies are ``+inf`` there, and autograd gives NaN in the rows of such a pair (the same
 convention as the kernels, see README "Precision"). The reference does not guard against overflow of the
@@ -43,9 +48,10 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
 
 
 def row_scale(w: torch.Tensor, eps_norm: float):
-    """``u = w / n``, ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (SPEC §1), formed after
+    """``u = w / n`` and ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (SPEC §1), formed after
     dividing each row by a power of two ``m >= max(|w_id|, sqrt(eps_norm))`` so that no square overflows or
-    underflows. Returns ``(u, a)``, ``a`` of shape ``[..., N, 1]``."""
+    underflows. Returns ``(u, a, rs, m)`` with ``rs = m / n`` (so ``u = (w / m) rs``); ``a``, ``rs``, ``m`` of
+    shape ``[..., N, 1]``, ``m`` constant (no gradient)."""
     big = w.detach().abs().amax(-1, keepdim=True)
     if eps_norm > 0:
         big = big.clamp_min(math.sqrt(eps_norm))
@@ -54,12 +60,22 @@ def row_scale(w: torch.Tensor, eps_norm: float):
     ws = w / m
     eps_s = (eps_norm / m) / m
     n2 = (ws * ws).sum(-1, keepdim=True) + eps_s
-    return ws / torch.sqrt(n2), eps_s / n2
+    rs = torch.rsqrt(n2)
+    return ws * rs, eps_s / n2, rs, m
 
 
 def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
     """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (SPEC §1)."""
     return row_scale(w, eps_norm)[0]
+
+
+def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The per-pair term as a function of the cosine of two normalized rows (SPEC §3), literally: ``acos``
+    and ``2 - 2g`` (the stable form the reference computes with is :func:`phi_of_om`)."""
+    if p.kind in ("angular", "angular_log"):
+        a = torch.acos(g) / math.pi + p.eps_ang
+        return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
+    return phi_of_d2(2 - 2 * g, p)
 
 
 def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
@@ -92,20 +108,31 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tens
     shape ``[..., P]``, with close pairs recomputed from coordinate differences in float64."""
     wide = _wide(x.dtype)
     if p.normalize:
-        ux, ax = row_scale(x, p.eps_norm)
-        uy, ay = row_scale(y, p.eps_norm)
+        # rows normalized in float64 (in float32 autograd's (I - u u^T) / n cancels for a radial gradient),
+        # multiplied in the input's dtype
+        ux = row_scale(x.to(wide), p.eps_norm)[0].to(x.dtype)
+        uy = row_scale(y.to(wide), p.eps_norm)[0].to(y.dtype)
         g = (ux @ uy.transpose(-1, -2))[..., ii, jj]
-        om = 1 - g.abs()
+        om = torch.where(g >= 0, 1 - g, 1 + g)  # 1 - |g|, with a derivative at g = 0 (abs' has 0 there)
         close = (om < CLOSE).nonzero(as_tuple=True)
         if close[0].numel():
-            ux64, ax64 = row_scale(x.to(wide), p.eps_norm)
-            uy64, ay64 = row_scale(y.to(wide), p.eps_norm)
+            x64, y64 = x.to(wide), y.to(wide)
+            _, ax64, rsx, mx = row_scale(x64, p.eps_norm)
+            _, ay64, rsy, my = row_scale(y64, p.eps_norm)
             *bb, k = close
             i, j = ii[k], jj[k]
-            sign = torch.where(g[close] >= 0, 1.0, -1.0).to(wide).detach()
-            diff = ux64[(*bb, i)] - sign[:, None] * uy64[(*bb, j)]
+            sign = torch.where(g[close] >= 0, 1.0, -1.0).to(wide).detach()[:, None]
+            # with v = w / m (m: the row's power of two, exact) and u = v rs: u_i - sign u_j =
+            # rs_i (v_i - sign v_j) + sign v_j (rs_i - rs_j), the rows' difference first, so the pair keeps its
+            # distance to ~1 ulp of itself, every factor is of order 1 however large the rows, and rows that
+            # are power-of-two multiples of each other (same v, same rs) get exactly 0
+            ri, rj = rsx[(*bb, i)], rsy[(*bb, j)]
+            wi, wj = x64[(*bb, i)] / mx[(*bb, i)], sign * y64[(*bb, j)] / my[(*bb, j)]
+            diff = ri * (wi - wj) + wj * (ri - rj)
             exact = 0.5 * (ax64[(*bb, i)][:, 0] + ay64[(*bb, j)][:, 0] + (diff * diff).sum(-1))
             om = om.index_put(close, exact.to(om.dtype))
+            # g too (its far side, 2 -+ 2g, and its derivative): from the same float64 graph
+            g = g.index_put(close, (sign[:, 0] * (1 - exact)).to(g.dtype))
         return g, om
     qx, qy = (x * x).sum(-1), (y * y).sum(-1)
     scale = qx[..., ii] + qy[..., jj]

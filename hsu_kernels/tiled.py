@@ -85,6 +85,36 @@ def _phi_g(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Te
     return f, -2 * df
 
 
+def _careful_q(om: torch.Tensor) -> torch.Tensor:
+    """``2 om``, or 1 where ``om = 0`` (nothing to scale by), as ``careful_q`` in csrc/hsu_pair.h."""
+    return torch.where(om > 0, 2 * om, torch.ones_like(om))
+
+
+def _phi_g_q(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``phi(g)`` and ``q dphi/dg`` with ``q = 2 om = 2 (1 - |g|)``, the careful path's form (csrc/hsu_pair.h
+    ``phi_g_om_q``): ``dphi/dg`` overflows float64 for pairs whose energy and gradient do not."""
+    q = _careful_q(om)
+    if p.kind in ("angular", "angular_log"):
+        far = 2 * torch.asin(torch.sqrt(0.5 * om))
+        g = g.clamp(-1, 1)
+        theta = torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
+        a = theta * _INV_PI + p.eps_ang
+        q_sin = torch.where(om > 0, 2 * torch.sqrt(om / (2 - om)), 1 / torch.sqrt(om * (2 - om)))
+        if p.kind == "angular":
+            f = a.pow(-p.s)
+            return f, p.s * _INV_PI * (f / a) * q_sin
+        return -torch.log(a), _INV_PI / a * q_sin
+    d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
+    ratio = q / d2  # 1 for g >= 0 (infinite at distance 0, where q = 1)
+    if p.kind == "riesz":
+        f = d2.pow(-p.s / 2)
+        return f, p.s * f * ratio
+    if p.kind == "log":
+        return -torch.log(d2), 2 * ratio
+    f = torch.exp(-p.t * d2)
+    return f, 2 * p.t * f * q
+
+
 def _row_scale(x: torch.Tensor, eps_norm: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(r, a)`` of every row, ``Tensor[B, N]`` in the wide dtype: ``r = 1/sqrt(|w|^2 + eps_norm)``,
     ``a = eps_norm r^2``, formed after dividing the row by a power of two ``m >= max(|w_d|, sqrt(eps))``."""
@@ -115,6 +145,10 @@ class _Rows:
             self.uw = self.xw
             self.z = x
         self.geo = self.uw.to(geo)
+        # the gradient's products and accumulators: in the geometry dtype, so that where the cosines are
+        # float64 the rounding of u_j to float32 (one ulp of |c u_j| against its tangential part
+        # |c| sin(theta)) does not come back through the gradient
+        self.zg = self.geo if geo != x.dtype else self.z
 
 
 def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float, cs: float):
@@ -148,22 +182,41 @@ def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: Ene
     return e, c, ci, care
 
 
+def _split(r: torch.Tensor):
+    """``r = t 2^e`` exactly (``t`` in [1/2, 1)): ``(t, 2^e)``, as ``split_r`` in csrc/hsu_pair.h."""
+    t, e = torch.frexp(r)
+    return t, torch.ldexp(torch.ones_like(r), e)
+
+
+def _delta(xi: _Rows, yj: _Rows, b, i, j, sign) -> torch.Tensor:
+    """``sign u_j - u_i = t_i (v_j - v_i) + v_j (t_j - t_i)`` of the pairs ``(b, i, j)`` with ``v = w 2^e``,
+    ``r = t 2^e`` (exact), in the wide dtype: the rows' difference is formed first (exact for float32 rows,
+    and for float64 rows within a factor 2 of each other), so a pair keeps its distance to ~1 ulp of itself
+    rather than of |u|, and rows that are power-of-two multiples of each other get exactly 0."""
+    ti, si = _split(xi.r[b, i])
+    tj, sj = _split(yj.r[b, j])
+    vi, vj = xi.xw[b, i] * si[:, None], sign[:, None] * yj.xw[b, j] * sj[:, None]
+    return ti[:, None] * (vj - vi) + vj * (tj - ti)[:, None]
+
+
 def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
     """The flagged pairs ``(b, i, j)`` in float64 from coordinates: their energies, the vector each adds to
-    its row's accumulator, and (normalized) the radial coefficient it adds to ``rad`` (SPEC §6 with
-    ``c u_j = c sign(g) (u_i + delta)``, ``delta = sign(g) u_j - u_i``)."""
+    its row's accumulator, and (normalized) the radial term it adds to ``rad`` (SPEC §6 with
+    ``c u_j = c sign(g) (u_i + delta)``, ``delta = sign(g) u_j - u_i``; the radial part's projection is
+    ``c sign a_i u_i``). ``c`` is carried as ``c q`` and applied as ``c q (delta / q)``, ``c q (a_i / q)``
+    (see ``_phi_g_q``)."""
     ui, uj = xi.uw[b, i], yj.uw[b, j]
     if p.normalize:
         sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
-        delta = sign[:, None] * uj - ui
+        delta = _delta(xi, yj, b, i, j, sign)
         om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
         g = sign * (1 - om)
-        e, c = _phi_g(g, om, p)
+        e, cq = _phi_g_q(g, om, p)
         if p.half_space:
-            e2, c2 = _phi_g(-g, om, p)
-            e, c = e + e2, c - c2
-        cs_sign = c * cs * sign
-        return e, cs_sign[:, None] * delta, cs_sign
+            e2, cq2 = _phi_g_q(-g, om, p)
+            e, cq = e + e2, cq - cq2
+        ks, q = cq * cs * sign, _careful_q(om)
+        return e, ks[:, None] * (delta / q[:, None]), ks * (xi.a[b, i] / q)
     diff, summ = ui - uj, ui + uj
     e, df = _phi_d2((diff * diff).sum(-1), p)
     vec = (2 * cs * df)[:, None] * diff
@@ -199,7 +252,7 @@ def _careful_logs(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams):
     ui, uj = xi.uw[b, i], yj.uw[b, j]
     if p.normalize:
         sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
-        delta = sign[:, None] * uj - ui
+        delta = _delta(xi, yj, b, i, j, sign)
         om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
         g = sign * (1 - om)
         d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
@@ -221,7 +274,7 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
     bsz, n1, d = x.shape
     n2 = yj.x.shape[1]
     e = torch.zeros(bsz, n1, dtype=wide, device=x.device)
-    a = torch.zeros_like(x)
+    a = torch.zeros(bsz, n1, d, dtype=yj.zg.dtype, device=x.device)
     b = torch.zeros(bsz, n1, dtype=wide, device=x.device)
     ygt = yj.geo.transpose(1, 2)
     cols = torch.arange(n2, device=x.device)
@@ -238,7 +291,7 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
         et = torch.where(skip, 0.0, et)
         c = torch.where(skip, 0.0, c)
         e[:, i0:i1] = et.sum(-1, dtype=wide)
-        a[:, i0:i1] = torch.bmm(c, yj.z)
+        a[:, i0:i1] = torch.bmm(c.to(a.dtype), yj.zg)
         if ci is not None:
             b[:, i0:i1] = torch.where(skip, 0.0, ci).sum(-1, dtype=wide)
         if bool(care.any()):
@@ -261,7 +314,7 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
     n2 = yj.x.shape[1]
     s = torch.zeros(bsz, n1, dtype=wide, device=x.device)
     m = torch.full((bsz, n1), -math.inf, dtype=wide, device=x.device)
-    a = torch.zeros_like(x)
+    a = torch.zeros(bsz, n1, d, dtype=yj.zg.dtype, device=x.device)
     b = torch.zeros(bsz, n1, dtype=wide, device=x.device)
     ygt = yj.geo.transpose(1, 2)
     cols = torch.arange(n2, device=x.device)
@@ -292,8 +345,8 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
             ci = None
         else:
             c, ci = 2 * tt * (w1 - w2), -2 * tt * (w1 + w2)
-        cm = torch.where(care, 0.0, c).to(x.dtype)
-        a[:, i0:i1] = torch.bmm(cm, yj.z)
+        cm = torch.where(care, 0.0, c).to(a.dtype)
+        a[:, i0:i1] = torch.bmm(cm, yj.zg)
         if ci is not None:
             b[:, i0:i1] = torch.where(care, 0.0, ci).sum(-1)
         if fix is not None:
@@ -302,7 +355,7 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
             if p.normalize:
                 cf = 2 * tt * (fw1 - fw2)
                 vec = cf[:, None] * v1
-                b.index_put_((bb, ii + i0), cf * v2, accumulate=True)
+                b.index_put_((bb, ii + i0), cf * v2 * xi.a[bb, ii + i0], accumulate=True)
             else:
                 vec = (-2 * tt * fw1)[:, None] * v1 - (2 * tt * fw2)[:, None] * v2
             a.view(-1, d).index_add_(0, bb * n1 + ii + i0, vec.to(a.dtype))
@@ -311,16 +364,16 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
 
 def row_grad(xi: _Rows, a, b, scale, p: EnergyParams) -> torch.Tensor:
     """``dE/dw_i`` from the accumulators, in the wide dtype (SPEC §6): with ``G = scale a`` and
-    ``rad = scale b``, ``r (G - (G.u) u + rad a u)`` normalized (the radial coefficient of the careful pairs
-    is applied in closed form, ``(I - u u^T) u = a u``), ``G + rad w`` un-normalized. ``scale`` is a number
-    or a per-row ``Tensor[B, N]``."""
+    ``rad = scale b``, ``r (G - (G.u) u + rad u)`` normalized (``b``: the careful pairs' radial terms, already
+    times ``a_i``, since ``(I - u u^T) u = a u``), ``G + rad w`` un-normalized. ``scale`` is a number or a
+    per-row ``Tensor[B, N]``."""
     wide = xi.xw.dtype
     sc = torch.as_tensor(scale, dtype=wide, device=a.device)
     sc = sc[..., None] if sc.dim() == 2 else sc.reshape(1, 1, 1)
     g, rad = sc * a.to(wide), sc[..., 0] * b
     if p.normalize:
         u = xi.uw
-        return xi.r[..., None] * (g - (g * u).sum(-1, keepdim=True) * u + (rad * xi.a)[..., None] * u)
+        return xi.r[..., None] * (g - (g * u).sum(-1, keepdim=True) * u + rad[..., None] * u)
     return g + rad[..., None] * xi.xw
 
 

@@ -105,10 +105,19 @@ def _energy64(pb: Problem, w64: torch.Tensor) -> torch.Tensor:
     p = _points(w64, pb.half_space)
     m = p.shape[1]
     iu = torch.triu_indices(m, m, offset=1)
+    self_pair = iu[1] == iu[0] + w64.shape[1] if pb.half_space and pb.normalize else None
+    if self_pair is not None:
+        iu = iu[:, ~self_pair]  # taken in closed form below (selected out before any sqrt: no NaN from 0 * inf)
     a, b = _geometry64(pb, p)
     a = a[:, iu[0], iu[1]]
     b = b[:, iu[0], iu[1]] if b is not None else None
     terms = _phi(pb, a, a, b)
+    if self_pair is not None:
+        # the pair (w_i, -w_i) in closed form, 1 + g = a_i: with eps_norm = 0 it is antipodal for every w
+        # (a_i = 0, a constant), so its derivative is 0, where autograd would meet infinity times zero
+        ai = _normalize64(w64, pb.eps_norm)[1]
+        ai = ai.detach() if pb.eps_norm == 0 else ai
+        terms = torch.cat([terms, _phi(pb, None, 2 - ai, ai)], -1)
     if pb.log_form:
         return torch.logsumexp(terms, -1) + math.log(pb.scale())
     return pb.scale() * terms.sum(-1)
@@ -143,7 +152,6 @@ def truth_mp(pb: Problem, dps: int = 50) -> Tuple[torch.Tensor, torch.Tensor]:
 def _mp_one(pb: Problem, pts, dim, mp):
     m = len(pts)
     eps = mp.mpf(pb.eps_norm)
-    t = mp.mpf(pb.t)
     if pb.normalize:
         # u = rho w_hat with w_hat = w/|w| and rho = |w|/n = sqrt(1 - a): differences of u are formed from
         # differences of w_hat and of rho ((rho_k - rho_l) = (a_l - a_k)/(rho_k + rho_l)), so that rows
@@ -151,21 +159,23 @@ def _mp_one(pb: Problem, pts, dim, mp):
         sq = [mp.fsum(v * v for v in p) for p in pts]
         nrm = [mp.sqrt(q + eps) for q in sq]
         a = [eps / (q + eps) for q in sq]
-        rho = [mp.sqrt(1 - ak) for ak in a]
+        rho = [mp.sqrt(q / (q + eps)) for q in sq]
         hat = [[v / mp.sqrt(q) for v in p] if q > 0 else [mp.mpf(0)] * dim for p, q in zip(pts, sq)]
-        u = [[rk * v for v in h] for rk, h in zip(rho, hat)]
     terms, derivs, vecs = [], [], []  # per ordered pair (k, l), k < l stored once
     for k in range(m):
         for l_ in range(k + 1, m):
             if pb.normalize:
-                drho = (a[l_] - a[k]) / (rho[k] + rho[l_])  # rho_k - rho_l
+                drho = _mp_drho(sq, rho, eps, k, l_)  # rho_k - rho_l
                 dm = drho**2 + rho[k] * rho[l_] * mp.fsum((x - y) ** 2 for x, y in zip(hat[k], hat[l_]))
                 dp = drho**2 + rho[k] * rho[l_] * mp.fsum((x + y) ** 2 for x, y in zip(hat[k], hat[l_]))
                 omg, opg = (a[k] + a[l_] + dm) / 2, (a[k] + a[l_] + dp) / 2
                 sign = 1 if dm <= dp else -1
                 f, df = _mp_phi_g(pb, omg, opg, mp)
-                vec_k = _mp_tangent(hat, rho, a, k, l_, nrm[k], sign)
-                vec_l = _mp_tangent(hat, rho, a, l_, k, nrm[l_], sign)
+                vec_k = _mp_tangent(hat, rho, a, sq, eps, k, l_, nrm[k], sign)
+                vec_l = _mp_tangent(hat, rho, a, sq, eps, l_, k, nrm[l_], sign)
+                if pb.half_space and l_ == k + m // 2 and a[k] == 0:
+                    # the pair (w, -w) with eps_norm = 0: antipodal for every w, derivative 0
+                    df, vec_k, vec_l = mp.mpf(0), [mp.mpf(0)] * dim, [mp.mpf(0)] * dim
             else:
                 d2 = mp.fsum((x - y) ** 2 for x, y in zip(pts[k], pts[l_]))
                 f, df = _mp_phi_d2(pb, d2, mp)
@@ -193,10 +203,18 @@ def _mp_one(pb: Problem, pts, dim, mp):
     return e, grad
 
 
-def _mp_tangent(hat, rho, a, k, l_, nk, sign):
+def _mp_drho(sq, rho, eps, k, l_):
+    """``rho_k - rho_l = (a_l - a_k) / (rho_k + rho_l)`` with ``a_l - a_k = eps (q_k - q_l) / ((q_k + eps)
+    (q_l + eps))``: no cancellation, also for tiny rows, whose ``a`` are ~1."""
+    if rho[k] + rho[l_] == 0:
+        return 0
+    return eps * (sq[k] - sq[l_]) / ((sq[k] + eps) * (sq[l_] + eps)) / (rho[k] + rho[l_])
+
+
+def _mp_tangent(hat, rho, a, sq, eps, k, l_, nk, sign):
     """``(I - u_k u_k^T) u_l / n_k`` in the stable form ``sign (delta + (a_k - u_k.delta) u_k) / n_k`` with
     ``delta = sign u_l - u_k = rho_l (sign hat_l - hat_k) + (rho_l - rho_k) hat_k``."""
-    drho = (a[k] - a[l_]) / (rho[k] + rho[l_])  # rho_l - rho_k, without the cancellation
+    drho = -_mp_drho(sq, rho, eps, k, l_)  # rho_l - rho_k
     delta = [rho[l_] * (sign * y - x) + drho * x for x, y in zip(hat[k], hat[l_])]
     uk = [rho[k] * x for x in hat[k]]
     ud = sum(x * dd for x, dd in zip(uk, delta))
@@ -209,11 +227,14 @@ def _mp_phi_g(pb: Problem, omg, opg, mp):
         theta = 2 * mp.atan2(mp.sqrt(omg), mp.sqrt(opg))
         sin = mp.sqrt(omg * opg)
         a = theta / mp.pi + mp.mpf(pb.eps_ang)
+        inv_sin = 1 / sin if sin != 0 else mp.inf  # a coincident pair: no derivative (NaN rows, as the kernels)
         if pb.kind == "angular":
             s = mp.mpf(pb.s)
-            return a ** (-s), s / mp.pi * a ** (-s - 1) / sin
-        return -mp.log(a), 1 / (mp.pi * a * sin)
+            return a ** (-s), s / mp.pi * a ** (-s - 1) * inv_sin
+        return -mp.log(a), inv_sin / (mp.pi * a)
     d = 2 * omg
+    if d == 0 and pb.kind in ("riesz", "log"):
+        return mp.inf, mp.inf  # a coincident pair: +inf, and no derivative
     if pb.kind == "riesz":
         s = mp.mpf(pb.s)
         return d ** (-s / 2), s * d ** (-s / 2 - 1)
@@ -224,6 +245,8 @@ def _mp_phi_g(pb: Problem, omg, opg, mp):
 
 def _mp_phi_d2(pb: Problem, d2, mp):
     """``phi`` and ``dphi/dd2`` (un-normalized)."""
+    if d2 == 0 and pb.kind in ("riesz", "log"):
+        return mp.inf, -mp.inf  # coincident rows: +inf, and no derivative
     if pb.kind == "riesz":
         s = mp.mpf(pb.s)
         return d2 ** (-s / 2), -s / 2 * d2 ** (-s / 2 - 1)
@@ -233,8 +256,10 @@ def _mp_phi_d2(pb: Problem, d2, mp):
 
 
 def _derivs(pb: Problem, omg, opg, d2):
-    """``|phi|``, ``|phi'|``, ``|phi''|`` with respect to the pair's variable (``g`` normalized, ``d2``
-    otherwise), float64, for the error model. The Gaussian kind: derivatives of its log term."""
+    """``|phi| + |x dphi/dx|``, ``|phi'|``, ``|phi''|``, float64, for the error model: the first is the scale of
+    the term's own rounding (``x``: the argument of its last ``pow``/``log``/``exp``, rounded to ~1 ulp:
+    ``theta/pi + eps_ang`` angular, ``d2`` otherwise), the others its derivatives with respect to the
+    pair's variable (``g`` normalized, ``d2`` otherwise). The Gaussian kind: those of its log term."""
     if pb.normalize:
         d = 2 * omg
         if pb.kind in ("angular", "angular_log"):
@@ -247,28 +272,32 @@ def _derivs(pb: Problem, omg, opg, d2):
                 f = a.pow(-s)
                 d1 = s / math.pi * a.pow(-s - 1) / sin
                 d2_ = s / math.pi * ((s + 1) / math.pi * a.pow(-s - 2) / sin**2 + a.pow(-s - 1) * g.abs() / sin**3)
+                f = (1 + s) * f
             else:
                 f = -torch.log(a)
                 d1 = 1 / (math.pi * a * sin)
                 d2_ = (1 / (math.pi * a**2 * sin**2) + g.abs() / (a * sin**3)) / math.pi
-            return f.abs(), d1, d2_
+                f = f.abs() + 1
+            return f, d1, d2_
         if pb.kind == "riesz":
             s = pb.s
-            return d.pow(-s / 2), s * d.pow(-s / 2 - 1), s * (s + 2) * d.pow(-s / 2 - 2)
+            return (1 + s / 2) * d.pow(-s / 2), s * d.pow(-s / 2 - 1), s * (s + 2) * d.pow(-s / 2 - 2)
         if pb.kind == "log":
-            return torch.log(d).abs(), 2 / d, 4 / d**2
+            return torch.log(d).abs() + 1, 2 / d, 4 / d**2
         return pb.t * d, torch.full_like(d, 2 * pb.t), torch.zeros_like(d)
     if pb.kind == "riesz":
         s = pb.s
-        return d2.pow(-s / 2), s / 2 * d2.pow(-s / 2 - 1), s / 2 * (s / 2 + 1) * d2.pow(-s / 2 - 2)
+        return (1 + s / 2) * d2.pow(-s / 2), s / 2 * d2.pow(-s / 2 - 1), s / 2 * (s / 2 + 1) * d2.pow(-s / 2 - 2)
     if pb.kind == "log":
-        return torch.log(d2).abs(), 1 / d2, 1 / d2**2
+        return torch.log(d2).abs() + 1, 1 / d2, 1 / d2**2
     return pb.t * d2, torch.full_like(d2, pb.t), torch.zeros_like(d2)
 
 
-def error_bars(pb: Problem, e_true: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: torch.dtype):
     """The allowed error of the energy (``[B]``, absolute) and of every gradient row (``[B, N]``, the
-    Euclidean norm of the row's error) of a backend computing in ``dtype`` (see the module docstring)."""
+    Euclidean norm of the row's error) of a backend computing in ``dtype`` (see the module docstring; every
+    row also gets ``K eps`` of the largest true gradient row: rounding at that magnitude), and the largest
+    per-pair derivative (what an evaluation without overflow care must hold in ``dtype``)."""
     eps = torch.finfo(dtype if dtype == torch.float64 else torch.float32).eps
     p = _points(pb.w.double(), pb.half_space)
     bsz, m, dim = p.shape
@@ -280,18 +309,39 @@ def error_bars(pb: Problem, e_true: torch.Tensor, dtype: torch.dtype) -> Tuple[t
         om = torch.minimum(omg, opg)
         sign = torch.where(omg <= opg, 1.0, -1.0).double()
         delta = sign[..., None] * u[:, None] - u[:, :, None]  # [B, k, l, D]: sign u_l - u_k
-        eta = K * (eps * root * om + EPS64 * delta.norm(dim=-1))
+        # the kernels form delta as r_k (sign w_l - w_k) + sign w_l (r_l - r_k): float64 rounds it to ~1 ulp of
+        # the larger of those two terms (they cancel for parallel rows of different norms)
+        rk, rl = 1 / nrm[:, :, None], 1 / nrm[:, None, :]
+        wk, wl = p[:, :, None], sign[..., None] * p[:, None]
+        terms = (rk[..., None] * (wl - wk)).norm(dim=-1) + (wl.norm(dim=-1) * (rl - rk).abs())
+        # plus 2: the rounding of r_k and r_l themselves, ~1 ulp of |u|, except between rows that are exact
+        # power-of-two multiples of each other (up to sign), whose r differ exactly by that power
+        big = p.abs().amax(-1, keepdim=True)
+        hat = p / torch.ldexp(torch.ones_like(big), torch.frexp(torch.where(big > 0, big, 1.0)).exponent)
+        exact = (hat[:, :, None] == sign[..., None] * hat[:, None]).all(-1)
+        rel = K * eps * root  # times om: the allowed error of g from rounding the cosine
+        floor_g = K * EPS64 * (delta.norm(dim=-1) + terms + torch.where(exact, 0.0, 2.0))
+        eta = rel * om + floor_g
         ud = (u[:, :, None] * delta).sum(-1)
         tangent = delta + (a[:, :, None] - ud)[..., None] * u[:, :, None]
         grad_norm = tangent.norm(dim=-1) / nrm[:, :, None]  # |d g_kl / d p_k|
-        floor = K * EPS64 / nrm[:, :, None]
+        floor = torch.where(exact, 0.0, K * EPS64 / nrm[:, :, None])  # delta's rounding, 0 where it is exact
         f, d1, d2_ = _derivs(pb, omg, opg, None)
+        var = om
     else:
         d2 = _geometry64(pb, p)[0]
-        eta = K * eps * root * d2
+        rel = K * eps * root
+        floor_g = torch.zeros_like(d2)
+        eta = rel * d2
         grad_norm = 2 * (p[:, :, None] - p[:, None]).norm(dim=-1)
         floor = torch.zeros_like(d2)
         f, d1, d2_ = _derivs(pb, None, None, d2)
+        var = d2
+    # phi'' eta, formed so that a phi'' beyond float64 whose product with eta is not does no harm: phi'' times
+    # the pair's variable (om or d2) from phi' alone (phi'' var / phi' = (s/2 + 1) etc. is bounded for every
+    # kind), plus phi'' times the float64 floor only where that floor is not 0
+    d2_eta = (d2_ * var).where(torch.isfinite(d2_), d1 * 8 * (1 + pb.s)) * rel + torch.where(
+        floor_g > 0, d2_ * floor_g, 0.0)
     if pb.log_form:
         terms = _phi(pb, d2 if not pb.normalize else omg, omg if pb.normalize else None,
                      opg if pb.normalize else None)
@@ -305,9 +355,13 @@ def error_bars(pb: Problem, e_true: torch.Tensor, dtype: torch.dtype) -> Tuple[t
     else:
         sc = pb.scale()
         e_bar = sc * ((d1 * eta + K * eps * f).where(off, 0).sum((-1, -2)) / 2)
-        row = ((d2_ * eta + K * eps * d1) * grad_norm + d1 * floor).where(off, 0)
+        row = ((d2_eta + K * eps * d1) * grad_norm + d1 * floor).where(off, 0)
         g_bar = sc * row.sum(-1)
     n = pb.w.shape[1]
     if pb.half_space:
         g_bar = g_bar[:, :n] + g_bar[:, n:]
-    return e_bar, g_bar
+    rows = g_true.norm(dim=-1)
+    top = torch.where(torch.isfinite(rows), rows, 0.0).amax(-1, keepdim=True)
+    peak = float(torch.where(off & torch.isfinite(d1), d1, 0.0).max())
+    # where the model itself overflows (inf times 0) it gives no bound
+    return e_bar.nan_to_num(nan=math.inf), (g_bar + K * eps * top).nan_to_num(nan=math.inf), peak

@@ -76,14 +76,24 @@ struct Side {
 };
 
 // Per-row outputs of one pass (same indexing): e_i (Gaussian: the row's sum of exp(x - m_i)),
-// a_i = sum_j c_ij z_j (T), rad_i (normalized: the careful pairs' radial coefficients; un-normalized:
-// sum_j ci_ij), m_i (Gaussian: the row's shift).
+// a_i = sum_j c_ij z_j, rad_i (normalized: the careful pairs' radial coefficients; un-normalized:
+// sum_j ci_ij), m_i (Gaussian: the row's shift). The accumulators a_i are in the type G of the products:
+// `a` (T) for float products, `ad` (double) for double ones, so that where the cosines are double the
+// rounding of u_j to float (one ulp of |c u_j|, against its tangential part |c| sin(theta)) does not come
+// back through the gradient. ad == a when T is double.
 template <typename T>
 struct RowOut {
   double* e;
   T* a;
+  double* ad;
   double* rad;
   double* m;
+
+  template <typename G>
+  G* acc() const {
+    if constexpr (std::is_same_v<G, double>) return ad;
+    else return a;
+  }
 };
 
 // What every tile needs besides the rows: the parameters in T and double, the per-pair share of the
@@ -97,14 +107,15 @@ struct PassCtx {
 };
 
 // One row of a tile against m columns whose cosines (normalized) or raw dot products are v[0..m), every
-// kind but the Gaussian: writes coef[jj] (0 on the skipped diagonal and on careful pairs), flag[jj] (the
-// careful pairs), ecol[jj] / ccol[jj] (the kept energies and ci) and returns the row's sums and the number
-// of careful pairs. Everything is fixed at compile time so the loop vectorizes. coef may alias v.
-template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE, bool CHECK>
-inline int64_t row_terms(const Params<T>& p, T cs, const G* v, G qi, const G* qj, int64_t m, int64_t skip, T* coef,
-                         uint8_t* flag, T* ecol, T* ccol, T& esum, T& bsum) {
-  T es = T(0), bs = T(0);
-  int64_t nc = 0;
+// kind but the Gaussian: writes coef[jj] (0 on the skipped diagonal and on careful pairs), flag[jj] (1 on
+// the careful pairs, else 0), ecol[jj] / ccol[jj] (the kept energies and ci) and returns the row's sums
+// and the number of careful pairs. Everything is fixed at compile time so the loop vectorizes. coef may
+// alias v. The flags and their count are in T, not bytes or integers: mixed widths in this loop made GCC's
+// vector code ~8x slower per pair (measured: 2.5 ns against 20 ns with uint8 flags and an int64 count).
+template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE, bool CHECK, typename CT>
+inline int64_t row_terms(const Params<T>& p, T cs, const G* v, G qi, const G* qj, int64_t m, int64_t skip, CT* coef,
+                         T* flag, T* ecol, T* ccol, T& esum, T& bsum) {
+  T es = T(0), bs = T(0), nc = T(0);
 #pragma omp simd reduction(+ : es, bs, nc)
   for (int64_t jj = 0; jj < m; ++jj) {
     T e, c, ci = T(0);
@@ -113,48 +124,48 @@ inline int64_t row_terms(const Params<T>& p, T cs, const G* v, G qi, const G* qj
     else care = pair_raw<KIND, HS, MODE>(p.s, p.t, cs, v[jj], qi, qj[jj], e, c, ci);
     const bool keep = jj != skip;
     // the diagonal is selected away, never subtracted: its terms are infinite when eps_norm = 0
-    const bool fix = CHECK && keep && care;
-    const bool use = keep && !fix;
+    const T fix = (CHECK && keep && care) ? T(1) : T(0);
+    const bool use = keep && fix == T(0);
     e = use ? e : T(0);
     c = use ? c : T(0);
     ci = use ? ci : T(0);
     es += e;
     bs += ci;
-    nc += fix ? 1 : 0;
+    nc += fix;
     coef[jj] = c;
-    flag[jj] = fix ? 1 : 0;
+    flag[jj] = fix;
     ecol[jj] = e;
     ccol[jj] = ci;
   }
   esum = es;
   bsum = bs;
-  return nc;
+  return static_cast<int64_t>(nc);
 }
 
 // The Gaussian kind's first loop over a tile row: the log terms x1 (and x2, half-space) into buffers,
 // -inf on the skipped diagonal, and the careful flags. Returns the number of careful pairs.
 template <typename T, typename G, bool HS, bool NORM, bool CHECK>
-inline int64_t row_logs(T t, const G* v, G qi, const G* qj, int64_t m, int64_t skip, T* x1, T* x2, uint8_t* flag) {
-  int64_t nc = 0;
+inline int64_t row_logs(T t, const G* v, G qi, const G* qj, int64_t m, int64_t skip, T* x1, T* x2, T* flag) {
+  T nc = T(0);
   const T ninf = -static_cast<T>(INFINITY);
 #pragma omp simd reduction(+ : nc)
   for (int64_t jj = 0; jj < m; ++jj) {
     T l1, l2;
     const bool care = gauss_logs<HS, NORM>(t, v[jj], qi, NORM ? qi : qj[jj], l1, l2);
     const bool keep = jj != skip;
-    const bool fix = CHECK && keep && care;
-    nc += fix ? 1 : 0;
-    flag[jj] = fix ? 1 : 0;
+    const T fix = (CHECK && keep && care) ? T(1) : T(0);
+    nc += fix;
+    flag[jj] = fix;
     x1[jj] = keep ? l1 : ninf;
     x2[jj] = keep ? l2 : ninf;
   }
-  return nc;
+  return static_cast<int64_t>(nc);
 }
 
 // The Gaussian kind's second loop: weights exp(x - shift) into energies and coefficients (0 on careful
 // pairs, whose gradients the careful path adds).
-template <typename T, bool NORM>
-inline void row_weights(T t, T shift, const T* x1, const T* x2, const uint8_t* flag, int64_t m, T* coef, T* ecol,
+template <typename T, bool NORM, typename CT>
+inline void row_weights(T t, T shift, const T* x1, const T* x2, const T* flag, int64_t m, CT* coef, T* ecol,
                         T* ccol, T& esum, T& bsum) {
   T es = T(0), bs = T(0);
 #pragma omp simd reduction(+ : es, bs)
@@ -162,7 +173,7 @@ inline void row_weights(T t, T shift, const T* x1, const T* x2, const uint8_t* f
     const T w1 = hsu_exp(x1[jj] - shift), w2 = hsu_exp(x2[jj] - shift);
     T c, ci;
     gauss_coef<NORM>(t, w1, w2, c, ci);
-    const bool use = flag[jj] == 0;
+    const bool use = flag[jj] == T(0);
     es += w1 + w2;
     ecol[jj] = w1 + w2;
     c = use ? c : T(0);
@@ -177,9 +188,9 @@ inline void row_weights(T t, T shift, const T* x1, const T* x2, const uint8_t* f
 
 // The careful path for pair (i, j) of two sides: its energy, and its gradient terms added to row i's
 // accumulator (and row j's when acc_j is not null; rad_j is then j's radial coefficient).
-template <typename T, typename G, int64_t KIND, bool HS, bool NORM>
+template <typename T, typename G, int64_t KIND, bool HS, bool NORM, typename A>
 inline double careful_pair(const PassCtx<T>& c, const Side<T, G>& X, int64_t i, const Side<T, G>& Y, int64_t j,
-                           T* acc_i, T* acc_j, double& rad_i, double& rad_j) {
+                           A* acc_i, A* acc_j, double& rad_i, double& rad_j) {
   const int64_t D = X.D;
   const T* wi = X.w + i * D;
   const T* wj = Y.w + j * D;
@@ -188,7 +199,7 @@ inline double careful_pair(const PassCtx<T>& c, const Side<T, G>& X, int64_t i, 
   const CarefulGeom q = careful_geom<NORM>(wi, wj, D, ri, rj, ai, aj);
   double e;
   const CarefulCoef k = careful_terms<KIND, HS, NORM>(c.pd, c.cs, q, e);
-  careful_apply<NORM>(k, q.sign, wi, wj, D, ri, rj, acc_i, acc_j, rad_i, rad_j);
+  careful_apply<NORM>(k, q.sign, wi, wj, D, ri, rj, ai, aj, acc_i, acc_j, rad_i, rad_j);
   return e;
 }
 
@@ -206,13 +217,14 @@ inline CarefulGeom careful_gauss_logs(const PassCtx<T>& c, const Side<T, G>& X, 
 
 // Gaussian careful pair, second half: its gradient terms for row i with weights w1, w2 relative to row
 // i's shift.
-template <typename T, typename G, bool NORM>
+template <typename T, typename G, bool NORM, typename A>
 inline void careful_gauss_apply(const PassCtx<T>& c, const CarefulGeom& q, const Side<T, G>& X, int64_t i,
-                                const Side<T, G>& Y, int64_t j, double w1, double w2, T* acc_i, double& rad_i) {
+                                const Side<T, G>& Y, int64_t j, double w1, double w2, A* acc_i, double& rad_i) {
   const int64_t D = X.D;
   double unused = 0.0;
   careful_apply<NORM>(careful_gauss_coef<NORM>(c.pd.t, w1, w2), q.sign, X.w + i * D, Y.w + j * D, D,
-                      NORM ? X.r[i] : 1.0, NORM ? Y.r[j] : 1.0, acc_i, static_cast<T*>(nullptr), rad_i, unused);
+                      NORM ? X.r[i] : 1.0, NORM ? Y.r[j] : 1.0, NORM ? X.a[i] : 0.0, NORM ? Y.a[j] : 0.0, acc_i,
+                      static_cast<A*>(nullptr), rad_i, unused);
 }
 
 // The largest log term of a tile row (-inf when every term is -inf: weights of 0).
@@ -224,14 +236,14 @@ inline double row_max(const T* x1, const T* x2, int64_t m) {
 }
 
 // Raises a row's shift m to `top` if higher, rescaling the sums already taken relative to it.
-template <typename T>
-inline void lift_shift(double& m, double top, double& e, double& rad, T* acc, int64_t D) {
+template <typename A>
+inline void lift_shift(double& m, double top, double& e, double& rad, A* acc, int64_t D) {
   if (!(top > m)) return;
   if (m > -static_cast<double>(INFINITY)) {
     const double f = std::exp(m - top);
     e *= f;
     rad *= f;
-    for (int64_t d = 0; d < D; ++d) acc[d] = static_cast<T>(static_cast<double>(acc[d]) * f);
+    for (int64_t d = 0; d < D; ++d) acc[d] = static_cast<A>(static_cast<double>(acc[d]) * f);
   }
   m = top;
 }
@@ -249,22 +261,21 @@ inline double gauss_weight(T x, double m) {
 }
 
 // Direct engine over rows [i0, i1) of X against all n2 rows of Y, given Y's geometry rows transposed
-// (YG: [D, n2], in double) and its accumulation rows transposed (YZ: [D, n2], in T).
+// (YG: [D, n2], in double).
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, bool CHECK>
 void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int64_t i1, const Side<T, double>& Y,
-                 const double* YG, const T* YZ, RowOut<T> out) {
-  // Dot products in double: exact products of float inputs, so 1 - |g| keeps the digits that matter for
-  // nearly parallel rows (points on a sphere, D = 3).
+                 const double* YG, RowOut<T> out) {
+  // Dot products and the gradient's sums in double: exact products of float inputs, so 1 - |g| keeps the
+  // digits that matter for nearly parallel rows (points on a sphere, D = 3).
   constexpr bool LSE = KIND == kGaussian;
   const int64_t n2 = Y.n, D = X.D;
   const double* XG = X.xg.template data_ptr<double>();
-  double dot[kChunk];
-  T cj[kChunk], ecol[kChunk], ccol[kChunk], x1[kChunk], x2[kChunk];
-  uint8_t flag[kChunk];
-  std::vector<T> acc(D);
+  double dot[kChunk], cj[kChunk];
+  T ecol[kChunk], ccol[kChunk], x1[kChunk], x2[kChunk], flag[kChunk];
+  std::vector<double> acc(D);
   for (int64_t i = i0; i < i1; ++i) {
     const double* xi = XG + i * D;
-    std::fill(acc.begin(), acc.end(), T(0));
+    std::fill(acc.begin(), acc.end(), 0.0);
     double erow = 0.0, rad = 0.0, shift = -static_cast<double>(INFINITY);
     for (int64_t j0 = 0; j0 < n2; j0 += kChunk) {
       const int64_t m = std::min(kChunk, n2 - j0);
@@ -283,7 +294,7 @@ void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int
         std::vector<CarefulGeom> geo;
         if (ncare)
           for (int64_t jj = 0; jj < m; ++jj)
-            if (flag[jj]) {
+            if (flag[jj] != T(0)) {
               double l1, l2;
               geo.push_back(careful_gauss_logs<T, double, HS, NORM>(cx, X, i, Y, j0 + jj, l1, l2));
               x1[jj] = static_cast<T>(l1);
@@ -296,7 +307,7 @@ void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int
         rad += static_cast<double>(bs);
         size_t k = 0;
         for (int64_t jj = 0; ncare && jj < m; ++jj)
-          if (flag[jj])
+          if (flag[jj] != T(0))
             careful_gauss_apply<T, double, NORM>(cx, geo[k++], X, i, Y, j0 + jj, gauss_weight(x1[jj], shift),
                                                  gauss_weight(x2[jj], shift), acc.data(), rad);
       } else {
@@ -308,13 +319,14 @@ void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int
         if (ncare) {
           double unused = 0.0;
           for (int64_t jj = 0; jj < m; ++jj)
-            if (flag[jj])
-              erow += careful_pair<T, double, KIND, HS, NORM>(cx, X, i, Y, j0 + jj, acc.data(), nullptr, rad, unused);
+            if (flag[jj] != T(0))
+              erow += careful_pair<T, double, KIND, HS, NORM>(cx, X, i, Y, j0 + jj, acc.data(),
+                                                              static_cast<double*>(nullptr), rad, unused);
         }
       }
       for (int64_t d = 0; d < D; ++d) {
-        const T* yt = YZ + d * n2 + j0;
-        T s = T(0);
+        const double* yt = YG + d * n2 + j0;
+        double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (int64_t jj = 0; jj < m; ++jj) s += cj[jj] * yt[jj];
         acc[d] += s;
@@ -323,7 +335,7 @@ void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int
     out.e[i] = erow;
     out.rad[i] = rad;
     if (out.m) out.m[i] = shift;
-    std::copy(acc.begin(), acc.end(), out.a + i * D);
+    std::copy(acc.begin(), acc.end(), out.ad + i * D);
   }
 }
 
@@ -362,8 +374,7 @@ void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0
   at::Tensor S = at::empty({bi, std::min(kColBlock, n2)}, X.z.options());
   at::Tensor a = at::zeros({bi, D}, X.z.options());
   std::vector<double> erow(bi, 0.0), rad(bi, 0.0), shift(bi, -static_cast<double>(INFINITY));
-  std::vector<T> ecol(kColBlock), ccol(kColBlock), x1, x2;
-  std::vector<uint8_t> flag(kColBlock);
+  std::vector<T> ecol(kColBlock), ccol(kColBlock), flag(kColBlock), x1, x2;
   if (LSE) {
     x1.resize(kColBlock);
     x2.resize(kColBlock);
@@ -392,7 +403,7 @@ void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0
         std::vector<CarefulGeom> geo;
         if (nc)
           for (int64_t jj = 0; jj < m; ++jj)
-            if (flag[jj]) {
+            if (flag[jj] != T(0)) {
               double l1, l2;
               geo.push_back(careful_gauss_logs<T, T, HS, NORM>(cx, Xb, i, Yb, j0 + jj, l1, l2));
               x1[jj] = static_cast<T>(l1);
@@ -407,7 +418,7 @@ void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0
         rad[r] += static_cast<double>(bs);
         size_t k = 0;
         for (int64_t jj = 0; nc && jj < m; ++jj)
-          if (flag[jj])
+          if (flag[jj] != T(0))
             careful_gauss_apply<T, T, NORM>(cx, geo[k++], Xb, i, Yb, j0 + jj, gauss_weight(x1[jj], shift[r]),
                                             gauss_weight(x2[jj], shift[r]), ap + r * D, rad[r]);
       } else {
@@ -419,8 +430,9 @@ void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0
         if (nc) {
           double unused = 0.0;
           for (int64_t jj = 0; jj < m; ++jj)
-            if (flag[jj])
-              erow[r] += careful_pair<T, T, KIND, HS, NORM>(cx, Xb, i, Yb, j0 + jj, ap + r * D, nullptr, rad[r], unused);
+            if (flag[jj] != T(0))
+              erow[r] += careful_pair<T, T, KIND, HS, NORM>(cx, Xb, i, Yb, j0 + jj, ap + r * D, static_cast<T*>(nullptr),
+                                                            rad[r], unused);
         }
       }
     }
@@ -452,26 +464,25 @@ void sym_tile(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0,
               RowOut<T> out) {
   const int64_t bi = i1 - i0, bj = j1 - j0, n = X.n, D = X.D;
   const bool diag = i0 == j0;
-  const at::Tensor Xg = X.xg[bb], Z = X.z[bb];
-  const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());  // cosines or raw products, in G
-  const at::Tensor C = std::is_same_v<G, T> ? S : at::empty({bi, bj}, Z.options());  // coefficients, in T
-  const G* sp = S.data_ptr<G>();
-  T* cp = C.data_ptr<T>();
-  std::vector<uint8_t> flags(bi * bj);
+  const at::Tensor Xg = X.xg[bb];
+  // cosines or raw products, in G; the coefficients overwrite them (in G too: see RowOut)
+  const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());
+  G* sp = S.data_ptr<G>();
+  std::vector<T> flags(bi * bj);
   std::vector<double> ecol(bj, 0.0), bcol(bj, 0.0);
   std::vector<T> ecol_t(bj), ccol_t(bj);
   const Side<T, G> Xb{X.xg, X.z, X.w + bb * n * D, NORM ? X.r + bb * n : nullptr, NORM ? X.a + bb * n : nullptr,
                       NORM ? nullptr : X.q + bb * n, NORM ? nullptr : X.qg + bb * n, n, D};
   double* e = out.e + bb * n;
   double* rad = out.rad + bb * n;
-  T* a = out.a + bb * n * D;
+  G* a = out.template acc<G>() + bb * n * D;
   const G* qj = NORM ? nullptr : Xb.qg + j0;
   int64_t ncare = 0;
   for (int64_t r = 0; r < bi; ++r) {
     const int64_t i = i0 + r;
     T es, bs;
     ncare += row_terms<T, G, KIND, HS, NORM, MODE, CHECK>(cx.p, static_cast<T>(cx.cs), sp + r * bj,
-                                                          NORM ? G(0) : Xb.qg[i], qj, bj, diag ? r : -1, cp + r * bj,
+                                                          NORM ? G(0) : Xb.qg[i], qj, bj, diag ? r : -1, sp + r * bj,
                                                           flags.data() + r * bj, ecol_t.data(), ccol_t.data(), es, bs);
     e[i] += static_cast<double>(es);
     rad[i] += static_cast<double>(bs);
@@ -481,10 +492,10 @@ void sym_tile(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0,
         bcol[jj] += static_cast<double>(ccol_t[jj]);
       }
   }
-  at::Tensor A = at::from_blob(a, {n, D}, Z.options());
-  A.narrow(0, i0, bi).addmm_(C, Z.narrow(0, j0, bj));
+  at::Tensor A = at::from_blob(a, {n, D}, Xg.options());
+  A.narrow(0, i0, bi).addmm_(S, Xg.narrow(0, j0, bj));
   if (!diag) {
-    A.narrow(0, j0, bj).addmm_(C.t(), Z.narrow(0, i0, bi));
+    A.narrow(0, j0, bj).addmm_(S.t(), Xg.narrow(0, i0, bi));
     for (int64_t jj = 0; jj < bj; ++jj) {
       e[j0 + jj] += ecol[jj];
       rad[j0 + jj] += bcol[jj];
@@ -496,7 +507,7 @@ void sym_tile(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0,
   double unused = 0.0;
   for (int64_t r = 0; r < bi; ++r)
     for (int64_t jj = 0; jj < bj; ++jj)
-      if (flags[r * bj + jj]) {
+      if (flags[r * bj + jj] != T(0)) {
         const int64_t i = i0 + r, j = j0 + jj;
         const double ep = careful_pair<T, G, KIND, HS, NORM>(cx, Xb, i, Xb, j, a + i * D, diag ? nullptr : a + j * D,
                                                              rad[i], diag ? unused : rad[j]);
@@ -514,17 +525,17 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
                   int64_t j1, RowOut<T> out) {
   const int64_t bi = i1 - i0, bj = j1 - j0, n = X.n, D = X.D;
   const bool diag = i0 == j0;
-  const at::Tensor Xg = X.xg[bb], Z = X.z[bb];
+  const at::Tensor Xg = X.xg[bb];
   const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());
   std::vector<T> x1(bi * bj), x2(bi * bj), ecol_t(bj), ccol_t(bj);
-  std::vector<uint8_t> flags(bi * bj);
+  std::vector<T> flags(bi * bj);
   const Side<T, G> Xb{X.xg, X.z, X.w + bb * n * D, NORM ? X.r + bb * n : nullptr, NORM ? X.a + bb * n : nullptr,
                       NORM ? nullptr : X.q + bb * n, NORM ? nullptr : X.qg + bb * n, n, D};
   double* e = out.e + bb * n;
   double* rad = out.rad + bb * n;
   double* shift = out.m + bb * n;
-  T* a = out.a + bb * n * D;
-  const G* sp = S.data_ptr<G>();
+  G* a = out.template acc<G>() + bb * n * D;
+  G* sp = S.data_ptr<G>();
   const G* qj = NORM ? nullptr : Xb.qg + j0;
   int64_t ncare = 0;
   for (int64_t r = 0; r < bi; ++r)
@@ -532,7 +543,7 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
                                              x1.data() + r * bj, x2.data() + r * bj, flags.data() + r * bj);
   std::vector<CarefulGeom> geo;
   for (int64_t k = 0; ncare && k < bi * bj; ++k)
-    if (flags[k]) {
+    if (flags[k] != T(0)) {
       double l1, l2;
       geo.push_back(careful_gauss_logs<T, G, HS, NORM>(cx, Xb, i0 + k / bj, Xb, j0 + k % bj, l1, l2));
       x1[k] = static_cast<T>(l1);
@@ -551,13 +562,11 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
     lift_shift(shift[j0 + jj], mu, e[j0 + jj], rad[j0 + jj], a + (j0 + jj) * D, D);
     fj[jj] = gauss_weight(mu_t, shift[j0 + jj]);
   }
-  at::Tensor C = at::empty({bi, bj}, Z.options());
-  T* cp = C.data_ptr<T>();
   std::vector<double> ecol(bj, 0.0), bcol(bj, 0.0);
   for (int64_t r = 0; r < bi; ++r) {
     T es, bs;
     row_weights<T, NORM>(cx.p.t, mu_t, x1.data() + r * bj, x2.data() + r * bj, flags.data() + r * bj, bj,
-                         cp + r * bj, ecol_t.data(), ccol_t.data(), es, bs);
+                         sp + r * bj, ecol_t.data(), ccol_t.data(), es, bs);
     e[i0 + r] += fi[r] * static_cast<double>(es);
     rad[i0 + r] += fi[r] * static_cast<double>(bs);
     if (!diag)
@@ -568,14 +577,14 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
   }
   // a_I += diag(fi) C Z_J and a_J += diag(fj) C^T Z_I, through row-scaled temporaries
   auto add_scaled = [&](const at::Tensor& prod, int64_t r0, const std::vector<double>& f) {
-    const T* pp = prod.data_ptr<T>();
+    const G* pp = prod.data_ptr<G>();
     for (int64_t r = 0; r < prod.size(0); ++r)
       for (int64_t d = 0; d < D; ++d)
-        a[(r0 + r) * D + d] += static_cast<T>(f[r] * static_cast<double>(pp[r * D + d]));
+        a[(r0 + r) * D + d] += static_cast<G>(f[r] * static_cast<double>(pp[r * D + d]));
   };
-  add_scaled(at::mm(C, Z.narrow(0, j0, bj)), i0, fi);
+  add_scaled(at::mm(S, Xg.narrow(0, j0, bj)), i0, fi);
   if (!diag) {
-    add_scaled(at::mm(C.t(), Z.narrow(0, i0, bi)), j0, fj);
+    add_scaled(at::mm(S.t(), Xg.narrow(0, i0, bi)), j0, fj);
     for (int64_t jj = 0; jj < bj; ++jj) {
       e[j0 + jj] += fj[jj] * ecol[jj];
       rad[j0 + jj] += fj[jj] * bcol[jj];
@@ -583,7 +592,7 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
   }
   size_t k = 0;
   for (int64_t idx = 0; ncare && idx < bi * bj; ++idx)
-    if (flags[idx]) {
+    if (flags[idx] != T(0)) {
       const int64_t r = idx / bj, jj = idx % bj, i = i0 + r, j = j0 + jj;
       const double w1 = std::exp(static_cast<double>(x1[idx]) - mu), w2 = std::exp(static_cast<double>(x2[idx]) - mu);
       const CarefulGeom& q = geo[k++];
@@ -601,7 +610,8 @@ void gemm_self_symmetric(const PassCtx<T>& cx, const Side<T, G>& X, int64_t B, R
   std::fill(out.e, out.e + B * n, 0.0);
   std::fill(out.rad, out.rad + B * n, 0.0);
   if (out.m) std::fill(out.m, out.m + B * n, -static_cast<double>(INFINITY));
-  std::fill(out.a, out.a + B * n * D, T(0));
+  G* acc = out.template acc<G>();
+  std::fill(acc, acc + B * n * D, G(0));
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
   // Few tiles (small N, one or two blocks, as in most layers of a network): the tiles run one after the
   // other on this thread and each BLAS call uses every thread; the pair math, O(N^2) against the
@@ -761,11 +771,9 @@ void row_pass_fixed(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T
     return;
   }
   const bool direct = D <= kDirectMaxD;
-  at::Tensor YG, YZ;
-  if (direct) {  // [B, D, n2]: columns contiguous per coordinate
+  at::Tensor YG;
+  if (direct)  // [B, D, n2]: columns contiguous per coordinate
     YG = (std::is_same_v<T, double> ? Y.z : Y.zd).transpose(1, 2).contiguous();
-    YZ = Y.z.transpose(1, 2).contiguous();
-  }
   const int64_t rb = direct ? kRowBlock : kGemmRowBlock;
   const int64_t nblk = (n1 + rb - 1) / rb;
   at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
@@ -773,7 +781,8 @@ void row_pass_fixed(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bb = task / nblk, blk = task % nblk;
       const int64_t i0 = blk * rb, i1 = std::min(n1, i0 + rb);
-      RowOut<T> o{out.e + bb * n1, out.a + bb * n1 * D, out.rad + bb * n1, out.m ? out.m + bb * n1 : nullptr};
+      RowOut<T> o{out.e + bb * n1, out.a ? out.a + bb * n1 * D : nullptr, out.ad ? out.ad + bb * n1 * D : nullptr,
+                  out.rad + bb * n1, out.m ? out.m + bb * n1 : nullptr};
       if (direct) {
         // the batch entry's slices, as sides of their own
         auto slice = [&](const Prepared<T>& P, int64_t b) {
@@ -790,8 +799,7 @@ void row_pass_fixed(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T
           return s;
         };
         direct_rows<T, KIND, HS, NORM, MODE, CHECK>(cx, slice(X, bb), i0, i1, slice(Y, bb),
-                                                    YG.data_ptr<double>() + bb * D * n2,
-                                                    YZ.data_ptr<T>() + bb * D * n2, o);
+                                                    YG.data_ptr<double>() + bb * D * n2, o);
       } else {
         gemm_rows<T, KIND, HS, NORM, MODE, CHECK>(cx, X.template side<T>(), bb, i0, i1, Y.template side<T>(), o);
       }
@@ -844,14 +852,23 @@ void row_pass(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T>& Y, 
   }
 }
 
-// The per-row buffers of one pass.
+// The per-row buffers of one pass. `grad` (T) holds the accumulators where the products are in T, and
+// dE/dw after finish_rows; `acc` (double) holds them where the products are in double (D <= kPreciseMaxD:
+// the self engine's double geometry and the direct cross engine; every pass of float64 rows, where it is
+// `grad` itself).
 template <typename T>
 struct PassBuffers {
   std::vector<double> e, rad, m;
-  at::Tensor grad;  // the accumulators a_i, turned into dE/dw in place by finish_rows
+  at::Tensor grad, acc;
   PassBuffers(const Prepared<T>& P, bool lse)
-      : e(P.B * P.n), rad(P.B * P.n), m(lse ? P.B * P.n : 0), grad(at::empty_like(P.w)) {}
-  RowOut<T> out() { return RowOut<T>{e.data(), grad.data_ptr<T>(), rad.data(), m.empty() ? nullptr : m.data()}; }
+      : e(P.B * P.n), rad(P.B * P.n), m(lse ? P.B * P.n : 0), grad(at::empty_like(P.w)) {
+    if (std::is_same_v<T, double>) acc = grad;
+    else if (P.D <= kPreciseMaxD) acc = at::empty(P.w.sizes(), P.w.options().dtype(at::kDouble));
+  }
+  RowOut<T> out() {
+    return RowOut<T>{e.data(), grad.data_ptr<T>(), acc.defined() ? acc.template data_ptr<double>() : nullptr,
+                     rad.data(), m.empty() ? nullptr : m.data()};
+  }
 };
 
 // The half-space self terms (energies, or log terms for the Gaussian kind, and their gradient
@@ -873,14 +890,17 @@ void finish_rows(const Params<double>& pd, const Prepared<T>& P, PassBuffers<T>&
   const int64_t D = P.D;
   const T* xp = P.w.template data_ptr<T>();
   const double* rp = pd.normalize ? P.r.template data_ptr<double>() : nullptr;
-  const double* ap = pd.normalize ? P.a.template data_ptr<double>() : nullptr;
   T* gp = buf.grad.template data_ptr<T>();
+  const double* accd = buf.acc.defined() ? buf.acc.template data_ptr<double>() : nullptr;
   at::parallel_for(0, P.B * P.n, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const double g = gs.empty() ? gs0 : gs[i];
       const double k = kd.empty() ? 0.0 : kd[i] * (kscale.empty() ? kscale0 : kscale[i]);
-      row_grad<T, T>(pd.normalize, xp + i * D, rp ? rp[i] : 1.0, ap ? ap[i] : 0.0, gp + i * D, buf.rad[i], g, k, D,
-                     gp + i * D);
+      if (accd)
+        row_grad<T, double>(pd.normalize, xp + i * D, rp ? rp[i] : 1.0, accd + i * D, buf.rad[i], g, k, D,
+                            gp + i * D);
+      else
+        row_grad<T, T>(pd.normalize, xp + i * D, rp ? rp[i] : 1.0, gp + i * D, buf.rad[i], g, k, D, gp + i * D);
     }
   });
 }

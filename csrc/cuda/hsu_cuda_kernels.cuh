@@ -153,15 +153,16 @@ __device__ __forceinline__ void careful_apply_regs(const PassArgs<T>& a, const C
   const int64_t D = a.D;
   const T* wi = a.wx + (bb * a.n1 + i) * D;
   const T* wj = a.wy + (bb * a.n2 + j) * D;
-  if (a.p.normalize) {
-    const double ri = a.sx[bb * a.n1 + i], dr = a.sy[bb * a.n2 + j] - ri, cs = k.k1 * sign;
+  if (a.p.normalize) {  // as careful_apply<true> (csrc/hsu_pair.h)
+    const RowSplit si = split_r(a.sx[bb * a.n1 + i]), sj = split_r(a.sy[bb * a.n2 + j]);
+    const double dt = sj.t - si.t, ks = k.k1 * sign;
 #pragma unroll
     for (int d = 0; d < DP; ++d)
       if (d < D) {
-        const double xi = static_cast<double>(wi[d]), xj = sign * static_cast<double>(wj[d]);
-        acc[d] += static_cast<T>(cs * (mul_rn(ri, xj - xi) + mul_rn(xj, dr)));
+        const double xi = static_cast<double>(wi[d]) * si.scale, xj = sign * static_cast<double>(wj[d]) * sj.scale;
+        acc[d] += static_cast<T>(ks * ((mul_rn(si.t, xj - xi) + mul_rn(xj, dt)) / k.q));
       }
-    rad += cs;
+    rad += ks * (a.ax[bb * a.n1 + i] / k.q);
   } else {
 #pragma unroll
     for (int d = 0; d < DP; ++d)
@@ -181,10 +182,10 @@ __device__ __forceinline__ void careful_apply_rt(const PassArgs<T>& a, const Car
   const T* wj = a.wy + (bb * a.n2 + j) * D;
   double unused = 0.0;
   if (a.p.normalize)
-    careful_apply<true>(k, sign, wi, wj, D, a.sx[bb * a.n1 + i], a.sy[bb * a.n2 + j], acc, static_cast<T*>(nullptr),
-                        rad, unused);
+    careful_apply<true>(k, sign, wi, wj, D, a.sx[bb * a.n1 + i], a.sy[bb * a.n2 + j], a.ax[bb * a.n1 + i],
+                        a.ay[bb * a.n2 + j], acc, static_cast<T*>(nullptr), rad, unused);
   else
-    careful_apply<false>(k, sign, wi, wj, D, 1.0, 1.0, acc, static_cast<T*>(nullptr), unused, unused);
+    careful_apply<false>(k, sign, wi, wj, D, 1.0, 1.0, 0.0, 0.0, acc, static_cast<T*>(nullptr), unused, unused);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -552,8 +553,7 @@ __global__ void finish_rows_kernel(const FinishArgs<T> f) {
     f.k_row[r] = k;
     return;
   }
-  row_grad(f.pd.normalize, f.x + r * D, f.pd.normalize ? f.st[r] : 1.0, f.pd.normalize ? f.sa[r] : 0.0, g, rad, f.gs,
-           k * f.kscale, D, g);
+  row_grad(f.pd.normalize, f.x + r * D, f.pd.normalize ? f.st[r] : 1.0, g, rad, f.gs, k * f.kscale, D, g);
   f.e_row[r] = e;
   f.e_diag[r] = ed;
 }
@@ -568,8 +568,8 @@ __global__ void lse_epilogue_kernel(const FinishArgs<T> f, int64_t n, const doub
   const double gs = f.m_row[r] > -static_cast<double>(INFINITY) ? grad_scale * exp(f.m_row[r] - l) : 0.0;
   const double ks = f.with_diag ? exp(f.e_diag[r] - l) : 0.0;
   T* g = f.grad + r * f.D;
-  row_grad(f.pd.normalize, f.x + r * f.D, f.pd.normalize ? f.st[r] : 1.0, f.pd.normalize ? f.sa[r] : 0.0, g,
-           f.r_row[r], gs, f.k_row[r] * ks, f.D, g);
+  row_grad(f.pd.normalize, f.x + r * f.D, f.pd.normalize ? f.st[r] : 1.0, g, f.r_row[r], gs, f.k_row[r] * ks, f.D,
+           g);
 }
 
 // One block per batch entry, fixed order. Sums: out[b] = scale (pair_scale sum_i e_row + sum_i e_diag)

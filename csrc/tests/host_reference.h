@@ -57,8 +57,12 @@ inline void host_energy_grad(const hsu::Params<double>& p, const std::vector<dou
         double e, unused = 0.0;
         const hsu::CarefulCoef k = hsu::careful_terms_rt(p, 1.0, geo[i * n2 + j], e);
         pairs += e;
-        if (p.normalize) hsu::careful_apply<true>(k, q.sign, xi, yj, D, rx[i], ry[j], &acc[i * D], (double*)nullptr, rad[i], unused);
-        else hsu::careful_apply<false>(k, 1.0, xi, yj, D, 1.0, 1.0, &acc[i * D], (double*)nullptr, unused, unused);
+        if (p.normalize)
+          hsu::careful_apply<true>(k, q.sign, xi, yj, D, rx[i], ry[j], ax[i], ay[j], &acc[i * D], (double*)nullptr,
+                                   rad[i], unused);
+        else
+          hsu::careful_apply<false>(k, 1.0, xi, yj, D, 1.0, 1.0, 0.0, 0.0, &acc[i * D], (double*)nullptr, unused,
+                                    unused);
       }
       if (self && p.half_space) hsu::diag_term(p, p.normalize ? ax[i] : rx[i], ed[i], kd[i]);
     }
@@ -82,10 +86,10 @@ inline void host_energy_grad(const hsu::Params<double>& p, const std::vector<dou
           double unused = 0.0;
           if (p.normalize)
             hsu::careful_apply<true>(hsu::careful_gauss_coef<true>(p.t, w1, w2), q.sign, xi, yj, D, rx[i], ry[j],
-                                     &acc[i * D], (double*)nullptr, rad[i], unused);
+                                     ax[i], ay[j], &acc[i * D], (double*)nullptr, rad[i], unused);
           else
-            hsu::careful_apply<false>(hsu::careful_gauss_coef<false>(p.t, w1, w2), 1.0, xi, yj, D, 1.0, 1.0,
-                                      &acc[i * D], (double*)nullptr, unused, unused);
+            hsu::careful_apply<false>(hsu::careful_gauss_coef<false>(p.t, w1, w2), 1.0, xi, yj, D, 1.0, 1.0, 0.0,
+                                      0.0, &acc[i * D], (double*)nullptr, unused, unused);
         }
     } else {
       double diag = 0.0;
@@ -95,8 +99,8 @@ inline void host_energy_grad(const hsu::Params<double>& p, const std::vector<dou
     for (int64_t i = 0; i < n1; ++i) {
       const double* xi = &x[(b * n1 + i) * D];
       const double k = lse ? kd[i] * std::exp(ed[i] - lz) : kd[i] * scale;
-      hsu::row_grad(p.normalize, xi, p.normalize ? rx[i] : 1.0, ax[i], &acc[i * D], rad[i], lse ? gs : gs * scale, k,
-                    D, &grad[(b * n1 + i) * D]);
+      hsu::row_grad(p.normalize, xi, p.normalize ? rx[i] : 1.0, &acc[i * D], rad[i], lse ? gs : gs * scale, k, D,
+                    &grad[(b * n1 + i) * D]);
     }
   }
 }

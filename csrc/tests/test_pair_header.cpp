@@ -301,11 +301,11 @@ double header_rows(const hsu::Params<double>& p, const std::vector<double>& x, c
         esum[i] += w1 + w2;
         if (care) {
           if (p.normalize)
-            hsu::careful_apply<true>(hsu::careful_gauss_coef<true>(p.t, w1, w2), q.sign, xi, yj, D, ri, rj,
-                                     &acc[i * D], (double*)nullptr, rad[i], unused);
+            hsu::careful_apply<true>(hsu::careful_gauss_coef<true>(p.t, w1, w2), q.sign, xi, yj, D, ri, rj, ax[i],
+                                     ay[j], &acc[i * D], (double*)nullptr, rad[i], unused);
           else
-            hsu::careful_apply<false>(hsu::careful_gauss_coef<false>(p.t, w1, w2), 1.0, xi, yj, D, 1.0, 1.0,
-                                      &acc[i * D], (double*)nullptr, unused, unused);
+            hsu::careful_apply<false>(hsu::careful_gauss_coef<false>(p.t, w1, w2), 1.0, xi, yj, D, 1.0, 1.0, 0.0,
+                                      0.0, &acc[i * D], (double*)nullptr, unused, unused);
           continue;
         }
         p.normalize ? hsu::gauss_coef<true>(p.t, w1, w2, cj, ci) : hsu::gauss_coef<false>(p.t, w1, w2, cj, ci);
@@ -315,8 +315,12 @@ double header_rows(const hsu::Params<double>& p, const std::vector<double>& x, c
         if (careful) ++*careful;
         const hsu::CarefulCoef k = hsu::careful_terms_rt(p, 1.0, q, e);
         esum[i] += e;
-        if (p.normalize) hsu::careful_apply<true>(k, q.sign, xi, yj, D, ri, rj, &acc[i * D], (double*)nullptr, rad[i], unused);
-        else hsu::careful_apply<false>(k, 1.0, xi, yj, D, 1.0, 1.0, &acc[i * D], (double*)nullptr, unused, unused);
+        if (p.normalize)
+          hsu::careful_apply<true>(k, q.sign, xi, yj, D, ri, rj, ax[i], ay[j], &acc[i * D], (double*)nullptr, rad[i],
+                                   unused);
+        else
+          hsu::careful_apply<false>(k, 1.0, xi, yj, D, 1.0, 1.0, 0.0, 0.0, &acc[i * D], (double*)nullptr, unused,
+                                    unused);
         continue;
       } else {
         esum[i] += e;
@@ -339,7 +343,7 @@ double header_rows(const hsu::Params<double>& p, const std::vector<double>& x, c
     for (int64_t i = 0; i < nx; ++i) value += ps * esum[i] + ed[i];
   }
   for (int64_t i = 0; i < nx; ++i)
-    hsu::row_grad(p.normalize, &x[i * D], p.normalize ? rx[i] : 1.0, ax[i], &acc[i * D], rad[i],
+    hsu::row_grad(p.normalize, &x[i * D], p.normalize ? rx[i] : 1.0, &acc[i * D], rad[i],
                   lse ? gs * std::exp(shift[i] - lz) : gs, lse ? kd[i] * std::exp(ed[i] - lz) : kd[i], D,
                   &grad[i * D]);
   return value;
@@ -436,6 +440,38 @@ void test_careful_duplicates(std::mt19937_64& rng) {
     const double rho = std::sqrt(1 - a), rho2 = std::sqrt(1 - a2), drho = (a2 - a) / (rho + rho2);
     expect_close(par.om, 0.5 * (a + a2 + drho * drho), 1e-12, 0.0, "w and 2w: 1 - g at norm " + std::to_string(norm));
   }
+  // eps_norm = 0, exact duplicates: distance 0, an infinite Riesz / log term (not the careful scale q = 1
+  // standing in for it) and a gradient with no direction (NaN); antipodes: the far side, finite
+  std::vector<double> w = {0.3, -1.2, 2.0, 0.3, -1.2, 2.0};
+  double r, a;
+  hsu::row_norm(w.data(), 3, 0.0, r, a);
+  const hsu::CarefulGeom dup = hsu::careful_geom<true>(w.data(), w.data() + 3, 3, r, r, a, a);
+  for (int64_t kind : {hsu::kRiesz, hsu::kLog}) {
+    double e;
+    const hsu::CarefulCoef k = hsu::careful_terms_rt(params(kind, 1.0, false, true), 1.0, dup, e);
+    expect_close(e, INFINITY, 0.0, 0.0, std::string("eps_norm = 0 duplicates: infinite ") + kind_name(kind));
+    std::vector<double> acc(3, 0.0);
+    double rad = 0.0, unused = 0.0;
+    hsu::careful_apply<true>(k, dup.sign, w.data(), w.data() + 3, 3, r, r, a, a, acc.data(), (double*)nullptr, rad, unused);
+    expect_close(std::isnan(acc[0]) ? 1.0 : 0.0, 1.0, 0.0, 0.0, std::string("eps_norm = 0 duplicates: NaN gradient ") + kind_name(kind));
+  }
+  // w and 2^k w with eps_norm = 0: the same point on the sphere, exactly
+  for (double f : {4.0, 0.125, 1024.0}) {
+    for (int d = 0; d < 3; ++d) w[3 + d] = f * w[d];
+    double r2, a2;
+    hsu::row_norm(w.data() + 3, 3, 0.0, r2, a2);
+    const hsu::CarefulGeom par = hsu::careful_geom<true>(w.data(), w.data() + 3, 3, r, r2, a, a2);
+    expect_close(par.om, 0.0, 0.0, 0.0, "eps_norm = 0: w and " + std::to_string(f) + " w coincide exactly");
+  }
+  for (int d = 0; d < 3; ++d) w[3 + d] = -w[d];
+  const hsu::CarefulGeom anti = hsu::careful_geom<true>(w.data(), w.data() + 3, 3, r, r, a, a);
+  double e;
+  const hsu::CarefulCoef k = hsu::careful_terms_rt(params(hsu::kLog, 1.0, false, true), 1.0, anti, e);
+  expect_close(e, -std::log(4.0), 1e-15, 0.0, "eps_norm = 0 antipodes: the far side, -log 4");
+  std::vector<double> acc(3, 0.0);
+  double rad = 0.0, unused = 0.0;
+  hsu::careful_apply<true>(k, anti.sign, w.data(), w.data() + 3, 3, r, r, a, a, acc.data(), (double*)nullptr, rad, unused);
+  expect_close(acc[0] + acc[1] + acc[2] + rad, 0.0, 0.0, 1e-15, "eps_norm = 0 antipodes: no gradient");
 }
 
 void test_diag_term(std::mt19937_64& rng) {
