@@ -226,6 +226,49 @@ def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
     return e, vec, None
 
 
+def _dense_dist(xi: _Rows, yj: _Rows, i0: int, i1: int):
+    """``|v_i - v_j|^2`` and ``|v_i + v_j|^2`` of every pair of a block (``v``: u rows normalized, x rows
+    not), from differences (cdist without a product), in the wide dtype."""
+    vi, vj = xi.uw[:, i0:i1], yj.uw
+    dm = torch.cdist(vi, vj, compute_mode="donot_use_mm_for_euclid_dist")
+    dp = torch.cdist(vi, -vj, compute_mode="donot_use_mm_for_euclid_dist")
+    return dm * dm, dp * dp
+
+
+def _dense_norm_geom(xi: _Rows, yj: _Rows, i0: int, i1: int):
+    """Every pair of a block on the careful path's formulas (normalized): ``(sign(g), 1 - |g|, g)``."""
+    dm, dp = _dense_dist(xi, yj, i0, i1)
+    sign = torch.where(dm <= dp, 1.0, -1.0).to(dm.dtype)
+    om = 0.5 * (xi.a[:, i0:i1, None] + yj.a[:, None, :] + torch.minimum(dm, dp))
+    return sign, om, sign * (1 - om)
+
+
+def _careful_dense(xi: _Rows, yj: _Rows, i0: int, i1: int, care, p: EnergyParams, cs: float):
+    """The careful path for every pair of a block at once, masked by ``care``: what ``_careful`` gives the
+    flagged pairs, summed per row, without data-dependent shapes (under torch.compile). The vectors come
+    from products, ``sum_j k_ij (u_j - sign u_i)``, so they carry ~1 ulp of ``|u|`` rather than of the
+    pair's difference; the distances come from differences."""
+    ui = xi.uw[:, i0:i1]
+    if p.normalize:
+        sign, om, g = _dense_norm_geom(xi, yj, i0, i1)
+        e, cq = _phi_g_q(g, om, p)
+        if p.half_space:
+            e2, cq2 = _phi_g_q(-g, om, p)
+            e, cq = e + e2, cq - cq2
+        kc = torch.where(care, cq * cs / _careful_q(om), 0.0)  # c: the coefficient of u_j
+        ks = (kc * sign).sum(-1)
+        return torch.where(care, e, 0.0).sum(-1), torch.bmm(kc, yj.uw) - ks[..., None] * ui, ks * xi.a[:, i0:i1]
+    dm, dp = _dense_dist(xi, yj, i0, i1)
+    e, df = _phi_d2(dm, p)
+    k1, k2 = 2 * cs * df, torch.zeros_like(df)
+    if p.half_space:
+        e2, df2 = _phi_d2(dp, p)
+        e, k2 = e + e2, 2 * cs * df2
+    k1, k2 = torch.where(care, k1, 0.0), torch.where(care, k2, 0.0)
+    vec = (k1 + k2).sum(-1, keepdim=True) * ui + torch.bmm(k2 - k1, yj.uw)
+    return torch.where(care, e, 0.0).sum(-1), vec, None
+
+
 def _log_block(gb, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float):
     """Gaussian log terms ``-t d2`` (``x2``: the pairs with ``-y_j``, half-space) of a block, in the wide
     dtype, and the mask of pairs recomputed from coordinates."""
@@ -294,7 +337,13 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
         a[:, i0:i1] = torch.bmm(c.to(a.dtype), yj.zg)
         if ci is not None:
             b[:, i0:i1] = torch.where(skip, 0.0, ci).sum(-1, dtype=wide)
-        if bool(care.any()):
+        if torch.compiler.is_compiling():  # no data-dependent shapes in a graph: every pair, masked
+            ec, vec, rad = _careful_dense(xi, yj, i0, i1, care, p, cs)
+            e[:, i0:i1] += ec
+            a[:, i0:i1] += vec.to(a.dtype)
+            if rad is not None:
+                b[:, i0:i1] += rad
+        elif bool(care.any()):
             bb, ii, jj = care.nonzero(as_tuple=True)
             ii = ii + i0
             ec, vec, rad = _careful(xi, yj, bb, ii, jj, p, cs)
@@ -327,8 +376,18 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
         if self_mode:
             dead = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None].expand_as(care)
             care = care & ~dead
-        fix = care.nonzero(as_tuple=True) if bool(care.any()) else None
-        if fix is not None:
+        dense = torch.compiler.is_compiling()  # no data-dependent shapes in a graph: every pair, masked
+        fix = None if dense or not bool(care.any()) else care.nonzero(as_tuple=True)
+        if dense:
+            if p.normalize:
+                sign, om, g = _dense_norm_geom(xi, yj, i0, i1)
+                cx1 = -tt * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+                cx2 = -tt * torch.where(g < 0, 2 * om, 2 + 2 * g)
+            else:
+                dm, dp = _dense_dist(xi, yj, i0, i1)
+                cx1, cx2 = -tt * dm, -tt * dp
+            x1, x2 = torch.where(care, cx1, x1), torch.where(care, cx2, x2)
+        elif fix is not None:
             bb, ii, jj = fix
             cx1, cx2, v1, v2 = _careful_logs(xi, yj, bb, ii + i0, jj, p)
             x1 = x1.index_put(fix, cx1)
@@ -349,7 +408,17 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
         a[:, i0:i1] = torch.bmm(cm, yj.zg)
         if ci is not None:
             b[:, i0:i1] = torch.where(care, 0.0, ci).sum(-1)
-        if fix is not None:
+        if dense:
+            ui = xi.uw[:, i0:i1]
+            if p.normalize:
+                cf = torch.where(care, c, 0.0)
+                ks = (cf * sign).sum(-1)
+                a[:, i0:i1] += (torch.bmm(cf, yj.uw) - ks[..., None] * ui).to(a.dtype)
+                b[:, i0:i1] += ks * xi.a[:, i0:i1]
+            else:
+                k1, k2 = torch.where(care, -2 * tt * w1, 0.0), torch.where(care, -2 * tt * w2, 0.0)
+                a[:, i0:i1] += ((k1 + k2).sum(-1, keepdim=True) * ui + torch.bmm(k2 - k1, yj.uw)).to(a.dtype)
+        elif fix is not None:
             bb, ii, jj = fix
             fw1, fw2 = w1[fix], w2[fix]
             if p.normalize:

@@ -325,7 +325,11 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         ud = (u[:, :, None] * delta).sum(-1)
         tangent = delta + (a[:, :, None] - ud)[..., None] * u[:, :, None]
         grad_norm = tangent.norm(dim=-1) / nrm[:, :, None]  # |d g_kl / d p_k|
-        floor = torch.where(exact, 0.0, K * EPS64 / nrm[:, :, None])  # delta's rounding, 0 where it is exact
+        # delta's rounding: 0 where it is exact, except against truth64, whose autograd through u = w / n
+        # rounds every pair's gradient to ~1 ulp of |u| / n (mpmath, the float64 inputs' oracle, does not)
+        floor = K * EPS64 / nrm[:, :, None]
+        if dtype == torch.float64:
+            floor = torch.where(exact, 0.0, floor)
         f, d1, d2_ = _derivs(pb, omg, opg, None)
         var = om
     else:

@@ -21,7 +21,7 @@ import hsu_kernels as hk
 from hsu_kernels.testing import energy_and_grad
 
 _COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=150, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=400, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=10_000, **_COMMON)
 settings.load_profile(os.environ.get("HSU_HYPOTHESIS_PROFILE", "ci"))
 
@@ -115,12 +115,13 @@ def call(backend: str, pb: Problem):
     return energy_and_grad(lambda x: hk.energy(x, **kw), pb.w)
 
 
-def check(backend: str, pb: Problem, truth) -> None:
+def check(backend: str, pb: Problem, truth, slack: float = 1.0) -> None:
     """One backend against the truth within the error model, with the documented conventions where the
     true value is not finite: +inf energies, NaN gradient rows exactly where the oracle has them, and
     no comparison of values beyond the dtype's range (an energy must then be large or inf; a gradient row
-    is not compared)."""
+    is not compared). ``slack`` multiplies the bars."""
     e_true, g_true, e_bar, g_bar = truth[:4]
+    e_bar, g_bar = slack * e_bar, slack * g_bar
     e, g = call(backend, pb)
     e, g = e.double().reshape(-1), g.double()
     what = f"{backend} on {describe(pb)}"
