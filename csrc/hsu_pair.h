@@ -283,22 +283,27 @@ HSU_HD void phi_g(const Params<T>& p, T g, T& f, T& df) {
 // its expanded distance relative to |x_i|^2 + |x_j|^2 (un-normalized) is below close_tau, or when its
 // energy or coefficient is not finite in T (a term that overflows float32, e.g. angular s = 50).
 //
-// close_tau by the type the cosines were formed in: with float geometry (dot products of float rows,
-// an error of ~sqrt(D) ulp in g), 1/16 bounds the relative error of 2 - 2g (or of the expanded distance)
-// by 8 sqrt(D) ulp for every pair left on the fast path; random pairs at D > 32 essentially never fall
-// below it. With double geometry (D <= 32 on the CPU, float64 inputs) g is accurate to ~1e-16 and 1/1024
-// is set by the gradient: a pair on the fast path adds c u_j with u_j rounded to T, an error of one ulp
-// of |c| against its tangential part |c| sin(theta) >= |c| / 23. On uniform points at D = 3 a fraction
-// tau of all pairs is below it, so it also bounds the cost of the careful path there.
-template <typename G>
+// close_tau<T, G> by the type T of the result and G of the cosines (the products of the rows):
+//  - float cosines (float rows at D > 32 on the CPU, float on the GPU): g carries ~sqrt(D) ulp of float, and
+//    1/16 bounds the relative error of 2 - 2g (or of the expanded distance) by 8 sqrt(D) ulp for every pair
+//    left on the fast path; random pairs at D > 32 essentially never fall below it;
+//  - double cosines of float rows (D <= 32 on the CPU, where the gradient's products are double too): g
+//    carries ~sqrt(D) ulp of double, so 2^-20 still leaves 1 - |g| within ~1e-9 relative, well inside a
+//    float result; on uniform points at D = 3 only a fraction 2^-20 of the pairs fall below it;
+//  - double cosines of double rows: 2^-10 keeps 1 - |g| within ~2e-13 sqrt(D) relative on the fast path.
+template <typename T, typename G>
 HSU_HD G close_tau();
 template <>
-HSU_HD float close_tau<float>() {
+HSU_HD float close_tau<float, float>() {
   return 0.0625f;
 }
 template <>
-HSU_HD double close_tau<double>() {
-  return 0.0009765625;
+HSU_HD double close_tau<float, double>() {
+  return 9.5367431640625e-07;  // 2^-20
+}
+template <>
+HSU_HD double close_tau<double, double>() {
+  return 0.0009765625;  // 2^-10
 }
 
 // A normalized pair from its cosine g (in G), every kind with everything fixed at compile time:
@@ -320,7 +325,7 @@ HSU_HD bool pair_norm(T s, T t, T eps_ang, T cs, G g, T& e, T& c) {
     c -= df2;
   }
   c *= cs;
-  return om < close_tau<G>() || !is_finite(e) || !is_finite(c);
+  return om < close_tau<T, G>() || !is_finite(e) || !is_finite(c);
 }
 
 // An un-normalized pair from its raw dot product and squared norms q (in G): d2 = q_i + q_j - 2 dot,
@@ -335,7 +340,7 @@ HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
   e = f;
   cj = T(-2) * cs * df;  // d d2 / dx_i = 2 x_i - 2 x_j
   ci = T(2) * cs * df;
-  bool care = !(dm >= close_tau<G>() * sum);
+  bool care = !(dm >= close_tau<T, G>() * sum);
   if (HS) {
     const G dp = sum + G(2) * dot;  // distance to -x_j
     T f2, df2;
@@ -343,7 +348,7 @@ HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
     e += f2;
     cj += T(2) * cs * df2;
     ci += T(2) * cs * df2;
-    care = care || !(dp >= close_tau<G>() * sum);
+    care = care || !(dp >= close_tau<T, G>() * sum);
   }
   return care || !is_finite(e) || !is_finite(cj);
 }
@@ -360,13 +365,13 @@ HSU_HD bool gauss_logs(T t, G v, G qi, G qj, T& x1, T& x2) {
     const G om = G(1) - (gc < G(0) ? -gc : gc);
     dm = gc >= G(0) ? G(2) * om : G(2) - G(2) * gc;
     dp = gc < G(0) ? G(2) * om : G(2) + G(2) * gc;
-    care = om < close_tau<G>();
+    care = om < close_tau<T, G>();
   } else {
     const G sum = qi + qj;
     dm = sum - G(2) * v;
     dp = sum + G(2) * v;
-    care = !(dm >= close_tau<G>() * sum);
-    if (HS) care = care || !(dp >= close_tau<G>() * sum);
+    care = !(dm >= close_tau<T, G>() * sum);
+    if (HS) care = care || !(dp >= close_tau<T, G>() * sum);
   }
   x1 = -t * static_cast<T>(hsu_max(dm, G(0)));
   x2 = HS ? -t * static_cast<T>(hsu_max(dp, G(0))) : -static_cast<T>(INFINITY);

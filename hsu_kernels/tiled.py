@@ -40,9 +40,11 @@ DEFAULT_BLOCK = 256
 PRECISE_MAX_D = 32
 
 #: Pairs with ``1 - |g|`` (normalized) or ``d2 / (|x_i|^2 + |x_j|^2)`` (un-normalized) below this are
-#: recomputed from coordinates: 1/16 for float32 geometry (an error of ~sqrt(D) ulp in ``g`` is then at
-#: most 8 sqrt(D) ulp of ``2 - 2g``), 1/1024 for float64 geometry. Same values as ``csrc/hsu_pair.h``.
+#: recomputed from coordinates, by the dtype of the cosines and of the result (``close_tau`` in
+#: csrc/hsu_pair.h): float32 cosines 1/16 (an error of ~sqrt(D) ulp in ``g`` is then at most 8 sqrt(D) ulp of
+#: ``2 - 2g``), float64 cosines of float32 rows 2^-20, of float64 rows 2^-10.
 CLOSE_F32 = 2.0**-4
+CLOSE_F64_OF_F32 = 2.0**-20
 CLOSE_F64 = 2.0**-10
 
 
@@ -471,8 +473,10 @@ def _coef_scale(scale: float) -> float:
     return min(1.0, max(scale, 2.0**-40))
 
 
-def _tau(geo: torch.dtype) -> float:
-    return CLOSE_F64 if geo == torch.float64 else CLOSE_F32
+def _tau(geo: torch.dtype, dtype: torch.dtype) -> float:
+    if geo != torch.float64:
+        return CLOSE_F32
+    return CLOSE_F64 if dtype == torch.float64 else CLOSE_F64_OF_F32
 
 
 def _geo(x: torch.Tensor) -> torch.dtype:
@@ -488,7 +492,7 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
     pair_scale = 1.0 if p.half_space else 0.5
     gscale = 2 * pair_scale
     if p.kind == "gaussian":
-        s, a, b, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo))
+        s, a, b, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo, x.dtype))
         terms = [m + torch.log(pair_scale * s)]
         if p.half_space:
             xd, vd = diag_terms(rows, p)
@@ -499,7 +503,7 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
             grad = grad + torch.exp(xd - logz[:, None])[..., None] * vd
         return (logz + math.log(scale)).to(x.dtype), grad.to(w.dtype)
     cs = _coef_scale(scale)
-    e, a, b, _ = row_pass(rows, rows, p, True, block, cs, _tau(geo))
+    e, a, b, _ = row_pass(rows, rows, p, True, block, cs, _tau(geo, x.dtype))
     energy = pair_scale * e.sum(-1)
     grad = row_grad(rows, a, b, gscale * scale / cs, p)
     if p.half_space:
@@ -520,7 +524,7 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     xa, ya = x.to(acc_dtype(x.dtype)), y.to(acc_dtype(y.dtype))
     geo = _geo(xa)
     rx, ry = _Rows(xa, p, geo), _Rows(ya, p, geo)
-    tau = _tau(geo)
+    tau = _tau(geo, xa.dtype)
     if p.kind == "gaussian":
         sx, ax, bx, mx = row_pass(rx, ry, p, False, block, 1.0, tau)
         _, ay, by, my = row_pass(ry, rx, p, False, block, 1.0, tau)

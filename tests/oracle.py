@@ -29,6 +29,8 @@ import torch
 
 #: Multiplier of the error model (see the module docstring).
 K = 32.0
+#: The kernels' threshold of 1 - |g| for float64 cosines (csrc/hsu_pair.h close_tau<double>).
+CLOSE_F64 = 2.0**-10
 EPS64 = torch.finfo(torch.float64).eps
 
 
@@ -321,6 +323,9 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         exact = (hat[:, :, None] == sign[..., None] * hat[:, None]).all(-1)
         rel = K * eps * root  # times om: the allowed error of g from rounding the cosine
         floor_g = K * EPS64 * (delta.norm(dim=-1) + terms + torch.where(exact, 0.0, 2.0))
+        # a pair above the float64-cosine threshold (1/1024) may take the fast path: a cosine from a float64
+        # product, ~sqrt(D) ulp of 1 whatever om is
+        floor_g = floor_g + torch.where(om >= CLOSE_F64 * (1 - 1e-6), K * EPS64 * root, 0.0)
         eta = rel * om + floor_g
         ud = (u[:, :, None] * delta).sum(-1)
         tangent = delta + (a[:, :, None] - ud)[..., None] * u[:, :, None]
@@ -367,5 +372,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     rows = g_true.norm(dim=-1)
     top = torch.where(torch.isfinite(rows), rows, 0.0).amax(-1, keepdim=True)
     peak = float(torch.where(off & torch.isfinite(d1), d1, 0.0).max())
+    # the output's own dtype: nothing below its smallest normal number is resolved
+    tiny = K * torch.finfo(dtype if dtype == torch.float64 else torch.float32).tiny
     # where the model itself overflows (inf times 0) it gives no bound
-    return e_bar.nan_to_num(nan=math.inf), (g_bar + K * eps * top).nan_to_num(nan=math.inf), peak
+    return (e_bar + tiny).nan_to_num(nan=math.inf), (g_bar + K * eps * top + tiny).nan_to_num(nan=math.inf), peak

@@ -46,11 +46,11 @@ Prepared<T> prepare(const at::Tensor& X, bool normalize, double eps_norm, const 
   Prepared<T> P{X, at::empty({X.size(0), X.size(1)}, dopt), normalize ? at::empty({X.size(0), X.size(1)}, dopt) : at::Tensor(),
                 normalize ? at::empty_like(X) : X, normalize ? at::Tensor() : at::empty({X.size(0), X.size(1)}, X.options())};
   C10_CUDA_CHECK(cuda::launch_row_prep<T>(X.data_ptr<T>(), X.size(0) * X.size(1), X.size(2), normalize, eps_norm,
-                                          P.st.data_ptr<double>(), normalize ? P.sa.data_ptr<double>() : nullptr,
-                                          normalize ? P.z.data_ptr<T>() : nullptr,
-                                          normalize ? nullptr : P.qt.data_ptr<T>(), stream));
+                                          P.st.template data_ptr<double>(), normalize ? P.sa.template data_ptr<double>() : nullptr,
+                                          normalize ? P.z.template data_ptr<T>() : nullptr,
+                                          normalize ? nullptr : P.qt.template data_ptr<T>(), stream));
   if (normalize && eps_norm == 0.0) {
-    TORCH_CHECK_VALUE(!(P.st == 0.0).logical_or(P.st.isinf()).any().item<bool>(), name,
+    TORCH_CHECK_VALUE(!(P.st == 0.0).logical_or(P.st.isinf()).any().template item<bool>(), name,
                       " has a zero row (or one below 1e-300), which has no direction when eps_norm=0");
   }
   return P;
@@ -76,24 +76,24 @@ std::pair<RowResult, cuda::FinishArgs<T>> rows_against(const Params<T>& p, const
   at::Tensor part_r = at::empty({splits, B, n1}, dopt);
   at::Tensor part_m = lse ? at::empty({splits, B, n1}, dopt) : at::Tensor();
   const bool norm = p.normalize;
-  cuda::PassArgs<T> a{X.z.data_ptr<T>(), Y.z.data_ptr<T>(), X.w.data_ptr<T>(), Y.w.data_ptr<T>(),
-                      X.st.data_ptr<double>(), norm ? X.sa.data_ptr<double>() : nullptr, Y.st.data_ptr<double>(),
-                      norm ? Y.sa.data_ptr<double>() : nullptr, norm ? nullptr : X.qt.data_ptr<T>(),
-                      norm ? nullptr : Y.qt.data_ptr<T>(), B, n1, n2, D, self, p, pd, static_cast<T>(cs), splits,
-                      part_e.data_ptr<double>(), part_a.data_ptr<T>(), part_r.data_ptr<double>(),
-                      lse ? part_m.data_ptr<double>() : nullptr};
+  cuda::PassArgs<T> a{X.z.template data_ptr<T>(), Y.z.template data_ptr<T>(), X.w.template data_ptr<T>(), Y.w.template data_ptr<T>(),
+                      X.st.template data_ptr<double>(), norm ? X.sa.template data_ptr<double>() : nullptr, Y.st.template data_ptr<double>(),
+                      norm ? Y.sa.template data_ptr<double>() : nullptr, norm ? nullptr : X.qt.template data_ptr<T>(),
+                      norm ? nullptr : Y.qt.template data_ptr<T>(), B, n1, n2, D, self, p, pd, static_cast<T>(cs), splits,
+                      part_e.template data_ptr<double>(), part_a.template data_ptr<T>(), part_r.template data_ptr<double>(),
+                      lse ? part_m.template data_ptr<double>() : nullptr};
   C10_CUDA_CHECK(cuda::launch_pair_pass<T>(a, stream));
 
   RowResult out{at::empty_like(X.w), at::empty({B, n1}, dopt), at::empty({B, n1}, dopt),
                 lse ? at::empty({B, n1}, dopt) : at::Tensor(), lse ? at::empty({B, n1}, dopt) : at::Tensor(),
                 lse ? at::empty({B, n1}, dopt) : at::Tensor()};
-  cuda::FinishArgs<T> f{X.w.data_ptr<T>(), X.st.data_ptr<double>(), norm ? X.sa.data_ptr<double>() : nullptr,
-                        B * n1, D, splits, part_e.data_ptr<double>(), part_a.data_ptr<T>(),
-                        part_r.data_ptr<double>(), lse ? part_m.data_ptr<double>() : nullptr, pd, gs, kscale,
-                        pair_scale<double>(self, p.half_space), with_diag, out.grad.data_ptr<T>(),
-                        out.e_row.data_ptr<double>(), out.e_diag.data_ptr<double>(),
-                        lse ? out.m_row.data_ptr<double>() : nullptr, lse ? out.r_row.data_ptr<double>() : nullptr,
-                        lse ? out.k_row.data_ptr<double>() : nullptr};
+  cuda::FinishArgs<T> f{X.w.template data_ptr<T>(), X.st.template data_ptr<double>(), norm ? X.sa.template data_ptr<double>() : nullptr,
+                        B * n1, D, splits, part_e.template data_ptr<double>(), part_a.template data_ptr<T>(),
+                        part_r.template data_ptr<double>(), lse ? part_m.template data_ptr<double>() : nullptr, pd, gs, kscale,
+                        pair_scale<double>(self, p.half_space), with_diag, out.grad.template data_ptr<T>(),
+                        out.e_row.template data_ptr<double>(), out.e_diag.template data_ptr<double>(),
+                        lse ? out.m_row.template data_ptr<double>() : nullptr, lse ? out.r_row.template data_ptr<double>() : nullptr,
+                        lse ? out.k_row.template data_ptr<double>() : nullptr};
   C10_CUDA_CHECK(cuda::launch_finish_rows<T>(f, stream));
   return {out, f};
 }
