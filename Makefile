@@ -1,11 +1,22 @@
 # hsu-kernels: `make test` and `make bench` do all their own set-up from a fresh clone.
 #
-#   make test                 venv in .venv, torch==2.13.0 (CPU wheel), the package and its extension,
-#                             then the whole suite (Triton tests under TRITON_INTERPRET=1 in their own
-#                             process) and the CMake/ctest compile check of the CUDA sources and header.
+#   make test                 venv in .venv, torch==2.13.0 (CPU wheel) and the test/example tools, the package
+#                             installed editable into it (`pip install --no-build-isolation -e .`, which compiles
+#                             the extension in place), then the whole suite (Triton tests under
+#                             TRITON_INTERPRET=1 in their own process) and the CMake/ctest compile check of the
+#                             CUDA sources and header. Afterwards `.venv/bin/python` runs every README command.
 #   make bench                the same set-up, then the benchmark table and the scaling plot.
 #   make test PYTHON=python3  on a machine that already has torch (e.g. a CUDA build on a GPU box, no
-#                             internet): no venv, nothing downloaded, the extension built against that torch.
+#                             internet): no venv, nothing downloaded or installed, the extension built in place
+#                             against that torch (run from the repository root).
+#   HSU_DEBUG=1 make test     the extension with debug info (-g); the default is a release build.
+#   make test PYTEST_ARGS="--durations=15"   extra pytest options.
+#   HSU_HYPOTHESIS_PROFILE=long make test    the property suites (tests/test_properties.py,
+#                             tests/test_triton_properties.py) with 10,000 examples per backend instead of the
+#                             ci profile's 400 (hours on 2 cores; `make test` runs ci, under a minute).
+#   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
+#                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
+#                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
 
 PYTHON ?=
 VENV ?= .venv
@@ -16,29 +27,49 @@ export MAX_JOBS
 ifeq ($(strip $(PYTHON)),)
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
+INSTALLED := $(VENV)/.hsu-installed
 else
 PY := $(PYTHON)
 DEPS :=
+INSTALLED :=
 endif
 
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# -rs: every skipped test prints its reason
+PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS)
+EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 .PHONY: test bench bench-pytest build lint cmake-check clean
 
+# What the tests and the README's commands need, nothing more: hypothesis for the property suites, triton for
+# the Triton tests (under the interpreter), tqdm/matplotlib/scikit-learn for the examples and the plots
+# (scikit-learn holds the digits data of examples/digits_mhe.py), setuptools>=77 for pyproject's SPDX license
+# field.
 $(VENV)/.deps-installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==$(TORCH_VERSION)
-	$(VENV)/bin/pip install -q numpy ninja pybind11 pytest pytest-benchmark hypothesis triton tqdm matplotlib scikit-learn
+	$(VENV)/bin/pip install -q "setuptools>=77" numpy ninja pytest hypothesis triton tqdm matplotlib scikit-learn
 	touch $@
 
-build: $(DEPS)
+# The package, editable, in the venv: the build sees the venv's torch (no build isolation) and puts the
+# extension next to the sources, so `python -m bench`, the examples and `import hsu_kernels` from any folder
+# all use this checkout. (setuptools' note on flat-layout editable installs, that a folder named like the
+# package may shadow it, does not apply: that folder is the package installed here.)
+$(VENV)/.hsu-installed: $(DEPS) $(EXT_SOURCES)
+	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (a few minutes on 2 cores)"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(DEPS) $(INSTALLED)
+ifneq ($(strip $(PYTHON)),)
 	$(PY) setup.py -q build_ext --inplace
+endif
 	$(PY) -c "import hsu_kernels._ext as e; assert e.available(), e.load_error(); print('hsu_kernels._C loaded; backends on cpu:', __import__('hsu_kernels').available_backends('cpu'))"
 
 test: build
-	$(PYTEST) tests --ignore=tests/test_triton.py --ignore=tests/test_triton_properties.py
-	TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py tests/test_triton_properties.py
+	$(PYTEST) tests --ignore=tests/test_triton.py --ignore=tests/test_triton_transforms.py \
+		--ignore=tests/test_triton_properties.py
+	TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py tests/test_triton_transforms.py tests/test_triton_properties.py
 	$(MAKE) cmake-check
 
 # The CUDA sources compile on their own (no torch, no GPU needed) and the per-pair header is tested on
@@ -50,15 +81,23 @@ cmake-check:
 		ctest --test-dir _build_cmake --output-on-failure; \
 	else echo "cmake not found: compile check skipped"; fi
 
+# Needs python3 (with venv), nvcc and git; all else it installs into a venv cached under ~/.cache/hsu-kernels.
+.PHONY: cuda-check
+cuda-check:
+	bash .ci/cuda_check.sh
+
 bench: build
 	$(PY) -m bench
 	$(PY) -m bench --sweep
 
 bench-pytest: build
+ifneq ($(strip $(INSTALLED)),)
+	$(PY) -m pip install -q pytest-benchmark
+endif
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
 
 lint: $(DEPS)
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check hsu_kernels tests bench examples
 
 clean:
-	rm -rf build _build_cmake hsu_kernels/_C*.so *.egg-info
+	rm -rf build _build_cmake hsu_kernels/_C*.so hsu_kernels/_build_info.py *.egg-info $(VENV)/.hsu-installed

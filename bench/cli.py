@@ -13,7 +13,7 @@ from . import measure, report, runner
 from .workloads import ALL_BACKENDS, Energy, backend_unavailable, parse_cases
 
 #: Workloads per preset (``--sizes`` syntax). ``cpu`` is what ``make bench`` runs (under 5 minutes on 2 cores,
-#: together with the sweep); ``gpu`` is the size grid of the Triton and CUDA issues plus the 100,000-class
+#: together with the sweep); ``gpu`` is the size grid of the Triton and CUDA kernels plus the 100,000-class
 #: head; ``quick`` is a smoke test.
 PRESETS = {
     "cpu": "4096,128;8192,3;2048,64;50000,64;network;comhe",
@@ -122,8 +122,12 @@ def main(argv: List[str] = None) -> int:
     energy_desc = (f"{energy.kind} s={energy.s:g}{', half-space' if energy.half_space else ''} (mean over "
                    f"pairs); network: hidden layers half-space + {10:g} x output layer, through energy_many "
                    f"(the reference: one call per layer); CoMHE: riesz s=2 half-space on [20, N, 40]")
-    timing = (f"median of up to {args.repeats} repeats after a warm-up call that is also the correctness "
-              f"check, stopping after {args.budget:g} s of calls; the backends of a workload take turns, one "
+    timing = (f"median of up to {args.repeats} repeats, never of a first call: every backend is first called "
+              f"untimed on a small instance of the workload (at most {runner.WARMUP_ROWS} rows, the same formula; "
+              f"compilation and loading happen there), then on the workload itself as the correctness check "
+              f"(torch.compile: that call is its warm-up), stopping after {args.budget:g} s of calls; a check "
+              f"call over {runner.LONG_CALL:g} x --budget is the only timed call; the backends of a workload take "
+              f"turns, one "
               f"call each, so that a slow phase of the machine falls on all of them; "
               + ("CUDA events" if on_gpu else f"time.perf_counter, {torch.get_num_threads()} torch threads"))
     if load_start is not None:
@@ -133,7 +137,7 @@ def main(argv: List[str] = None) -> int:
             f"{load_start:.1f} / {load_end:.1f} on {os.cpu_count()} cores"
             + (": other processes shared the CPU during this run, so times are inflated and noisy" if busy else ""))
     head = report.header(device, info, peaks, skipped, energy_desc, timing, report.describe_memory(device, rows))
-    body = head + "\n\n" + report.table(rows, peaks) + "\n"
+    body = head + "\n\n" + report.table(rows, peaks, device) + "\n"
     cost = report.check_cost(rows)
     if cost:
         body += "\nCost of the close-pair check on these inputs (random rows, no pair close; median times, " \

@@ -198,10 +198,16 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
+def matmul_size(device: str) -> int:
+    """n of the square matmul that measures the peak: 8192 on GPU, 2048 on CPU (large enough to run at full
+    speed on either)."""
+    return 8192 if torch.device(device).type == "cuda" else 2048
+
+
 def matmul_peak(device: str, dtype: torch.dtype, budget_s: float = 1.0) -> Tuple[float, str]:
     """The device's attainable FLOP/s in ``dtype``: the best of repeated square ``torch.mm`` calls (2 n^3
-    flops each), n = 8192 on GPU, 2048 on CPU (large enough to run at full speed on either)."""
-    n = 8192 if torch.device(device).type == "cuda" else 2048
+    flops each, n = :func:`matmul_size`)."""
+    n = matmul_size(device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)

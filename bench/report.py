@@ -24,8 +24,25 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def table(rows: Sequence[Row], peaks: Dict[torch.dtype, Tuple[float, str]]) -> str:
-    """The markdown table, one line per (workload, dtype, backend)."""
+#: Single-matrix workloads up to this D get their time as a multiple of one n^3 matmul in the notes (points
+#: on a sphere: the per-pair arithmetic, not the products, sets their speed; issue 16's yardstick).
+MATMUL_RATIO_MAX_D = 4
+
+
+def matmul_ratio_note(row: Row, peaks: Dict[torch.dtype, Tuple[float, str]], device: str) -> Optional[str]:
+    """``"0.25x sgemm(2048^3) (91.7 ms)"``: the row's median time over the time of the square matmul that
+    measured the peak in this process (its best time), for single-matrix workloads with D <= 4."""
+    peak = peaks.get(row.dtype, (None, ""))[0]
+    if row.time is None or not peak or row.case.kind != "single" or row.case.d > MATMUL_RATIO_MAX_D:
+        return None
+    n = measure.matmul_size(device)
+    t_mm = 2.0 * n ** 3 / peak
+    name = {torch.float32: "sgemm", torch.float64: "dgemm"}.get(row.dtype, f"{dtype_name(row.dtype)} matmul")
+    return f"{row.time / t_mm:.2f}x {name}({n}^3) ({measure.fmt_time(t_mm)})"
+
+
+def table(rows: Sequence[Row], peaks: Dict[torch.dtype, Tuple[float, str]], device: str = "cpu") -> str:
+    """The markdown table, one line per (workload, dtype, backend), measured on ``device``."""
     sp = speedups(rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
@@ -43,7 +60,8 @@ def table(rows: Sequence[Row], peaks: Dict[torch.dtype, Tuple[float, str]]) -> s
                 f"{100 * rate / peak:.1f}%" if peak else "-",
                 measure.fmt_bytes(r.peak_bytes),
                 r.check,
-                "; ".join(n for n in r.notes if not n.startswith("VmHWM")),
+                "; ".join([n for n in r.notes if not n.startswith("VmHWM")]
+                          + [note for note in (matmul_ratio_note(r, peaks, device),) if note]),
             ]
         lines.append("| " + " | ".join([LABELS[r.backend], r.case.name, r.case.n_label, r.case.d_label,
                                            dtype_name(r.dtype)] + cells) + " |")

@@ -53,7 +53,7 @@ def test_energy_grad(benchmark, backend, size):
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "cpu", "triton", "cuda"])
 def test_network_step(benchmark, backend):
-    """The VGG-CIFAR layer list (SPEC §8) as one regularizer step: energy_many vs layer by layer."""
+    """The VGG-CIFAR layer list (docs/spec.md §8) as one regularizer step: energy_many vs layer by layer."""
     why = backend_unavailable(backend, DEVICE)
     if why:
         pytest.skip(f"{backend}: {why}")

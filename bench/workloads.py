@@ -39,14 +39,14 @@ LABELS = {
 #: Backends that build the full N x N matrix (skipped where it would not fit, see ``matrix_bytes``).
 MATERIALIZING = ("reference", "compile")
 
-#: SPEC §8: the reference code's CIFAR-100 VGG network, (N, D) per regularized layer. The hidden layers are
+#: docs/spec.md §8: the reference code's CIFAR-100 VGG network, (N, D) per regularized layer. The hidden layers are
 #: regularized in half-space mode (coefficient 1), the output layer without (coefficient 10).
 VGG_HIDDEN = [(64, 27), (64, 576), (64, 576), (128, 576), (128, 1152), (128, 1152), (256, 1152), (256, 2304),
               (256, 2304), (256, 4096)]
 VGG_OUTPUT = (100, 256)
 OUTPUT_COEF = 10.0
 
-#: SPEC §7/§8 CoMHE: pn = 20 random projections to pd = 40 dimensions, s = 2 Riesz, half-space.
+#: docs/spec.md §7/§8 CoMHE: pn = 20 random projections to pd = 40 dimensions, s = 2 Riesz, half-space.
 COMHE_PN, COMHE_PD, COMHE_N = 20, 40, 1024
 
 
@@ -179,7 +179,7 @@ def _loss_fn(case: Case, e: Energy, backend: str) -> Callable[[Sequence[torch.Te
 def _keops_energy_sum(w: torch.Tensor, e: Energy, half_space: bool) -> torch.Tensor:
     """``sum_{i<j} phi`` (Riesz only) with pykeops: ``phi`` summed over all ordered pairs, the diagonal
     masked out by an index test (exact for N < 2^24), so no N x N matrix is stored. Half-space uses
-    ``E = sum_{i != j} phi(g) + sum_{i, j} phi(-g)`` (SPEC §4). ``w`` is ``[N, D]`` or ``[B, N, D]``."""
+    ``E = sum_{i != j} phi(g) + sum_{i, j} phi(-g)`` (docs/spec.md §4). ``w`` is ``[N, D]`` or ``[B, N, D]``."""
     from pykeops.torch import LazyTensor
 
     x = w.float()

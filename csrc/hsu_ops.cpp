@@ -43,8 +43,8 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 TORCH_LIBRARY(hsu, m) {
   // w: [B, N, D]. Returns (E, G): E[b] = scale * the sum over unordered pairs of the (half-space) energy of
-  // w[b] (SPEC §4; scale = 1 is the "sum" reduction, 1/pairs the mean, applied inside so that a mean whose
-  // sum overflows is still finite), G = dE/dw. The Gaussian kind (4) returns the log-sum
+  // w[b] (docs/spec.md §4; scale = 1 is the "sum" reduction, 1/pairs the mean, applied inside so that a mean
+  // whose sum overflows is still finite), G = dE/dw. The Gaussian kind (4) returns the log-sum
   // E[b] = log(scale * sum exp(-t d2)) and its gradient. E is float32 for half inputs, else w's dtype.
   m.def(
       "energy_grad(Tensor w, int kind, float s, float t, float eps_norm, float eps_ang, bool half_space, "

@@ -1,4 +1,4 @@
-// Per-pair math of the hyperspherical energies (SPEC.md §2-§5), shared by every compiled backend.
+// Per-pair math of the hyperspherical energies (docs/spec.md §2-§5), shared by every compiled backend.
 //
 // One definition of phi and phi' for host and device: the CPU kernel includes this header as plain C++,
 // the CUDA kernel includes it unchanged and gets __host__ __device__ functions through HSU_HD.
@@ -212,7 +212,7 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
   }
 }
 
-// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (SPEC §3), given
+// Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (docs/spec.md §3), given
 // also om = 1 - |g|, formed by the caller as accurately as it can (in a wider type, from coordinates for
 // close pairs, or in closed form for the half-space self pair): every quantity that cancels near g = +-1
 // (2 - 2g, the angle, sin of the angle) is taken from om, never from g. MODE is the exponent mode of s/2
@@ -279,7 +279,7 @@ HSU_HD void phi_g(const Params<T>& p, T g, T& f, T& df) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Close pairs (SPEC §5). A pair is recomputed on the careful path below when its 1 - |g| (normalized) or
+// Close pairs (docs/spec.md §5). A pair is recomputed on the careful path below when its 1 - |g| (normalized) or
 // its expanded distance relative to |x_i|^2 + |x_j|^2 (un-normalized) is below close_tau, or when its
 // energy or coefficient is not finite in T (a term that overflows float32, e.g. angular s = 50).
 //
@@ -353,7 +353,7 @@ HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
   return care || !is_finite(e) || !is_finite(cj);
 }
 
-// The Gaussian kind as log terms (SPEC §4: reduced as a log-sum-exp): x1 = -t d2 of the pair, x2 = -t d2
+// The Gaussian kind as log terms (docs/spec.md §4: reduced as a log-sum-exp): x1 = -t d2 of the pair, x2 = -t d2
 // of the pair with -y_j (half-space; otherwise x2 = -inf, a zero weight). v is the cosine (normalized) or
 // the raw dot product. Returns whether the pair needs the careful path.
 template <bool HS, bool NORM, typename T, typename G>
@@ -393,7 +393,7 @@ HSU_HD void gauss_coef(T t, T w1, T w2, T& cj, T& ci) {
 
 // The careful path: one pair from the coordinates of its rows, in double.
 //
-// Normalized (SPEC §1): with u = w r and a = 1 - |u|^2 = eps_norm r^2 in closed form,
+// Normalized (docs/spec.md §1): with u = w r and a = 1 - |u|^2 = eps_norm r^2 in closed form,
 //   2 - 2|g| = a_i + a_j + |u_i - sign(g) u_j|^2,
 // a sum of non-negative terms, so om = 1 - |g| keeps its relative accuracy however close the rows are
 // (exact duplicates: om = (a_i + a_j) / 2 exactly). The gradient term c u_j of row i is split as
@@ -632,7 +632,7 @@ HSU_HD bool gauss_logs_rt(const Params<T>& p, G v, G qi, G qj, T& x1, T& x2) {
 // ---------------------------------------------------------------------------------------------------------
 // Rows.
 
-// Row statistics of the normalized path (SPEC §1) in double, without overflow or underflow of |w|^2:
+// Row statistics of the normalized path (docs/spec.md §1) in double, without overflow or underflow of |w|^2:
 // r = 1/sqrt(|w|^2 + eps_norm) and a = eps_norm r^2 = 1 - |u|^2, formed after dividing the row by a power
 // of two m >= max(max_d |w_d|, sqrt(eps_norm)) (exact), so |w/m|^2 <= D and eps/m^2 <= 4.
 template <typename T>
@@ -715,7 +715,7 @@ HSU_HD double coef_scale(double scale) {
   return hsu_min(1.0, hsu_max(scale, 9.094947017729282e-13));  // 2^-40
 }
 
-// The row epilogue (SPEC §6), in double, from row i's accumulator acc (= sum_j c_ij z_j) and its scalar
+// The row epilogue (docs/spec.md §6), in double, from row i's accumulator acc (= sum_j c_ij z_j) and its scalar
 // rad (normalized: the careful pairs' radial coefficients times a_i, see careful_apply; un-normalized:
 // sum_j ci_ij):
 //   normalized:    dE/dw_i = r (gs (G - (G.u) u + rad u) + k u),  G = acc, u = w r

@@ -109,8 +109,8 @@ def plot(runs, path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="mhe", choices=METHODS)
-    parser.add_argument("--power", default="2", help="MHE power (default 2)")
-    parser.add_argument("--no-half-space", action="store_true", help="full-space MHE for the hidden layers")
+    parser.add_argument("--power", default=None, help="MHE/CoMHE power (default 2)")
+    parser.add_argument("--no-half-space", action="store_true", help="full-space values for the hidden layers")
     parser.add_argument("--hidden-coef", type=float, default=None, help="default: the method's preset")
     parser.add_argument("--output-coef", type=float, default=None, help="default: the method's preset")
     parser.add_argument("--epochs", type=int, default=12)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         meter = MHERegularizer(model, power="2", half_space=True)  # what we log: the same measure for both runs
         reg = None
         if label != "baseline":
-            reg = MHERegularizer(model, power=args.power, half_space=not args.no_half_space,
+            reg = MHERegularizer(model, power=args.power, half_space=False if args.no_half_space else None,
                                  hidden_coef=args.hidden_coef, output_coef=args.output_coef, method=args.method,
                                  generator=torch.Generator().manual_seed(args.seed))
         runs.append((label, train(model, data, reg, args.epochs, args.lr, args.batch, args.seed, label, meter)))

@@ -1,7 +1,7 @@
 """hsu-kernels: fused, tiled kernels for hyperspherical-uniformity regularizers (MHE and its family).
 
 The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func:`uniformity_loss`,
-:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See SPEC.md for the numbers.
+:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See docs/spec.md for the numbers.
 """
 
 from . import distributed, reference
@@ -20,7 +20,9 @@ from .ops import (
 )
 from .regularizers import (
     METHODS,
+    PRESETS,
     MHERegularizer,
+    Preset,
     comhe_adversarial_objective,
     comhe_angle_loss,
     comhe_random_loss,
@@ -42,7 +44,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "METHODS",
+    "PRESETS",
     "MHERegularizer",
+    "Preset",
     "NeuronLayer",
     "collect_layers",
     "comhe_adversarial_objective",

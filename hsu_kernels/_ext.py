@@ -4,18 +4,48 @@ dispatch key (the CPU kernel in csrc/cpu/, the CUDA kernel in csrc/cuda/).
 ``energy_grad`` returns the energy *and* its gradient from one pass; the registered backward only scales
 the saved gradient by ``grad_output``. The energy is ``scale * sum`` over pairs (``scale`` a trailing
 argument, default 1), and for the Gaussian kind (code 4) the log-sum ``log(scale * sum exp(-t d2))`` with
-the gradient of that log (SPEC §4). The gradient output itself is not differentiable (no double
-backward through the fused ops; use ``backend="reference"`` for higher derivatives).
+the gradient of that log (docs/spec.md §4). The gradient output itself is not differentiable (it is marked
+so: using it in a loss raises). Second derivatives of the energy work as through the public functions (see
+``_autograd.py``); the public functions wrap the ops in their own autograd Functions, which also support
+``torch.func``. Autocast kernels (csrc/hsu_autocast.cpp) make the ops compute in float32/float64 under any
+``torch.autocast``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 
+
+def built_against() -> Optional[str]:
+    """The torch version the extension was compiled against, as setup.py recorded it beside the extension
+    (``hsu_kernels/_build_info.py``); None when there is no record (no build, or one from elsewhere)."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:
+        return None
+    return str(TORCH_VERSION)
+
+
+def version_mismatch(built: Optional[str], running: str) -> Optional[str]:
+    """The message for an extension built against torch ``built`` and imported under torch ``running``,
+    or None when they agree (or nothing was recorded)."""
+    if built is None or built == running:
+        return None
+    return (f"hsu_kernels._C was built against torch {built} but torch {running} is running, so it is not "
+            f"loaded (torch's C++ ABI changes between versions; the 'reference', 'torch' and 'triton' backends "
+            f"still work). Rebuild it against this torch, in the source folder: "
+            f"pip install --no-build-isolation .  (a clone: pip install --no-build-isolation -e . or make build)")
+
+
 _LOAD_ERROR: Optional[BaseException] = None
+_MISMATCH = version_mismatch(built_against(), str(torch.__version__))
 try:
+    if _MISMATCH is not None:  # loading it could crash or misbehave: never load it, and say so once
+        warnings.warn(_MISMATCH, RuntimeWarning)
+        raise ImportError(_MISMATCH)
     from . import _C  # noqa: F401  (importing registers torch.ops.hsu.*)
 except ImportError as exc:  # the package still works without its extension (reference / torch backends)
     _LOAD_ERROR = exc
@@ -62,20 +92,7 @@ if available():
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
 
-    def _energy_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
+    from ._autograd import register_op_autograd
 
-    def _energy_backward(ctx, grad_energy, grad_grad):
-        (g,) = ctx.saved_tensors
-        return (grad_energy.to(g.dtype)[:, None, None] * g, None, None, None, None, None, None, None, None)
-
-    def _cross_setup(ctx, inputs, output):
-        ctx.save_for_backward(output[1], output[2])
-
-    def _cross_backward(ctx, grad_energy, grad_gx, grad_gy):
-        gx, gy = ctx.saved_tensors
-        scale = grad_energy[:, None, None]
-        return (scale.to(gx.dtype) * gx, scale.to(gy.dtype) * gy, None, None, None, None, None, None, None, None)
-
-    torch.library.register_autograd("hsu::energy_grad", _energy_backward, setup_context=_energy_setup)
-    torch.library.register_autograd("hsu::cross_energy_grad", _cross_backward, setup_context=_cross_setup)
+    register_op_autograd("hsu::energy_grad", cross=False)
+    register_op_autograd("hsu::cross_energy_grad", cross=True)

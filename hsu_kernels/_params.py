@@ -58,7 +58,7 @@ def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = Fa
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:  # not math.isfinite: under torch.compile the value may be symbolic
         raise ValueError(f"{name} must be finite, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
@@ -139,17 +139,37 @@ def check_matrix(
         raise ValueError(f"{name} must have at least one column (D >= 1), got D = {d}")
     if w.dim() == 3 and w.shape[0] < 1:
         raise ValueError(f"{name} has an empty batch dimension (B = 0)")
-    if w.device.type != "meta" and not _is_fake(w) and not torch.compiler.is_compiling():
-        # Data-dependent checks cannot run while torch.compile traces; the compiled ops repeat the
-        # finiteness check inside the kernel, so a compiled graph still refuses NaN/Inf.
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
-        if eps_norm == 0 and bool((w.detach().abs().amax(dim=-1) < _TINY_ROW).any()):
-            raise ValueError(
-                f"{name} has a zero row (or one whose largest entry is below 2^-1000), which has no direction "
-                "when eps_norm=0"
-            )
+    if w.device.type == "meta" or _is_fake(w):
+        return w
+    tiny = (f"{name} has a zero row (or one whose largest entry is below 2^-1000), which has no direction "
+            "when eps_norm=0")
+    if torch.compiler.is_compiling():
+        # A compiled graph cannot raise from Python on data; these asserts raise when the graph runs.
+        torch._assert_async(torch.isfinite(w).all(), f"{name} contains NaN or Inf")
+        if eps_norm == 0:
+            torch._assert_async((w.abs().amax(dim=-1).double() >= _TINY_ROW).all(), tiny)
+        return w
+    # Under torch.func transforms the checks look at the plain tensor underneath (vmap cannot branch on
+    # a batched tensor's data).
+    data = _functorch_unwrapped(w.detach())
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    # compared in float64: 2^-1000 is 0 in float32
+    if eps_norm == 0 and bool((data.abs().amax(dim=-1).double() < _TINY_ROW).any()):
+        raise ValueError(tiny)
     return w
+
+
+def _functorch_unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under any torch.func wrappers (vmap's batched tensors, grad's tracking tensors)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+def is_batched_by_vmap(t: torch.Tensor) -> bool:
+    """True when ``t`` is seen through ``torch.func.vmap`` (its logical shape hides a batch dimension)."""
+    return torch._C._functorch.is_batchedtensor(t) if not torch.compiler.is_compiling() else False
 
 
 def _is_fake(t: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ Two layouts:
 - :func:`parallel_energy`: every rank holds the same rows (data-parallel training); the pairs are split
   across ranks and the energy and gradient all-reduced, so the time falls with the number of ranks.
 
-Both split the energy of a union of row blocks ``W = W_0 u ... u W_{P-1}`` as (SPEC §4)::
+Both split the energy of a union of row blocks ``W = W_0 u ... u W_{P-1}`` as (docs/spec.md §4)::
 
     E(W) = sum_r E(W_r) + c sum_{r<q} X(W_r, W_q),   c = 1, or c = 2 in half-space mode,
 

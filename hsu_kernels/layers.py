@@ -1,4 +1,4 @@
-"""From a model's layers to neuron matrices (SPEC.md §1).
+"""From a model's layers to neuron matrices (docs/spec.md §1).
 
 A layer's weight becomes ``W: Tensor[N, D]``, one row per neuron (output unit):
 
@@ -52,7 +52,7 @@ class NeuronLayer:
 
 
 def neuron_matrix(layer: nn.Module) -> torch.Tensor:
-    """The neuron matrix of one layer, a differentiable view of its weight (SPEC §1).
+    """The neuron matrix of one layer, a differentiable view of its weight (docs/spec.md §1).
 
     Args:
         layer: an ``nn.Linear``, ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (groups = 1).
@@ -129,7 +129,8 @@ def collect_layers(
             The output layer is kept even when ``include``/``exclude`` would drop it.
 
     Returns:
-        ``List[NeuronLayer]``; a weight shared by several modules is collected once.
+        ``List[NeuronLayer]``; a weight shared by several modules is collected once (as the output layer
+        when the output layer is one of them).
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
@@ -160,16 +161,21 @@ def collect_layers(
             f"output_layer must be 'auto', a layer name, a module or None, got {type(output_layer).__name__}"
         )
 
+    kept = [m for n, m in named if (not inc or _matches(n, m, inc)) and not _matches(n, m, exc)]
+    if output_layer == "auto":
+        linears = [m for m in kept if isinstance(m, nn.Linear)]
+        out_module = linears[-1] if linears else None
+    # A weight shared by several modules is one matrix, collected once; when the output layer shares it
+    # (a head tied to a hidden layer), it is the output layer's, so the others sharing it are dropped.
+    seen = {id(out_module.weight)} if out_module is not None else set()
+    kept_ids = {id(m) for m in kept}
     chosen: List[Tuple[str, nn.Module]] = []
-    seen = set()
     for name, m in named:
-        keep = (not inc or _matches(name, m, inc)) and not _matches(name, m, exc)
-        if (keep or m is out_module) and id(m.weight) not in seen:
+        if m is out_module:
+            chosen.append((name, m))
+        elif id(m) in kept_ids and id(m.weight) not in seen:
             seen.add(id(m.weight))
             chosen.append((name, m))
-    if output_layer == "auto":
-        linears = [m for _, m in chosen if isinstance(m, nn.Linear)]
-        out_module = linears[-1] if linears else None
     if not chosen:
         raise ValueError("no Linear/Conv/ConvTranspose layer left to regularize (check include/exclude)")
     layers = [NeuronLayer(name, m, m is out_module) for name, m in chosen]

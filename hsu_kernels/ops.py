@@ -15,15 +15,15 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _ext, reference, tiled
-from ._params import EnergyParams, check_matrix, check_reduction, make_params, num_pairs
+from . import _autograd, _ext, reference, tiled
+from ._autograd import autocast_off, compute_dtype
+from ._params import EnergyParams, check_matrix, check_reduction, is_batched_by_vmap, make_params, num_pairs
 
 BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 
@@ -44,10 +44,21 @@ def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _no_gpu_reason() -> str:
+    """Why CUDA tensors cannot be computed on here, or "" when they can."""
+    if torch.cuda.is_available():
+        return ""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"torch.cuda.is_available() is False: this torch ({torch.__version__}) is not a CUDA build"
+    return "torch.cuda.is_available() is False: no GPU or no CUDA driver on this machine"
+
+
 def _backend_ok(name: str, device: torch.device) -> Tuple[bool, str]:
     """Whether ``name`` can run on ``device``, and why not."""
     if name in ("reference", "torch"):
         return True, ""
+    if name in ("cuda", "triton") and device.type == "cuda" and _no_gpu_reason():
+        return False, _no_gpu_reason()
     if name == "cpu":
         if not _ext.available():
             return False, f"the compiled extension did not load ({_ext.load_error()})"
@@ -56,11 +67,11 @@ def _backend_ok(name: str, device: torch.device) -> Tuple[bool, str]:
         if device.type != "cuda":
             return False, f"it runs on CUDA tensors, got a {device.type} tensor"
         if not _ext.has_cuda_kernel():
-            return False, "the extension was built without CUDA (see README: building with CUDA)"
+            return False, "the extension was built without CUDA (see the README, Installation: the CUDA kernel)"
         return True, ""
     if name == "triton":
         if _triton_module() is None:
-            return False, "triton is not installed (pip install hsu-kernels[triton])"
+            return False, "triton is not installed (pip install triton)"
         if device.type == "cuda" or (device.type == "cpu" and _triton_interpret()):
             return True, ""
         return False, "it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)"
@@ -100,71 +111,29 @@ def resolve_backend(backend: str, device: torch.device, d: int = 0, dtype: Optio
     return "reference"  # pragma: no cover  (torch always runs)
 
 
-class _FusedEnergy(torch.autograd.Function):
-    """Autograd for a Python backend's one-pass ``energy_grad``: the forward keeps the gradient, the
-    backward scales it by ``grad_output``."""
-
-    @staticmethod
-    def forward(ctx, w, fn, p):
-        energy, grad = fn(w, p)
-        ctx.save_for_backward(grad)
-        return energy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_energy):
-        (grad,) = ctx.saved_tensors
-        return grad_energy.to(grad.dtype)[:, None, None] * grad, None, None
-
-
-class _FusedCrossEnergy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, fn, p):
-        energy, gx, gy = fn(x, y, p)
-        ctx.save_for_backward(gx, gy)
-        return energy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_energy):
-        gx, gy = ctx.saved_tensors
-        s = grad_energy[:, None, None]
-        return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None
-
-
-def _triton_fn(name: str, precision: Optional[str]) -> Callable:
-    fn = getattr(_triton_module(), name)
-    return fn if precision is None else functools.partial(fn, precision=precision)
-
-
 def _check_precision(precision: Optional[str]) -> None:
     if precision is not None and precision not in ("ieee", "tf32"):
         raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
 
 
 def _is_log(p: EnergyParams) -> bool:
-    """The Gaussian kind is reduced as a log-sum (SPEC §4): the backends return ``log(scale * sum exp)``."""
+    """The Gaussian kind is reduced as a log-sum (docs/spec.md §4): the backends return ``log(scale * sum exp)``."""
     return p.kind == "gaussian"
 
 
 def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None,
                 scale: float = 1.0) -> torch.Tensor:
     """``scale * sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
-    ``log(scale * sum_{i<j} exp(-t d2))``), differentiable, on ``backend``. ``scale`` goes into the kernels,
+    ``log(scale * sum_{i<j} exp(-t d2))``), differentiable, on ``backend``: float32 (float64 for float64
+    input), computed with autocast off (the caller holds ``autocast_off``). ``scale`` goes into the kernels,
     so a mean whose sum (or whose sum's gradient) would overflow is still computed."""
+    if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
+        w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
     if backend == "reference":
         if _is_log(p):
             return reference.gaussian_logsum(w3, p) + math.log(scale)
         return scale * reference.energy_sum(w3, p)
-    if backend in ("cpu", "cuda"):
-        w_in = w3
-        if backend == "cpu" and w3.dtype in (torch.float16, torch.bfloat16):
-            w_in = w3.float()
-        return torch.ops.hsu.energy_grad(w_in, *p.as_args(), scale)[0]
-    if backend == "triton":
-        e = _FusedEnergy.apply(w3, _triton_fn("energy_grad", precision), p)
-        return torch.log(e) + math.log(scale) if _is_log(p) else scale * e
-    return _FusedEnergy.apply(w3, functools.partial(tiled.energy_grad, scale=scale), p)
+    return _autograd.energy_sum(backend, w3, p, precision, scale)
 
 
 def energy(
@@ -182,7 +151,7 @@ def energy(
     power: Optional[str] = None,
     precision: Optional[str] = None,
 ) -> torch.Tensor:
-    """Hyperspherical energy of the rows of ``w`` (SPEC.md §3-§5), differentiable.
+    """Hyperspherical energy of the rows of ``w`` (docs/spec.md §3-§5), differentiable.
 
     ``E = sum_{i<j} phi(g_ij)`` with ``g_ij`` the cosine of rows ``i`` and ``j`` after
     ``u_i = w_i / sqrt(|w_i|^2 + eps_norm)``, and ``phi`` by ``kind``:
@@ -214,7 +183,9 @@ def energy(
 
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
-        ``w``'s dtype.
+        ``w``'s dtype, whatever ``torch.autocast`` is active (the products are never autocast); the gradient
+        comes back in ``w``'s dtype. Differentiable twice on every backend (``create_graph=True``), and
+        usable under ``torch.func`` transforms and ``torch.compile``.
     """
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
@@ -224,7 +195,8 @@ def energy(
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
     scale = 1.0 / num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1.0
-    e = _energy_out(w3, p, name, precision, scale)
+    with autocast_off(w.device):
+        e = _energy_out(w3, p, name, precision, scale)
     if _is_log(p):
         e = torch.exp(e)
     return e if w.dim() == 3 else e[0]
@@ -271,10 +243,14 @@ def energy_many(
             raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
     name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
     scales = [1.0 / num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1.0 for w in ws]
-    if name == "triton":
-        e = _triton_module().energy_many_sum(list(ws), p, precision)
-        return e * torch.tensor(scales, dtype=e.dtype, device=e.device)
-    e = torch.stack([_energy_out(w.unsqueeze(0), p, name, scale=sc)[0] for w, sc in zip(ws, scales)])
+    with autocast_off(ws[0].device):
+        if name == "triton" and not any(is_batched_by_vmap(w) for w in ws):
+            # the ragged launch returns the plain sums (the Gaussian kind: the log-sums)
+            es = _autograd.EnergyMany.apply(p, precision, *ws)[0].unbind(0)
+            es = [e + math.log(sc) if _is_log(p) else sc * e for e, sc in zip(es, scales)]
+        else:
+            es = [_energy_out(w.unsqueeze(0), p, name, precision, sc)[0] for w, sc in zip(ws, scales)]
+    e = torch.stack(es)
     return torch.exp(e) if _is_log(p) else e
 
 
@@ -321,18 +297,14 @@ def cross_energy(
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
     scale = 1.0 / (x.shape[-2] * y.shape[-2]) if reduction == "mean" else 1.0
-    if name == "reference":
-        e = reference.cross_energy(x3, y3, p, reduction)
-    elif name in ("cpu", "cuda"):
-        if name == "cpu" and x3.dtype in (torch.float16, torch.bfloat16):
-            x3, y3 = x3.float(), y3.float()
-        e = torch.ops.hsu.cross_energy_grad(x3, y3, *p.as_args(), scale)[0]
-        e = torch.exp(e) if _is_log(p) else e
-    elif name == "triton":
-        e = scale * _FusedCrossEnergy.apply(x3, y3, _triton_fn("cross_energy_grad", precision), p)
-    else:
-        e = _FusedCrossEnergy.apply(x3, y3, functools.partial(tiled.cross_energy_grad, scale=scale), p)
-        e = torch.exp(e) if _is_log(p) else e
+    if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
+        x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
+    with autocast_off(x.device):
+        if name == "reference":
+            e = reference.cross_energy(x3, y3, p, reduction)
+        else:
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, scale)
+            e = torch.exp(e) if _is_log(p) else e
     return e if x.dim() == 3 else e[0]
 
 
@@ -340,7 +312,7 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     """The contrastive uniformity loss ``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given
     (the caller normalizes features if it wants them on the sphere).
 
-    Computed as a log-sum-exp (SPEC §4), so it is finite for features of any scale, where the terms
+    Computed as a log-sum-exp (docs/spec.md §4), so it is finite for features of any scale, where the terms
     ``exp(-t d2)`` themselves underflow (float32 features of norm 10 and above).
 
     Args:
@@ -355,7 +327,8 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     check_matrix(x, "x")
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3 = x if x.dim() == 3 else x.unsqueeze(0)
-    e = _energy_out(x3, p, name, scale=1.0 / num_pairs(x.shape[-2], False))
+    with autocast_off(x.device):
+        e = _energy_out(x3, p, name, scale=1.0 / num_pairs(x.shape[-2], False))
     return e if x.dim() == 3 else e[0]
 
 

@@ -1,4 +1,4 @@
-"""The oracle: SPEC.md written as plainly as possible in PyTorch.
+"""The oracle: docs/spec.md written as plainly as possible in PyTorch.
 
 Every function here materializes the full ``N x N`` matrix and lets autograd differentiate it. That is
 O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
@@ -6,7 +6,7 @@ against it in float64. Half-space energies are computed the naive way, by concat
 kernels' ``2 sum [phi(g) + phi(-g)] + sum phi(-g_ii)`` shortcut is tested against an independent form.
 
 Three things are written in their numerically stable form, because the literal one is wrong even in float64
-on valid inputs (SPEC §1, §4, §5):
+on valid inputs (docs/spec.md §1, §4, §5):
 
 - close pairs. The squared distance ``2 - 2g`` (or ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j``) cancels when two rows
   are nearly parallel (or nearly antipodal): exact duplicates of norm 100 give ``2 - 2g = 0`` in float32
@@ -48,7 +48,7 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
 
 
 def row_scale(w: torch.Tensor, eps_norm: float):
-    """``u = w / n`` and ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (SPEC §1), formed after
+    """``u = w / n`` and ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (docs/spec.md §1), formed after
     dividing each row by a power of two ``m >= max(|w_id|, sqrt(eps_norm))`` so that no square overflows or
     underflows. Returns ``(u, a, rs, m)`` with ``rs = m / n`` (so ``u = (w / m) rs``); ``a``, ``rs``, ``m`` of
     shape ``[..., N, 1]``, ``m`` constant (no gradient)."""
@@ -65,12 +65,12 @@ def row_scale(w: torch.Tensor, eps_norm: float):
 
 
 def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
-    """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (SPEC §1)."""
+    """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (docs/spec.md §1)."""
     return row_scale(w, eps_norm)[0]
 
 
 def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term as a function of the cosine of two normalized rows (SPEC §3), literally: ``acos``
+    """The per-pair term as a function of the cosine of two normalized rows (docs/spec.md §3), literally: ``acos``
     and ``2 - 2g`` (the stable form the reference computes with is :func:`phi_of_om`)."""
     if p.kind in ("angular", "angular_log"):
         a = torch.acos(g) / math.pi + p.eps_ang
@@ -79,7 +79,7 @@ def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 
 
 def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term (SPEC §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
+    """The per-pair term (docs/spec.md §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
     if p.kind in ("angular", "angular_log"):
         half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
         theta = torch.where(g >= 0, half, math.pi - half)
@@ -178,13 +178,13 @@ def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 
 
 def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (SPEC §4)."""
+    """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (docs/spec.md §4)."""
     w, ii, jj = _self_pairs(w, p)
     return torch.logsumexp(_log_terms(w, w, ii, jj, p), -1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
-    """The energy, summed or averaged over unordered pairs (SPEC §4)."""
+    """The energy, summed or averaged over unordered pairs (docs/spec.md §4)."""
     if p.kind == "gaussian":
         shift = -math.log(num_pairs(w.shape[-2], p.half_space)) if reduction == "mean" else 0.0
         return torch.exp(gaussian_logsum(w, p) + shift)
@@ -237,12 +237,12 @@ def squared_distances(w: torch.Tensor, half_space: bool = False, eps_norm: float
 
 
 def min_separation(w: torch.Tensor, half_space: bool = False, eps_norm: float = 1e-4) -> torch.Tensor:
-    """MHS: ``-min_{i<j} d2_ij`` (SPEC §7)."""
+    """MHS: ``-min_{i<j} d2_ij`` (docs/spec.md §4)."""
     return -squared_distances(w, half_space, eps_norm).amin(-1)
 
 
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (SPEC §4, §7), as a log-sum-exp, with
-    ``|x_i - x_j|^2`` from the expanded form and close pairs recomputed from differences (SPEC §5)."""
+    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (docs/spec.md §4, §7), as a log-sum-exp, with
+    ``|x_i - x_j|^2`` from the expanded form and close pairs recomputed from differences (docs/spec.md §5)."""
     p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
     return gaussian_logsum(x, p) - math.log(num_pairs(x.shape[-2], False))

@@ -39,7 +39,7 @@ def energy_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor)
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Worst error relative to the reference's largest magnitude (norm-wise for tensors, so a single
     tiny entry cannot blow it up)."""
-    x, ref = x.double(), ref.double()
+    x, ref = x.detach().double(), ref.detach().double()
     scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
     return float((x - ref).abs().max() / scale)
 

@@ -1,6 +1,6 @@
 """The tiled PyTorch path (``backend="torch"``): any device, O(N * block) memory.
 
-The same algorithm as the compiled kernels (SPEC §6), written with PyTorch ops over blocks of rows:
+The same algorithm as the compiled kernels (docs/spec.md §6), written with PyTorch ops over blocks of rows:
 for a block ``I`` of rows, ``S = U_I U^T`` gives the cosines with every row, the per-pair terms are
 evaluated elementwise (``csrc/hsu_pair.h`` in tensor form), and ``C @ U`` accumulates the gradient. The
 energy and the gradient come out of one pass; ``backward`` only scales the saved gradient.
@@ -10,7 +10,7 @@ Every backend's pass is described by one contract, used by ``ops.py``:
     energy_grad(w, p, scale=1) -> (E, G)     w: Tensor[B, N, D]; E: Tensor[B] = scale * sum_{i<j} psi; G = dE/dw
     cross_energy_grad(x, y, p, scale=1) -> (E, Gx, Gy)
 
-For the Gaussian kind ``E`` is the log-sum ``log(scale * sum exp(-t d2))`` and ``G`` its gradient (SPEC §4).
+For the Gaussian kind ``E`` is the log-sum ``log(scale * sum exp(-t d2))`` and ``G`` its gradient (docs/spec.md §4).
 ``E`` is in the accumulation dtype (float32 for half inputs), ``G`` in the input dtype.
 
 Numerics (README "Precision"): rows are normalized in float64 after a power-of-two rescaling (no ``|w|^2``
@@ -70,7 +70,7 @@ def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tens
 
 
 def _phi_g(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3), given ``om = 1 - |g|`` (formed as
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3), given ``om = 1 - |g|`` (formed as
     accurately as the caller can: it carries the digits that ``g`` near ``+-1`` has lost)."""
     om = om.clamp_min(0)
     if p.kind in ("angular", "angular_log"):
@@ -203,7 +203,7 @@ def _delta(xi: _Rows, yj: _Rows, b, i, j, sign) -> torch.Tensor:
 
 def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
     """The flagged pairs ``(b, i, j)`` in float64 from coordinates: their energies, the vector each adds to
-    its row's accumulator, and (normalized) the radial term it adds to ``rad`` (SPEC §6 with
+    its row's accumulator, and (normalized) the radial term it adds to ``rad`` (docs/spec.md §6 with
     ``c u_j = c sign(g) (u_i + delta)``, ``delta = sign(g) u_j - u_i``; the radial part's projection is
     ``c sign a_i u_i``). ``c`` is carried as ``c q`` and applied as ``c q (delta / q)``, ``c q (a_i / q)``
     (see ``_phi_g_q``)."""
@@ -434,7 +434,7 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
 
 
 def row_grad(xi: _Rows, a, b, scale, p: EnergyParams) -> torch.Tensor:
-    """``dE/dw_i`` from the accumulators, in the wide dtype (SPEC §6): with ``G = scale a`` and
+    """``dE/dw_i`` from the accumulators, in the wide dtype (docs/spec.md §6): with ``G = scale a`` and
     ``rad = scale b``, ``r (G - (G.u) u + rad u)`` normalized (``b``: the careful pairs' radial terms, already
     times ``a_i``, since ``(I - u u^T) u = a u``), ``G + rad w`` un-normalized. ``scale`` is a number or a
     per-row ``Tensor[B, N]``."""

@@ -1,4 +1,4 @@
-"""High-precision oracles of SPEC §3-§6 and the error model the numerics tests hold every backend to.
+"""High-precision oracles of docs/spec.md §3-§6 and the error model the numerics tests hold every backend to.
 
 The oracles work on the point set itself (``{w_i}``, or ``{w_i} u {-w_i}`` in half-space mode) and form
 every pair from coordinate differences, never from a dot product:
@@ -7,7 +7,7 @@ every pair from coordinate differences, never from a dot product:
 
 - :func:`truth64`: float64 torch and autograd, the oracle of float32 (and half) inputs: every rounding
   error it makes is ~1e-16 relative, far below any float32 bar.
-- :func:`truth_mp`: mpmath at 50 digits with the gradient written out (SPEC §6, in the form
+- :func:`truth_mp`: mpmath at 50 digits with the gradient written out (docs/spec.md §6, in the form
   ``(I - u_k u_k^T) u_l = s (delta + (a_k - u_k.delta) u_k)``, ``delta = s u_l - u_k``), the oracle of float64
   inputs. It costs O(N^2 D) Python operations: keep N and D small.
 
@@ -50,7 +50,7 @@ class Problem:
 
     @property
     def log_form(self) -> bool:
-        """The Gaussian kind is compared as its log-sum (SPEC §4)."""
+        """The Gaussian kind is compared as its log-sum (docs/spec.md §4)."""
         return self.kind == "gaussian"
 
     def pairs(self) -> int:

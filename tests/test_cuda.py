@@ -167,7 +167,7 @@ def test_exact_unit_rows_and_zero_rows():
 
 
 def test_sanity_values():
-    """SPEC §7: random near-orthogonal neurons in high dimension."""
+    """docs/spec.md §7: random near-orthogonal neurons in high dimension."""
     w = rand_rows(256, 4096, dtype=torch.float32, device=DEV)
     want = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in want.items():
@@ -195,3 +195,26 @@ def test_matches_cpu_kernel():
         e_gpu, g_gpu = energy_and_grad(_on_device("cuda", **kw), w)
         assert_close(e_gpu, e_cpu, 1e-12, f"energy {kw}")
         assert_close(g_gpu, g_cpu, 1e-12, f"grad {kw}")
+
+
+def test_backends_listed_on_gpu():
+    assert "cuda" in hk.available_backends(DEV)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_batch_over_65535(cross):
+    """B = 70,000 matrices (over the 65,535 limit of a grid's y and z axes; the launches put the batch on
+    x): every entry against the float64 reference on the GPU."""
+    b, n, d = 70_000, 3, 3
+    kw = dict(kind="riesz", s=1.0, half_space=True)
+    if cross:
+        x, y = rand_rows(b, n, d, device=DEV), rand_rows(b, 2, d, device=DEV)
+        got = hk.cross_energy(x, y, backend="cuda", **kw)
+        ref = hk.cross_energy(x, y, backend="reference", **kw)
+    else:
+        w = rand_rows(b, n, d, device=DEV)
+        got, g = energy_and_grad(lambda v: hk.energy(v, backend="cuda", reduction="sum", **kw), w)
+        ref, gr = energy_and_grad(lambda v: hk.energy(v, backend="reference", reduction="sum", **kw), w)
+        assert_close(g.cpu(), gr.cpu(), 1e-10, "grad, B = 70,000")
+    assert got.shape == (b,)
+    assert_close(got.cpu(), ref.cpu(), 1e-10, "energy, B = 70,000")

@@ -149,7 +149,7 @@ def _check_worker(rank: int, world: int, init_file: str, seed: int) -> None:
             _close(f"parallel value {label}", got.detach(), want.detach(), failures)
             _close(f"parallel grad {label}", wp.grad, wf.grad, failures)
 
-        # Against the float64 oracle too (SPEC §4's half-space factors checked against concatenating [W, -W]).
+        # Against the float64 oracle too (docs/spec.md §4's half-space factors checked against concatenating [W, -W]).
         gen = torch.Generator().manual_seed(seed + 7)
         w = torch.randn(9, 5, generator=gen, dtype=torch.float64)
         p = hsu_kernels._params.make_params("riesz", 1.0, half_space=True)

@@ -153,7 +153,8 @@ def test_cpu_result_independent_of_thread_count(n, d):
         for threads in (1, 3):
             torch.set_num_threads(threads)
             out.append(torch.ops.hsu.energy_grad(w, 0, 1.0, 2.0, 1e-4, 1e-4, True, True))
-            out.append(torch.ops.hsu.cross_energy_grad(w[:, : n // 2], w[:, n // 2 :], 1, 1.0, 2.0, 1e-4, 1e-4, False, True))
+            a, b = w[:, : n // 2], w[:, n // 2 :]
+            out.append(torch.ops.hsu.cross_energy_grad(a, b, 1, 1.0, 2.0, 1e-4, 1e-4, False, True))
     finally:
         torch.set_num_threads(before)
     for a, b in zip(out[0] + out[1], out[2] + out[3]):
@@ -200,7 +201,7 @@ def test_zero_rows_and_exact_unit_rows(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sanity_values(backend):
-    """SPEC §7: near-orthogonal random neurons in high dimension."""
+    """docs/spec.md §7: near-orthogonal random neurons in high dimension."""
     w = rand_rows(48, 20000, dtype=torch.float32)
     want = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in want.items():

@@ -10,13 +10,14 @@ Under the interpreter the shapes are small (N <= 130); on CUDA the same tests ru
 Tolerances (the flash-attention habit): the kernel's error against the float64 reference may be at most
 twice the reference's own error when the reference computes in the kernel's dtype (root-mean-square over
 the elements; 4x element by element), plus a small floor relative to the result's scale (``FLOOR``). The
-"reference's own error" is the larger of two float32 evaluations of SPEC (normalize-then-multiply as in
+"reference's own error" is the larger of two float32 evaluations of docs/spec.md (normalize-then-multiply as in
 reference.py, and the safe form ``(w_i . w_j) r_i r_j`` the kernels use): one evaluation's error is a
 random draw that can be far below typical by luck (see ``assert_close_to_ref``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -29,7 +30,7 @@ if not (INTERPRET or torch.cuda.is_available()):
         "`TRITON_INTERPRET=1 python -m pytest tests/test_triton.py`",
         allow_module_level=True,
     )
-pytest.importorskip("triton", reason="triton is not installed (pip install hsu-kernels[triton])")
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 import hsu_kernels  # noqa: E402
 from hsu_kernels import reference  # noqa: E402
@@ -39,6 +40,9 @@ from hsu_kernels._params import make_params  # noqa: E402
 if not ht.available():
     pytest.skip(f"hsu_kernels.triton failed to import: {ht.import_error()!r}", allow_module_level=True)
 
+import triton  # noqa: E402
+
+from hsu_kernels.triton import kernels as tk  # noqa: E402
 from hsu_kernels.triton import launch  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -49,6 +53,25 @@ DS = (1, 3, 64, 300) + ((1152, 4608) if ON_GPU else ())
 FLOOR = 2e-6
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
+
+
+@pytest.fixture(autouse=True)
+def _first_config_per_launch_on_gpu(monkeypatch):
+    """On a GPU the autotuner compiles and times every config a launch's pruner leaves, for every new
+    specialization: hundreds of compiles, minutes that a short GPU lease does not have. These tests check
+    numbers, not speed, so each launch keeps the pruner's first config (every config is run on its own by
+    ``test_every_*_config``). ``HSU_TRITON_TEST_AUTOTUNE=1`` restores full autotuning. (The interpreter has
+    one config per kernel: nothing changes there.)"""
+    if ON_GPU and os.environ.get("HSU_TRITON_TEST_AUTOTUNE") != "1":
+        for kern in (tk.fused_kernel, tk.coef_kernel, tk.gemm_kernel):
+            prune = getattr(kern, "early_config_prune", None)
+
+            def first(configs, nargs, _prune=prune, **kwargs):
+                return (_prune(configs, nargs, **kwargs) if _prune else configs)[:1]
+
+            monkeypatch.setattr(kern, "early_config_prune", first)
+    yield
+
 
 KINDS = [
     ("riesz", 0.5), ("riesz", 1.0), ("riesz", 2.0), ("riesz", 3.5), ("log", 0.0),
@@ -73,7 +96,7 @@ def _ref_energy_grad(w, p, dtype):
 
 
 def _safe_pairs(x, y, p):
-    """``phi`` of every pair with the cosine in SPEC §1's safe form ``(x_i . y_j) r_i r_j`` (the kernels'
+    """``phi`` of every pair with the cosine in docs/spec.md §1's safe form ``(x_i . y_j) r_i r_j`` (the kernels'
     form; the reference normalizes first). Un-normalized: the reference's own formula."""
     if not p.normalize:
         d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
@@ -84,7 +107,7 @@ def _safe_pairs(x, y, p):
 
 
 def _safe_energy_grad(w, p, dtype):
-    """The SPEC energy of ``w: [B, N, D]`` in ``dtype`` through :func:`_safe_pairs` (half-space by
+    """The energy (docs/spec.md) of ``w: [B, N, D]`` in ``dtype`` through :func:`_safe_pairs` (half-space by
     concatenation, as the reference does)."""
     wd = w.detach().to(dtype).requires_grad_(True)
     x = torch.cat([wd, -wd], dim=-2) if p.half_space else wd
@@ -154,6 +177,12 @@ def check_energy(w, p, name, floor=FLOOR, factor=2.0, precision=None):
     """The kernel against the float64 reference, with the reference in ``w``'s dtype as the yardstick."""
     e, g = ht.energy_grad(w, p, precision=precision) if precision else ht.energy_grad(w, p)
     assert e.dtype == torch.float32 and g.dtype == w.dtype and g.shape == w.shape
+    compare_energy(e, g, w, p, name, floor, factor)
+
+
+def compare_energy(e, g, w, p, name, floor=FLOOR, factor=2.0):
+    """A kernel's energy ``e`` and gradient ``g`` of ``w: [B, N, D]`` against the float64 reference, with
+    the reference in ``w``'s dtype as the yardstick (see :func:`check_energy`)."""
     e64, g64 = _ref_energy_grad(w, p, torch.float64)
     e_low, g_low = _low_precision_error(w, p, e64, g64)
     if e_low is None:
@@ -197,7 +226,7 @@ def test_large_d(n, d):
 #: Cases whose yardstick, the float32 reference, now recomputes close pairs in float64 (issue 13): at
 #: D = 3 the Triton kernel's expanded distance of close un-normalized pairs is well outside twice its error.
 _CLOSE_RAW_PAIRS = {("riesz", 1.0, False), ("riesz", 1.0, True), ("riesz", 2.5, True)}
-PENDING = "Triton port of close-pair/LSE numerics pending"
+PENDING = "Triton numerics port pending (issue 13)"
 
 
 @pytest.mark.parametrize("half_space", [False, True])
@@ -227,7 +256,7 @@ def test_batched(d):
 def test_eps_norm_zero_half_space():
     """eps_norm = 0: exact unit rows; the diagonal pair (u_i, -u_i) at g = -1 contributes phi(-1) each and no
     gradient. The reference cannot do this case (g_ii rounds below -1, acos gives NaN), so the expected value
-    is SPEC §4's form written out in float64: 2 sum_{i<j} [phi(g) + phi(-g)] + N phi(-1)."""
+    is docs/spec.md §4's form written out in float64: 2 sum_{i<j} [phi(g) + phi(-g)] + N phi(-1)."""
     p = make_params("angular", 1.0, half_space=True, eps_norm=0.0)
     w = _rand((1, 20, 3), 5)
     e, g = ht.energy_grad(w, p)
@@ -280,6 +309,13 @@ def test_cross_energy(kind, s, hs, norm, d):
     p = make_params(kind, s, half_space=hs, normalize=norm)
     e = hsu_kernels.cross_energy(x, y, kind, s, half_space=hs, normalize=norm, backend="triton")
     gx, gy = torch.autograd.grad(e.sum(), (x, y))
+    compare_cross(e, gx, gy, x, y, p, f"cross {kind}")
+
+
+def compare_cross(e, gx, gy, x, y, p, what):
+    """A kernel's cross energy and its two gradients against the float64 reference; the yardstick is the
+    larger error of the two float32 forms (the reference's and the safe one)."""
+    hs = p.half_space
     outs = {}
     for dt, form in ((torch.float64, "ref"), (torch.float32, "ref"), (torch.float32, "safe")):
         xd, yd = x.detach().to(dt).requires_grad_(True), y.detach().to(dt).requires_grad_(True)
@@ -292,7 +328,7 @@ def test_cross_energy(kind, s, hs, norm, d):
     for name, got, i in (("energy", e, 0), ("grad x", gx, 1), ("grad y", gy, 2)):
         ref64 = outs[torch.float64, "ref"][i]
         low = max((outs[torch.float32, f][i] for f in ("ref", "safe")), key=lambda t: (t.double() - ref64).abs().max())
-        assert_close_to_ref(f"cross {kind} {name}", got, ref64, low)
+        assert_close_to_ref(f"{what} {name}", got, ref64, low)
 
 
 RAGGED = [(17, 3), (130, 64), (5, 300), (2, 1), (40, 27), (9, 64), (33, 257)]
@@ -391,7 +427,7 @@ def test_errors():
 
 
 def test_sanity_values():
-    """SPEC §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
+    """docs/spec.md §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
     w = _rand((64, 256), 99)
     expected = {"0": -0.693, "1": 0.707, "2": 0.5, "a0": 0.693, "a1": 2.0, "a2": 4.0}
     for power, value in expected.items():
@@ -445,3 +481,212 @@ def test_non_contiguous_inputs():
     for k, wk in enumerate(ws):
         torch.testing.assert_close(e2[k].double(), reference.energy(wk.double(), make_params("riesz", 1.0)),
                                    rtol=1e-5, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every GPU autotuning config, pinned one at a time. On a GPU the autotuner picks among these lists; under
+# the interpreter only one small config exists, so each is forced here to run its masking and indexing
+# (tails of its tiles in rows, columns and D; a 2-row matrix; ragged groups; every kind; half-space).
+# ----------------------------------------------------------------------------------------------------
+
+FUSED_CONFIGS = tk._fused_configs(interpret=False)
+STRIP_CONFIGS = tk._strip_configs(interpret=False)
+GEMM_CONFIGS = tk._gemm_configs(interpret=False)
+
+#: (kind, s, half_space, normalize): every kind, both half-space settings, and the un-normalized form. The
+#: tile code is the same for every kind, so each config runs a rotating subset of these (every case runs
+#: with several configs of each kernel).
+CONFIG_CASES = [("riesz", 1.0, True, True), ("log", 0.0, False, True), ("angular", 1.5, False, True),
+                ("angular_log", 0.0, True, True), ("gaussian", 0.0, True, True), ("riesz", 2.5, False, False)]
+
+
+def _cases(i: int, count: int):
+    """``count`` of :data:`CONFIG_CASES` for the ``i``-th config, spread so that consecutive configs differ."""
+    return [CONFIG_CASES[(i + j * len(CONFIG_CASES) // count) % len(CONFIG_CASES)] for j in range(count)]
+
+
+def _cfg_id(c) -> str:
+    return "-".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+
+
+def _pin(monkeypatch, kernel, config):
+    """The autotuner of ``kernel`` runs ``config`` and nothing else (with one config it neither prunes nor
+    benchmarks), until the test ends."""
+    assert isinstance(kernel, triton.runtime.Autotuner), type(kernel)
+    monkeypatch.setattr(kernel, "configs", [config])
+
+
+def _selectable(config, block_d: int) -> bool:
+    """Whether the launcher's pruner keeps ``config`` for float32 rows padded to ``block_d`` (exact products,
+    the default below D = 128). On a GPU a config outside that set may not fit the SM and is never launched;
+    the interpreter runs it anyway (more masking cases for free)."""
+    import triton.language as tl
+
+    kept = tk._prune_fused(FUSED_CONFIGS, {}, BLOCK_D=block_d, PREC="ieee", C_DTYPE=tl.float32)
+    return not ON_GPU or any(c is config for c in kept)
+
+
+@contextlib.contextmanager
+def _fits_this_gpu(what: str):
+    """A pinned config that needs more shared memory than this GPU has is skipped with the reason (the
+    autotuner drops such configs as well); the interpreter has no such limit."""
+    try:
+        yield
+    except triton.runtime.errors.OutOfResources as exc:
+        pytest.skip(f"{what} does not fit this GPU: {exc}")
+
+
+def _check_many(ws, p, name):
+    """``energy_many_grad`` of ``ws`` (one ragged launch per group) against each matrix's float64 reference."""
+    e, grads = launch.energy_many_grad(ws, p)
+    for k, w in enumerate(ws):
+        compare_energy(e[k:k + 1], grads[k][None], w[None], p, f"{name} [{k}] {tuple(w.shape)}")
+
+
+def _case_inputs(shapes, seed, norm):
+    # un-normalized: rows of norm ~1 keep the distance kinds in their well-conditioned range
+    return [_rand(shape, seed + i) * (1.0 if norm else shape[1] ** -0.5) for i, shape in enumerate(shapes)]
+
+
+def test_config_lists_are_covered():
+    """The lists the tests below pin are the ones the GPU autotuner uses (and are not empty)."""
+    def keys(configs):
+        return [(sorted(c.kwargs.items()), c.num_warps, c.num_stages) for c in configs]
+
+    assert FUSED_CONFIGS and STRIP_CONFIGS and GEMM_CONFIGS
+    assert keys(tk.fused_kernel.configs) == keys(tk._fused_configs())
+    assert keys(tk.coef_kernel.configs) == keys(tk._strip_configs())
+    assert keys(tk.gemm_kernel.configs) == keys(tk._gemm_configs())
+    if ON_GPU:
+        assert keys(tk.fused_kernel.configs) == keys(FUSED_CONFIGS)
+        assert keys(tk.coef_kernel.configs) == keys(STRIP_CONFIGS)
+        assert keys(tk.gemm_kernel.configs) == keys(GEMM_CONFIGS)
+
+
+@pytest.mark.parametrize("config", FUSED_CONFIGS, ids=_cfg_id)
+def test_every_fused_config(monkeypatch, config):
+    """The fused kernel with each config: ragged groups at BLOCK_D = 16 (three kinds per config), a uniform
+    batch at BLOCK_D = 64 and a cross energy at BLOCK_D = 256 (on a GPU only where the pruner keeps it)."""
+    _pin(monkeypatch, tk.fused_kernel, config)
+    with _fits_this_gpu(f"fused config {_cfg_id(config)}"):
+        _fused_config_cases(config)
+
+
+def _fused_config_cases(config):
+    bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    idx = FUSED_CONFIGS.index(config)
+    seed = 3000 + 100 * idx
+    for i, (kind, s, hs, norm) in enumerate(_cases(idx, 3)):
+        p = make_params(kind, s, half_space=hs, normalize=norm)
+        # one ragged launch at BLOCK_D = 16: a row tail and a column tail of this tile, N = 2, D = 2 and 5
+        ws = _case_inputs([(bm + 3, 12), (2, 5), (bn + 1, 2)], seed + 10 * i, norm)
+        _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
+    if _selectable(config, 64):
+        p = make_params("angular", 1.0, half_space=True)
+        w = _rand((3, bm + 1, 40), seed + 80)  # uniform batch, BLOCK_D = 64
+        compare_energy(*ht.energy_grad(w, p), w, p, f"fused {_cfg_id(config)} batch D=40")
+    if _selectable(config, 256):
+        x, y = _rand((2, 7, 200), seed + 81), _rand((2, bn + 3, 200), seed + 82)  # cross, BLOCK_D = 256
+        p = make_params("riesz", 1.0, half_space=True)
+        compare_cross(*ht.cross_energy_grad(x, y, p), x, y, p, f"fused {_cfg_id(config)} cross D=200")
+
+
+@pytest.mark.parametrize("i", range(max(len(STRIP_CONFIGS), len(GEMM_CONFIGS))),
+                         ids=lambda i: f"coef-{_cfg_id(STRIP_CONFIGS[i % len(STRIP_CONFIGS)])}"
+                                       f"-gemm-{_cfg_id(GEMM_CONFIGS[i % len(GEMM_CONFIGS)])}")
+def test_every_strip_config(monkeypatch, i):
+    """The strip path's coefficient and GEMM kernels, each config at least once (in pairs)."""
+    coef, gemm = STRIP_CONFIGS[i % len(STRIP_CONFIGS)], GEMM_CONFIGS[i % len(GEMM_CONFIGS)]
+    _pin(monkeypatch, tk.coef_kernel, coef)
+    _pin(monkeypatch, tk.gemm_kernel, gemm)
+    monkeypatch.setattr(launch, "FUSED_MAX_D", 0)  # every D through the strip path (one ragged group)
+    bm, bn, bk = coef.kwargs["BLOCK_M"], coef.kwargs["BLOCK_N"], coef.kwargs["BLOCK_K"]
+    gm, gd = gemm.kwargs["BLOCK_M"], gemm.kwargs["BLOCK_D"]
+    what = f"strip coef {_cfg_id(coef)} gemm {_cfg_id(gemm)}"
+    with _fits_this_gpu(what):
+        for j, (kind, s, hs, norm) in enumerate(_cases(i, 2)):
+            p = make_params(kind, s, half_space=hs, normalize=norm)
+            # tails of the coefficient tile (rows, columns, D chunks) and of the GEMM tile (rows, D)
+            ws = _case_inputs([(max(bm, gm) + 3, bk + 5), (2, 3), (bn + 1, gd + 7)], 5000 + 100 * i + 10 * j, norm)
+            _check_many(ws, p, f"{what} {kind} s={s} hs={hs} norm={norm}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Large batches: the matrix index lives on the grid's y axis (at most 65,535), so launches are chunked
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_batch_chunks_and_grid_limits():
+    assert launch.batch_chunks(70_000) == [(0, 65_535), (65_535, 70_000)]
+    assert launch.batch_chunks(65_535) == [(0, 65_535)]
+    assert launch.batch_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert launch.grid_of(3, 65_535) == (3, 65_535)
+    assert launch.grid_of(2**31 - 1, 1, 1) == (2**31 - 1, 1, 1)
+    with pytest.raises(ValueError, match="y axis"):
+        launch.grid_of(3, 65_536)
+    with pytest.raises(ValueError, match="z axis"):
+        launch.grid_of(3, 1, 65_536)
+    with pytest.raises(ValueError, match="x limit"):
+        launch.grid_of(2**31, 1)
+
+
+class _RecordingKernel:
+    """Stands for an autotuned kernel: records each launch's grid (for ``BLOCK_M = 16``) and arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def launch_(*args, **kwargs):
+            self.calls.append(((grid({"BLOCK_M": 16, "BLOCK_D": 64}) if callable(grid) else grid), args))
+        return launch_
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_batch_over_grid_limit_is_chunked(monkeypatch, strip):
+    """B = 70,000 > 65,535: every launch's grid fits, the chunks cover each matrix once, and each chunk of
+    a uniform batch gets its own slice of the buffers (the kernels are recorded, not run)."""
+    rec = {name: _RecordingKernel() for name in ("fused_kernel", "coef_kernel", "gemm_kernel", "epilogue_kernel")}
+    for name, fake in rec.items():
+        monkeypatch.setattr(tk, name, fake)
+    if strip:
+        monkeypatch.setattr(launch, "FUSED_MAX_D", 0)
+    b, n, d = 70_000, 2, 3
+    w = torch.zeros(b, n, d, device=DEVICE)
+    launch.energy_grad(w, make_params("riesz", 1.0))
+    names = ("coef_kernel", "gemm_kernel", "epilogue_kernel") if strip else ("fused_kernel",)
+    for name in names:
+        calls = rec[name].calls
+        assert [c[0][-1] for c in calls] == [65_535, 4_465], (name, [c[0] for c in calls])
+        assert all(v <= launch.MAX_GRID_YZ for c in calls for v in c[0][1:])
+        k_arg = {"fused_kernel": 5, "coef_kernel": 6, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
+        assert [c[1][k_arg] for c in calls] == [65_535, 4_465], name  # K: the matrices of this launch
+    if not strip:
+        (_, a0), (_, a1) = rec["fused_kernel"].calls
+        esz = w.element_size()
+        assert a0[0].data_ptr() == w.data_ptr() and a1[0].data_ptr() == w.data_ptr() + 65_535 * n * d * esz
+        assert a1[0].numel() == 4_465 * n * d and a1[3].numel() == 4_465 * n  # x slice, per-row energies
+    else:  # ragged tables: the chunk's columns of the [7, K] table, offsets still absolute
+        tab1 = rec["coef_kernel"].calls[1][1][5]
+        assert tuple(tab1.shape) == (7, 4_465) and int(tab1[3, 0]) == 65_535 * n * d
+
+
+@pytest.mark.parametrize("case", ["uniform", "cross", "ragged", "strip"])
+def test_chunked_launches_match(monkeypatch, case):
+    """With the chunk limit lowered to 2 matrices per launch, the kernels give bitwise the results of one
+    launch (uniform slices, cross energies, ragged tables, the strip path)."""
+    p = make_params("angular", 1.0, half_space=True)
+
+    def run():
+        if case in ("uniform", "strip"):
+            return ht.energy_grad(_rand((5, 9, 300 if case == "strip" else 6), 61), p)
+        if case == "cross":
+            return ht.cross_energy_grad(_rand((5, 4, 6), 62), _rand((5, 11, 6), 63), p)
+        return launch.energy_many_grad([_rand((3 + k, 5 + k), 64 + k) for k in range(5)], p)
+
+    whole = run()
+    monkeypatch.setattr(launch, "MAX_MATRICES_PER_LAUNCH", 2)
+    chunked = run()
+    for a, b in zip(whole, chunked):
+        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(u, v)

@@ -40,7 +40,7 @@ if not ht.available():
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
 
-PENDING = "Triton port of close-pair/LSE numerics pending"
+PENDING = "Triton numerics port pending (issue 13)"
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 

@@ -1,5 +1,5 @@
 // The C++ CPU kernel: energy and gradient fused in one pass over tiles, multi-threaded with
-// at::parallel_for, no N x N buffer (SPEC §6).
+// at::parallel_for, no N x N buffer (docs/spec.md §6).
 //
 // Self energies (every D): symmetric tiles. Each unordered pair of 256-row blocks is one tile: its dot
 // products come from one BLAS call, the pair terms are applied while the tile is in cache, and two more
@@ -38,6 +38,7 @@
 
 #include "../hsu_checks.h"
 #include "../hsu_pair.h"
+#include "hsu_cpu_small.h"
 
 namespace hsu {
 
@@ -389,7 +390,7 @@ struct WorkerScope {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   bool pinned;
   int previous = 0;
-  explicit WorkerScope(bool single_threaded_blas = true) : pinned(single_threaded_blas && mkl_set_num_threads_local_) {
+  WorkerScope() : pinned(mkl_set_num_threads_local_ != nullptr) {
     const int one = 1;
     if (pinned) previous = mkl_set_num_threads_local_(&one);
   }
@@ -492,62 +493,126 @@ void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0
 // 384 and 512 were within the machine's noise of 256, 128 slower.
 constexpr int64_t kSymBlock = 256;
 
+// Few tiles (small N, one to three per matrix, as in most layers of a network) would leave threads idle if
+// each tile ran on one thread. Such a tile is cut into chunks of kSplitRows rows (and, for the second
+// side's product, columns) spread over the threads, every BLAS call on one chunk and one thread. Earlier
+// each BLAS call ran on every thread instead, but MKL's threaded GEMM rounds differently for different
+// thread counts (measured: [100 x 64] @ [64 x 100] in float32 differs in the last bits between 1 and 4
+// threads), so the result depended on the thread count. The choice between the two modes depends only
+// on the shape (kFewTiles), and the chunks do not depend on the thread count, so the same calls make the
+// same sums on any number of threads. Chunk size, measured on 2 threads (2026-12-01, a loaded machine:
+// paired runs, median ratios): 128 rows within noise of MKL's own threading at N = 256, D = 576 and faster
+// at N = 100 (one chunk: no threads started for a tiny tile); 64 rows 4-16% slower there, 32 rows slower still.
+// The careful pairs of a tile are fixed up after its chunks, on the calling thread, in tile order.
+constexpr int64_t kSplitRows = 128;
+constexpr int64_t kFewTiles = 4;  // fewer tiles than this (all matrices of a batch together): split them
+
+// Runs f(k) for k in [0, n): on every thread (one thread's BLAS per chunk) when `split`, else here.
+template <typename F>
+void for_chunks(int64_t n, bool split, const F& f) {
+  if (!split) {
+    for (int64_t k = 0; k < n; ++k) f(k);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t k0, int64_t k1) {
+    WorkerScope worker;
+    for (int64_t k = k0; k < k1; ++k) f(k);
+  });
+}
+
+// The chunking of a tile's bi rows and bj columns (see kSplitRows): pieces of `piece` rows, nrow row chunks
+// and (off-diagonal tiles) ncol column chunks.
+struct Chunks {
+  int64_t piece, nrow, ncol;
+  Chunks(int64_t bi, int64_t bj, bool diag, bool split)
+      : piece(split ? kSplitRows : std::max(bi, bj)),
+        nrow((bi + piece - 1) / piece),
+        ncol(diag ? 0 : (bj + piece - 1) / piece) {}
+  int64_t begin(int64_t k) const { return k * piece; }
+  int64_t size(int64_t k, int64_t total) const { return std::min(total, (k + 1) * piece) - k * piece; }
+};
+
+// Rows [r0, r0 + rows) of a tile's products: S[r0:] = X_I[r0:] X_J^T (one BLAS call, in G).
+template <typename G>
+void tile_products(at::Tensor& S, const at::Tensor& Xg, int64_t i0, int64_t j0, int64_t bj, int64_t r0,
+                   int64_t rows) {
+  at::Tensor Sr = S.narrow(0, r0, rows);
+  at::mm_out(Sr, Xg.narrow(0, i0 + r0, rows), Xg.narrow(0, j0, bj).t());
+}
+
 // One tile (rows [i0, i1) against rows [j0, j1), or a block against itself) of batch entry bb. G is the
 // type of the products: double for D <= kPreciseMaxD (the products are cheap there, and nearly parallel
-// rows, common among points on a low-dimensional sphere, keep their digits), else T.
+// rows, common among points on a low-dimensional sphere, keep their digits), else T. `split`: cut the tile
+// into chunks run on every thread (see kSplitRows); else it is one chunk, on this thread.
 template <typename T, typename G, int64_t KIND, bool HS, bool NORM, int MODE>
 void sym_tile(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-              RowOut<T> out) {
+              RowOut<T> out, bool split) {
   const int64_t bi = i1 - i0, bj = j1 - j0, n = X.n, D = X.D;
   const bool diag = i0 == j0;
   const at::Tensor Xg = X.xg[bb];
   // cosines or raw products, in G; the coefficients overwrite them (in G too: see RowOut)
-  const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());
+  at::Tensor S = at::empty({bi, bj}, Xg.options());
   G* sp = S.data_ptr<G>();
   std::vector<T> flags(bi * bj);
-  std::vector<double> ecol(bj, 0.0), bcol(bj, 0.0);
-  std::vector<T> ecol_t(bj), ccol_t(bj);
+  const Chunks ch(bi, bj, diag, split);
+  // per row chunk: its column sums, added in chunk order below
+  std::vector<double> ecol(diag ? 0 : ch.nrow * bj, 0.0), bcol(diag ? 0 : ch.nrow * bj, 0.0);
   const Side<T, G> Xb{X.xg, X.z, X.w + bb * n * D, NORM ? X.r + bb * n : nullptr, NORM ? X.a + bb * n : nullptr,
                       NORM ? nullptr : X.q + bb * n, NORM ? nullptr : X.qg + bb * n, n, D};
   double* e = out.e + bb * n;
   double* rad = out.rad + bb * n;
   G* a = out.template acc<G>() + bb * n * D;
   const G* qj = NORM ? nullptr : Xb.qg + j0;
-  int64_t ncare = 0;
-  std::vector<uint8_t> row_has(bi, 0);  // rows with a careful pair: the only ones the fix-up scans
-  for (int64_t r = 0; r < bi; ++r) {
-    const int64_t i = i0 + r;
-    T es;
-    G bs;
-    const int64_t nr = row_terms_checked<T, G, KIND, HS, NORM, MODE>(cx, sp + r * bj, NORM ? G(0) : Xb.qg[i], qj,
-                                                                     bj, diag ? r : -1, sp + r * bj,
-                                                                     flags.data() + r * bj, ecol_t.data(),
-                                                                     ccol_t.data(), es, bs);
-    ncare += nr;
-    row_has[r] = nr > 0;
-    e[i] += static_cast<double>(es);
-    rad[i] += static_cast<double>(bs);
-    if (!diag)
-      for (int64_t jj = 0; jj < bj; ++jj) {
-        ecol[jj] += static_cast<double>(ecol_t[jj]);
-        bcol[jj] += static_cast<double>(ccol_t[jj]);
-      }
-  }
-  at::Tensor A = at::from_blob(a, {n, D}, Xg.options());
-  A.narrow(0, i0, bi).addmm_(S, Xg.narrow(0, j0, bj));
-  if (!diag) {
-    A.narrow(0, j0, bj).addmm_(S.t(), Xg.narrow(0, i0, bi));
-    for (int64_t jj = 0; jj < bj; ++jj) {
-      e[j0 + jj] += ecol[jj];
-      rad[j0 + jj] += bcol[jj];
+  std::vector<int64_t> row_care(bi, 0);  // careful pairs per row: the fix-up scans only rows that have some
+  for_chunks(ch.nrow, split, [&](int64_t k) {
+    const int64_t r0 = ch.begin(k), r1 = r0 + ch.size(k, bi);
+    tile_products<G>(S, Xg, i0, j0, bj, r0, r1 - r0);
+    std::vector<T> ecol_t(bj), ccol_t(bj);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = i0 + r;
+      T es;
+      G bs;
+      row_care[r] = row_terms_checked<T, G, KIND, HS, NORM, MODE>(cx, sp + r * bj, NORM ? G(0) : Xb.qg[i], qj, bj,
+                                                                  diag ? r : -1, sp + r * bj, flags.data() + r * bj,
+                                                                  ecol_t.data(), ccol_t.data(), es, bs);
+      e[i] += static_cast<double>(es);
+      rad[i] += static_cast<double>(bs);
+      if (!diag)
+        for (int64_t jj = 0; jj < bj; ++jj) {
+          ecol[k * bj + jj] += static_cast<double>(ecol_t[jj]);
+          bcol[k * bj + jj] += static_cast<double>(ccol_t[jj]);
+        }
     }
-  }
+  });
+  // a_I += C Z_J by row chunks of C; a_J += C^T Z_I by column chunks of C: each chunk writes its own rows.
+  at::Tensor A = at::from_blob(a, {n, D}, Xg.options());
+  for_chunks(ch.nrow + ch.ncol, split, [&](int64_t k) {
+    if (k < ch.nrow) {
+      const int64_t r0 = ch.begin(k), rows = ch.size(k, bi);
+      A.narrow(0, i0 + r0, rows).addmm_(S.narrow(0, r0, rows), Xg.narrow(0, j0, bj));
+    } else {
+      const int64_t c0 = ch.begin(k - ch.nrow), cols = ch.size(k - ch.nrow, bj);
+      A.narrow(0, j0 + c0, cols).addmm_(S.narrow(1, c0, cols).t(), Xg.narrow(0, i0, bi));
+    }
+  });
+  if (!diag)
+    for (int64_t jj = 0; jj < bj; ++jj) {
+      double es = 0.0, bs = 0.0;
+      for (int64_t k = 0; k < ch.nrow; ++k) {
+        es += ecol[k * bj + jj];
+        bs += bcol[k * bj + jj];
+      }
+      e[j0 + jj] += es;
+      rad[j0 + jj] += bs;
+    }
+  int64_t ncare = 0;
+  for (int64_t r = 0; r < bi; ++r) ncare += row_care[r];
   if (!ncare) return;
   // The careful pairs: in a diagonal tile both orders (i, j) and (j, i) are entries of the tile, each
   // giving its own row; in an off-diagonal tile the entry gives both rows.
   double unused = 0.0;
   for (int64_t r = 0; r < bi; ++r)
-    for (int64_t jj = 0; row_has[r] && jj < bj; ++jj)
+    for (int64_t jj = 0; row_care[r] && jj < bj; ++jj)
       if (flags[r * bj + jj] != T(0)) {
         const int64_t i = i0 + r, j = j0 + jj;
         const double ep = careful_pair<T, G, KIND, HS, NORM>(cx, Xb, i, Xb, j, a + i * D, diag ? nullptr : a + j * D,
@@ -560,16 +625,19 @@ void sym_tile(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0,
 // The Gaussian kind's tile: the log terms of the tile (careful pairs recomputed first), the tile maximum
 // mu, every row of both blocks lifted to a shift >= mu, then weights exp(x - mu) scaled per row by
 // exp(mu - shift) (products of numbers <= 1: a weight lost to underflow is below the dtype's range
-// relative to the tile's largest term, and so relative to the log-sum).
+// relative to the tile's largest term, and so relative to the log-sum). The products, the log terms, the
+// weights and the gradient products run by chunks as in sym_tile; the careful pairs, the maximum and the
+// shifts on this thread.
 template <typename T, typename G, bool HS, bool NORM>
 void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t i0, int64_t i1, int64_t j0,
-                  int64_t j1, RowOut<T> out) {
+                  int64_t j1, RowOut<T> out, bool split) {
   const int64_t bi = i1 - i0, bj = j1 - j0, n = X.n, D = X.D;
   const bool diag = i0 == j0;
   const at::Tensor Xg = X.xg[bb];
-  const at::Tensor S = at::mm(Xg.narrow(0, i0, bi), Xg.narrow(0, j0, bj).t());
-  std::vector<T> x1(bi * bj), x2(bi * bj), ecol_t(bj), ccol_t(bj);
+  at::Tensor S = at::empty({bi, bj}, Xg.options());
+  std::vector<T> x1(bi * bj), x2(bi * bj);
   std::vector<T> flags(bi * bj);
+  const Chunks ch(bi, bj, diag, split);
   const Side<T, G> Xb{X.xg, X.z, X.w + bb * n * D, NORM ? X.r + bb * n : nullptr, NORM ? X.a + bb * n : nullptr,
                       NORM ? nullptr : X.q + bb * n, NORM ? nullptr : X.qg + bb * n, n, D};
   double* e = out.e + bb * n;
@@ -578,14 +646,20 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
   G* a = out.template acc<G>() + bb * n * D;
   G* sp = S.data_ptr<G>();
   const G* qj = NORM ? nullptr : Xb.qg + j0;
+  std::vector<int64_t> row_care(bi, 0);
+  for_chunks(ch.nrow, split, [&](int64_t k) {
+    const int64_t r0 = ch.begin(k), r1 = r0 + ch.size(k, bi);
+    tile_products<G>(S, Xg, i0, j0, bj, r0, r1 - r0);
+    for (int64_t r = r0; r < r1; ++r)
+      row_care[r] = cx.check ? row_logs<T, G, HS, NORM, true>(cx.p.t, sp + r * bj, NORM ? G(0) : Xb.qg[i0 + r], qj,
+                                                              bj, diag ? r : -1, x1.data() + r * bj,
+                                                              x2.data() + r * bj, flags.data() + r * bj)
+                             : row_logs<T, G, HS, NORM, false>(cx.p.t, sp + r * bj, NORM ? G(0) : Xb.qg[i0 + r], qj,
+                                                               bj, diag ? r : -1, x1.data() + r * bj,
+                                                               x2.data() + r * bj, flags.data() + r * bj);
+  });
   int64_t ncare = 0;
-  for (int64_t r = 0; r < bi; ++r)
-    ncare += cx.check ? row_logs<T, G, HS, NORM, true>(cx.p.t, sp + r * bj, NORM ? G(0) : Xb.qg[i0 + r], qj, bj,
-                                                       diag ? r : -1, x1.data() + r * bj, x2.data() + r * bj,
-                                                       flags.data() + r * bj)
-                      : row_logs<T, G, HS, NORM, false>(cx.p.t, sp + r * bj, NORM ? G(0) : Xb.qg[i0 + r], qj, bj,
-                                                        diag ? r : -1, x1.data() + r * bj, x2.data() + r * bj,
-                                                        flags.data() + r * bj);
+  for (int64_t r = 0; r < bi; ++r) ncare += row_care[r];
   std::vector<CarefulGeom> geo;
   for (int64_t k = 0; ncare && k < bi * bj; ++k)
     if (flags[k] != T(0)) {
@@ -607,35 +681,50 @@ void sym_tile_lse(const PassCtx<T>& cx, const Side<T, G>& X, int64_t bb, int64_t
     lift_shift(shift[j0 + jj], mu, e[j0 + jj], rad[j0 + jj], a + (j0 + jj) * D, D);
     fj[jj] = gauss_weight(mu_t, shift[j0 + jj]);
   }
-  std::vector<double> ecol(bj, 0.0), bcol(bj, 0.0);
-  for (int64_t r = 0; r < bi; ++r) {
-    T es;
-    G bs;
-    row_weights<T, NORM>(cx.p.t, mu_t, x1.data() + r * bj, x2.data() + r * bj, flags.data() + r * bj, bj,
-                         sp + r * bj, ecol_t.data(), ccol_t.data(), es, bs);
-    e[i0 + r] += fi[r] * static_cast<double>(es);
-    rad[i0 + r] += fi[r] * static_cast<double>(bs);
-    if (!diag)
-      for (int64_t jj = 0; jj < bj; ++jj) {
-        ecol[jj] += static_cast<double>(ecol_t[jj]);
-        bcol[jj] += static_cast<double>(ccol_t[jj]);
-      }
-  }
-  // a_I += diag(fi) C Z_J and a_J += diag(fj) C^T Z_I, through row-scaled temporaries
-  auto add_scaled = [&](const at::Tensor& prod, int64_t r0, const std::vector<double>& f) {
+  std::vector<double> ecol(diag ? 0 : ch.nrow * bj, 0.0), bcol(diag ? 0 : ch.nrow * bj, 0.0);
+  for_chunks(ch.nrow, split, [&](int64_t k) {
+    const int64_t r0 = ch.begin(k), r1 = r0 + ch.size(k, bi);
+    std::vector<T> ecol_t(bj), ccol_t(bj);
+    for (int64_t r = r0; r < r1; ++r) {
+      T es;
+      G bs;
+      row_weights<T, NORM>(cx.p.t, mu_t, x1.data() + r * bj, x2.data() + r * bj, flags.data() + r * bj, bj,
+                           sp + r * bj, ecol_t.data(), ccol_t.data(), es, bs);
+      e[i0 + r] += fi[r] * static_cast<double>(es);
+      rad[i0 + r] += fi[r] * static_cast<double>(bs);
+      if (!diag)
+        for (int64_t jj = 0; jj < bj; ++jj) {
+          ecol[k * bj + jj] += static_cast<double>(ecol_t[jj]);
+          bcol[k * bj + jj] += static_cast<double>(ccol_t[jj]);
+        }
+    }
+  });
+  // a_I += diag(fi) C Z_J and a_J += diag(fj) C^T Z_I, through row-scaled temporaries, by chunks
+  auto add_scaled = [&](const at::Tensor& prod, int64_t r0, const double* f) {
     const G* pp = prod.data_ptr<G>();
     for (int64_t r = 0; r < prod.size(0); ++r)
       for (int64_t d = 0; d < D; ++d)
         a[(r0 + r) * D + d] += static_cast<G>(f[r] * static_cast<double>(pp[r * D + d]));
   };
-  add_scaled(at::mm(S, Xg.narrow(0, j0, bj)), i0, fi);
-  if (!diag) {
-    add_scaled(at::mm(S.t(), Xg.narrow(0, i0, bi)), j0, fj);
-    for (int64_t jj = 0; jj < bj; ++jj) {
-      e[j0 + jj] += fj[jj] * ecol[jj];
-      rad[j0 + jj] += fj[jj] * bcol[jj];
+  for_chunks(ch.nrow + ch.ncol, split, [&](int64_t k) {
+    if (k < ch.nrow) {
+      const int64_t r0 = ch.begin(k), rows = ch.size(k, bi);
+      add_scaled(at::mm(S.narrow(0, r0, rows), Xg.narrow(0, j0, bj)), i0 + r0, fi.data() + r0);
+    } else {
+      const int64_t c0 = ch.begin(k - ch.nrow), cols = ch.size(k - ch.nrow, bj);
+      add_scaled(at::mm(S.narrow(1, c0, cols).t(), Xg.narrow(0, i0, bi)), j0 + c0, fj.data() + c0);
     }
-  }
+  });
+  if (!diag)
+    for (int64_t jj = 0; jj < bj; ++jj) {
+      double es = 0.0, bs = 0.0;
+      for (int64_t k = 0; k < ch.nrow; ++k) {
+        es += ecol[k * bj + jj];
+        bs += bcol[k * bj + jj];
+      }
+      e[j0 + jj] += fj[jj] * es;
+      rad[j0 + jj] += fj[jj] * bs;
+    }
   size_t k = 0;
   for (int64_t idx = 0; ncare && idx < bi * bj; ++idx)
     if (flags[idx] != T(0)) {
@@ -659,17 +748,16 @@ void gemm_self_symmetric(const PassCtx<T>& cx, const Side<T, G>& X, int64_t B, R
   G* acc = out.template acc<G>();
   std::fill(acc, acc + B * n * D, G(0));
   auto block = [&](int64_t k) { return std::make_pair(k * kSymBlock, std::min(n, (k + 1) * kSymBlock)); };
-  // Few tiles (small N, one or two blocks, as in most layers of a network): the tiles run one after the
-  // other on this thread and each BLAS call uses every thread; the pair math, O(N^2) against the
-  // products' O(N^2 D), is then the serial part. Otherwise tiles run in parallel, one thread each.
+  // Few tiles: the tiles run one after the other and each spreads its chunks over every thread. Otherwise
+  // tiles run in parallel, one thread each. The choice depends on the shape only (see kSplitRows).
   const int64_t ntiles = B * nblk * (nblk + 1) / 2;
-  const bool inner_parallel = ntiles < 2 * static_cast<int64_t>(at::get_num_threads());
+  const bool inner_parallel = ntiles < kFewTiles;
   auto run = [&](int64_t bb, int64_t I, int64_t J) {
-    WorkerScope worker(!inner_parallel);
+    WorkerScope worker;
     const auto [i0, i1] = block(I);
     const auto [j0, j1] = block(J);
-    if constexpr (KIND == kGaussian) sym_tile_lse<T, G, HS, NORM>(cx, X, bb, i0, i1, j0, j1, out);
-    else sym_tile<T, G, KIND, HS, NORM, MODE>(cx, X, bb, i0, i1, j0, j1, out);
+    if constexpr (KIND == kGaussian) sym_tile_lse<T, G, HS, NORM>(cx, X, bb, i0, i1, j0, j1, out, inner_parallel);
+    else sym_tile<T, G, KIND, HS, NORM, MODE>(cx, X, bb, i0, i1, j0, j1, out, inner_parallel);
   };
   // The tiles in round order. Round 0: every block with itself. Rounds 1..m-1 (the circle method):
   // block 0 stays, the others rotate; position k meets position m-1-k.
@@ -987,6 +1075,8 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
                                                    double scale) {
   check_common(w_in, "w", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
+  if (small_d_serves(w_in, kind))  // points on a circle or a low-dimensional sphere: csrc/cpu/hsu_cpu_small.cpp
+    return energy_grad_small_cpu(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
   const at::Tensor w = w_in.to(out_dtype(w_in)).contiguous();
   const int64_t B = w.size(0), n = w.size(1);
   at::Tensor energy = at::empty({B}, w.options().dtype(at::kDouble));

@@ -1,4 +1,4 @@
-// The CUDA kernels of the hsu ops and their host launchers, free of torch (SPEC.md §4-§6).
+// The CUDA kernels of the hsu ops and their host launchers, free of torch (docs/spec.md §4-§6).
 //
 // csrc/cuda/hsu_cuda.cu binds them to torch.ops.hsu.*; csrc/tests/cuda_compile_check.cu instantiates the
 // same launchers without torch (the CMake compile check). Per-pair math comes from csrc/hsu_pair.h, the
@@ -47,6 +47,7 @@
 #include <cstdint>
 
 #include "../hsu_pair.h"
+#include "hsu_cuda_grid.h"
 
 namespace hsu {
 namespace cuda {
@@ -575,9 +576,11 @@ __global__ void lse_epilogue_kernel(const FinishArgs<T> f, int64_t n, const doub
 // One block per batch entry, fixed order. Sums: out[b] = scale (pair_scale sum_i e_row + sum_i e_diag)
 // (pair_scale already in e_row's log terms for the Gaussian kind). Log-sum (lse): lz[b] = log(sum_i exp(e_row)
 // + sum_i exp(e_diag)), out[b] = lz[b] + log(scale).
-__global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row, const double* e_diag,
-                                                                      int64_t n, double pair_scale, double scale,
-                                                                      bool lse, double* out, double* lz) {
+// static: this header is compiled into more than one translation unit of the extension (not a template).
+static __global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row,
+                                                                             const double* e_diag, int64_t n,
+                                                                             double pair_scale, double scale,
+                                                                             bool lse, double* out, double* lz) {
   __shared__ double sp[kReduceThreads], sd[kReduceThreads];
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -654,7 +657,7 @@ inline cudaError_t launch_row_prep(const T* x, int64_t rows, int64_t D, bool nor
                                    double* sa, T* z, T* qt, cudaStream_t stream) {
   if (rows > 0) {
     const int threads = 256;
-    row_prep_kernel<T><<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0, stream>>>(
+    row_prep_kernel<T><<<grid_x(blocks_of(rows, threads)), threads, 0, stream>>>(
         x, rows, D, normalize, eps_norm, st, sa, z, qt);
   }
   return cudaGetLastError();
@@ -677,7 +680,7 @@ template <typename T>
 inline cudaError_t launch_pair_pass(const PassArgs<T>& a, cudaStream_t stream) {
   if (a.B == 0 || a.n1 == 0) return cudaGetLastError();
   const int64_t nrb = (a.n1 + kBlock - 1) / kBlock;
-  const dim3 grid(static_cast<unsigned>(a.B * nrb), static_cast<unsigned>(a.splits));
+  const dim3 grid(grid_x(a.B * nrb), static_cast<unsigned>(a.splits));
   const int width = small_width<T>(a.D);
   if (width == 0) {
     pair_pass_general<T><<<grid, kBlock, 0, stream>>>(a);
@@ -697,7 +700,7 @@ template <typename T>
 inline cudaError_t launch_finish_rows(const FinishArgs<T>& f, cudaStream_t stream) {
   if (f.rows > 0) {
     const int threads = 128;
-    finish_rows_kernel<T><<<static_cast<unsigned>((f.rows + threads - 1) / threads), threads, 0, stream>>>(f);
+    finish_rows_kernel<T><<<grid_x(blocks_of(f.rows, threads)), threads, 0, stream>>>(f);
   }
   return cudaGetLastError();
 }
@@ -707,7 +710,7 @@ inline cudaError_t launch_lse_epilogue(const FinishArgs<T>& f, int64_t n, const 
                                        cudaStream_t stream) {
   if (f.rows > 0) {
     const int threads = 128;
-    lse_epilogue_kernel<T><<<static_cast<unsigned>((f.rows + threads - 1) / threads), threads, 0, stream>>>(
+    lse_epilogue_kernel<T><<<grid_x(blocks_of(f.rows, threads)), threads, 0, stream>>>(
         f, n, lz, grad_scale);
   }
   return cudaGetLastError();
@@ -717,8 +720,8 @@ inline cudaError_t launch_reduce_energy(const double* e_row, const double* e_dia
                                         double pair_scale, double scale, bool lse, double* out, double* lz,
                                         cudaStream_t stream) {
   if (B > 0)
-    reduce_energy_kernel<<<static_cast<unsigned>(B), kReduceThreads, 0, stream>>>(e_row, e_diag, n, pair_scale, scale,
-                                                                                 lse, out, lz);
+    reduce_energy_kernel<<<grid_x(B), kReduceThreads, 0, stream>>>(e_row, e_diag, n, pair_scale, scale, lse, out,
+                                                                   lz);
   return cudaGetLastError();
 }
 

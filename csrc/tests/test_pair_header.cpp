@@ -1,6 +1,6 @@
 // Host test of the per-pair header csrc/hsu_pair.h (no torch): run by ctest (CMakeLists.txt).
 //
-//  1. phi and phi' of every kind against the closed forms of SPEC.md §3 and against central finite
+//  1. phi and phi' of every kind against the closed forms of docs/spec.md §3 and against central finite
 //     differences, in double, through the run-time dispatch (phi_g, phi_d2) and every exponent mode;
 //  2. the host float exp/log/acos against double libm;
 //  3. the half-space self term (diag_term) and its gradient coefficient against finite differences;
@@ -43,7 +43,7 @@ const char* kind_name(int64_t k) {
   return names[k];
 }
 
-// SPEC.md §3, written from the table.
+// docs/spec.md §3, written from the table.
 double phi_closed(int64_t kind, double s, double g) {
   const double d2 = 2.0 - 2.0 * g;
   const double a = std::acos(g) / kPi + kEpsAng;
@@ -169,7 +169,7 @@ void test_float_math() {
   expect_close(hsu::hsu_acos(-1.0f), kPi, 0.0, 1e-6, "float acos(-1)");
 }
 
-// phi from 1 - g and 1 + g (SPEC §3 written with d2 = 2 (1 - g) and theta = 2 atan2(sqrt(1 - g), sqrt(1 + g)),
+// phi from 1 - g and 1 + g (docs/spec.md §3 written with d2 = 2 (1 - g) and theta = 2 atan2(sqrt(1 - g), sqrt(1 + g)),
 // which keep their digits near g = +-1, where 2 - 2g and acos(g) do not).
 double phi_stable(int64_t kind, double s, double omg, double opg) {
   const double d2 = 2.0 * omg;

@@ -1,95 +1,418 @@
-"""Compile the Triton kernels for a GPU architecture on a machine without a GPU (a check, not a build).
+"""Compile the Triton kernels for GPU architectures on a machine without a GPU: registers, spills, occupancy.
 
 ``triton.compile`` lowers a kernel through Triton's GPU passes, LLVM and ``ptxas`` (bundled with the
 Triton wheel) without touching a device. This catches what the CPU interpreter cannot: type errors of the
 real frontend, layouts, and register spills (``ptxas -v``). It cannot check the numbers: only running on a
 GPU does. Run it without ``TRITON_INTERPRET``::
 
-    python -m hsu_kernels.triton._aot [--arch 90] [--quick]
+    python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
+    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills
+    python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
 
-Prints one line per kernel variant with its registers and spills; exits non-zero if any fails to compile.
+What is compiled (the default): every autotuning config the launcher can select, per kernel:
+
+* ``fused_kernel`` for the padded row lengths of D in {3, 16, 64, 128, 256} (``BLOCK_D`` 16, 64, 128, 256;
+  D = 3 and D = 16 share ``BLOCK_D = 16``), keeping the configs ``kernels._prune_fused`` keeps for that
+  ``BLOCK_D`` and product mode;
+* the strip path (D > 256): every ``coef_kernel`` and ``gemm_kernel`` config, and ``epilogue_kernel``;
+
+each in three product modes: float32 inputs with exact products (``ieee``), float32 with tensor-core
+products (``tf32``), and bfloat16 inputs. The kind flags are the ones with the most live values: the
+angular kind with a general exponent, half-space with its diagonal term, normalized rows, a ragged batch
+(sizes loaded from the table); ``--kind`` picks another kind. Pointers are compiled as 16-byte aligned,
+as torch allocates them.
+
+Per config it reports registers, spill stores/loads (bytes per thread), static shared memory, and the
+occupancy: resident warps per SM from registers (64K per SM, allocated per warp in units of 256) and shared
+memory (per block plus 1 KB reserved; 228 KB per SM on sm_90, 164 KB on sm_80), at most 64 warps and 32
+blocks per SM, with what limits it. The full run writes the table to
+``bench/results/triton-ptxas-<date>.md`` with the commit and command (``--out`` elsewhere, ``--no-write``
+not at all). Exit status: 2 if a config fails to compile, 1 with ``--fail-on-spill`` if one spills, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
+import subprocess
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+#: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
+FUSED_DS = (3, 16, 64, 128, 256)
+MODES = ("ieee", "tf32", "bf16")
+KINDS = {"riesz": 0, "log": 1, "angular": 2, "angular_log": 3, "gaussian": 4}
+
+#: Per-SM resources (CUDA occupancy calculator): registers, shared memory usable by blocks, the shared
+#: memory reserved per block, the most resident warps and blocks.
+ARCH_LIMITS = {
+    80: dict(regs=65536, smem=167936, smem_block=166912, reserved=1024, warps=64, blocks=32),
+    90: dict(regs=65536, smem=233472, smem_block=232448, reserved=1024, warps=64, blocks=32),
+}
 
 
-def _variants(quick: bool):
+def occupancy(arch: int, regs: int, shared: int, warps: int) -> Tuple[int, str]:
+    """Resident warps per SM of a kernel and what limits them.
+
+    Args:
+        arch: compute capability (80 or 90).
+        regs: registers per thread (ptxas).
+        shared: shared memory per block in bytes (static, what Triton allocates).
+        warps: warps per block.
+
+    Returns:
+        ``(warps_per_sm, limiter)``; ``limiter`` is "registers", "shared memory", "warps" or "blocks", and
+        ``warps_per_sm`` is 0 ("does not fit") when one block's registers or shared memory exceed the SM's.
+    """
+    lim = ARCH_LIMITS[arch]
+    regs_per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    by = {  # in this order, so that a tie names the hardware's own cap first
+        "warps": lim["warps"] // warps,
+        "blocks": lim["blocks"],
+        "registers": (lim["regs"] // regs_per_warp) // warps,
+        "shared memory": lim["smem"] // (shared + lim["reserved"]) if shared <= lim["smem_block"] else 0,
+    }
+    limiter = min(by, key=lambda k: by[k])
+    return by[limiter] * warps, limiter if by[limiter] else f"does not fit ({limiter})"
+
+
+def _mode_consts(mode: str) -> Tuple[str, dict]:
+    """(pointer element type, product constexprs) of a mode, as the launcher passes them on a GPU."""
+    if mode == "ieee":
+        return "fp32", dict(PREC="ieee", PREC2="ieee", C_DTYPE="fp32")
+    if mode == "tf32":
+        return "fp32", dict(PREC="tf32", PREC2="tf32", C_DTYPE="fp32")
+    if mode == "bf16":
+        return "bf16", dict(PREC="tf32", PREC2="tf32", C_DTYPE="bf16")
+    if mode == "fp16":
+        return "fp16", dict(PREC="tf32", PREC2="tf32", C_DTYPE="fp32")
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = False) -> List[dict]:
+    """Every (kernel, config, mode, arch) to compile, as picklable dicts (see :func:`compile_one`)."""
     import triton.language as tl
 
-    fused = dict(KIND=2, POW=0, HS=True, NORM=True, SELF=True, DIAG=True, UNIFORM=False, PREC="tf32", PREC2="tf32",
-                 C_DTYPE=tl.bfloat16, UPCAST=False, EPI=tl.float32, BLOCK_D=64, BLOCK_M=128, BLOCK_N=64)
-    fptr = {"x_ptr": "*bf16", "y_ptr": "*bf16", "g_ptr": "*bf16", "e_ptr": "*fp32", "tab_ptr": "*i64"}
-    out = [("fused bf16 angular half-space ragged", "fused_kernel", fptr, fused, 8)]
-    if not quick:
-        out.append(("fused fp32 ieee riesz s=1 un-normalized uniform", "fused_kernel",
-                    {k: v.replace("bf16", "fp32") for k, v in fptr.items()},
-                    dict(fused, KIND=0, POW=2, NORM=False, UNIFORM=True, PREC="ieee", PREC2="ieee", C_DTYPE=tl.float32,
-                         BLOCK_D=256, BLOCK_M=32, BLOCK_N=32), 8))
-    out += [
-        ("coef bf16 angular half-space", "coef_kernel",
-         {"x_ptr": "*bf16", "y_ptr": "*bf16", "c_ptr": "*bf16", "e_ptr": "*fp32", "b_ptr": "*fp32", "tab_ptr": "*i64"},
-         dict(KIND=2, POW=0, HS=True, NORM=True, SELF=True, UNIFORM=False, PREC="tf32", UPCAST=False,
-              BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), 4),
-        ("gemm bf16", "gemm_kernel", {"c_ptr": "*bf16", "y_ptr": "*bf16", "a_ptr": "*fp32", "tab_ptr": "*i64"},
-         dict(KIND=2, HS=True, NORM=True, SELF=True, UNIFORM=False, PREC2="tf32", C_DTYPE=tl.bfloat16, UPCAST=False,
-              BLOCK_M=128, BLOCK_D=128, BLOCK_K=32), 8),
-        ("epilogue bf16 angular half-space", "epilogue_kernel",
-         {"x_ptr": "*bf16", "a_ptr": "*fp32", "b_ptr": "*fp32", "e_ptr": "*fp32", "g_ptr": "*bf16", "tab_ptr": "*i64"},
-         dict(KIND=2, POW=0, NORM=True, DIAG=True, UNIFORM=False, BLOCK_M=32, BLOCK_D=64), 4),
-    ]
+    from . import kernels as K
+
+    tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16}
+    kcode = KINDS[kind]
+    norm = True
+    flags = dict(KIND=kcode, POW=K.POW_GENERAL, HS=True, NORM=norm, SELF=True, UNIFORM=False, UPCAST=False)
+    out = []
+    for arch in archs:
+        for mode in modes:
+            elt, prod = _mode_consts(mode)
+            # fused: the configs the pruner keeps for each padded D
+            for bd in [64] if quick else sorted({max(16, 1 << (d - 1).bit_length()) for d in FUSED_DS}):
+                served = [d for d in FUSED_DS if max(16, 1 << (d - 1).bit_length()) == bd]
+                kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prod["PREC"],
+                                      C_DTYPE=tl_dtype[prod["C_DTYPE"]])
+                for c in kept[-1:] if quick else kept:
+                    out.append(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
+                                    ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
+                                          "tab_ptr": "i64"},
+                                    consts=dict(flags, DIAG=True, **prod, EPI="fp32", BLOCK_D=bd,
+                                                **c.kwargs),
+                                    warps=c.num_warps, stages=c.num_stages))
+            for c in K._strip_configs(interpret=False)[-1:] if quick else K._strip_configs(interpret=False):
+                out.append(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
+                                ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
+                                      "b_ptr": "fp32", "tab_ptr": "i64"},
+                                consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
+                                warps=c.num_warps, stages=c.num_stages))
+            for c in K._gemm_configs(interpret=False)[-1:] if quick else K._gemm_configs(interpret=False):
+                gflags = {k: v for k, v in flags.items() if k not in ("POW",)}
+                out.append(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
+                                ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
+                                consts=dict(gflags, PREC2=prod["PREC2"], C_DTYPE=prod["C_DTYPE"],
+                                            **c.kwargs),
+                                warps=c.num_warps, stages=c.num_stages))
+            if mode != "tf32":  # the epilogue has no products: tf32 compiles the same kernel as ieee
+                from .launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
+
+                out.append(dict(kernel="epilogue_kernel", arch=arch, mode=mode, D=">256",
+                                ptrs={"x_ptr": elt, "a_ptr": "fp32", "b_ptr": "fp32", "e_ptr": "fp32", "g_ptr": elt,
+                                      "tab_ptr": "i64"},
+                                consts=dict(KIND=kcode, POW=K.POW_GENERAL, NORM=norm, DIAG=True, UNIFORM=False,
+                                            BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D),
+                                warps=4, stages=2))
+        if quick:
+            break
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 (A100) or 90 (H100)")
-    ap.add_argument("--quick", action="store_true", help="the fast variants only")
-    args = ap.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        print("unset TRITON_INTERPRET: the interpreter replaces the compiler", file=sys.stderr)
-        return 2
-    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
-    import tempfile
-
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")  # fresh: ptxas runs and reports
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+def compile_one(task: dict) -> dict:
+    """Compiles one task with ptxas -v; returns the task with registers, spills, shared memory and the
+    compile time added (``error`` set instead when it failed)."""
     import contextlib
     import io
 
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from . import kernels as K
 
+    tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
+    kern = getattr(K, task["kernel"])
+    jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern  # unwrap autotuning
+    consts = {k: tl_dtype[v] if k in ("C_DTYPE", "EPI") else v for k, v in task["consts"].items()}
     floats = {"s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale"}
-    failed = 0
-    for name, kname, ptrs, consts, warps in _variants(args.quick):
-        kern = getattr(K, kname)
-        jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern  # unwrap autotuning
-        sig = {
-            a: ("constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")) for a in jit.arg_names
-        }
-        log = io.StringIO()
+    sig = {a: ("constexpr" if a in consts else task["ptrs"].get(a, "fp32" if a in floats else "i32"))
+           for a in jit.arg_names}
+    sig = {a: ("*" + v if a.endswith("_ptr") else v) for a, v in sig.items()}
+    # torch allocations are 16-byte aligned: the launcher's pointers carry tt.divisibility=16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(jit.arg_names) if a.endswith("_ptr")}
+    res = dict(task)
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(log):
+            ck = triton.compile(ASTSource(fn=jit, signature=sig, constexprs=consts, attrs=attrs),
+                                target=GPUTarget("cuda", task["arch"], 32),
+                                options={"num_warps": task["warps"], "num_stages": task["stages"]})
+    except Exception as exc:  # reported per task; the caller fails the run
+        res["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        return res
+    res["seconds"] = time.perf_counter() - t0
+    text = log.getvalue()
+
+    def grab(pattern):
+        m = re.search(pattern, text)
+        return int(m.group(1)) if m else None
+
+    res["registers"] = grab(r"Used (\d+) registers")
+    res["spill_stores"] = grab(r"(\d+) bytes spill stores")
+    res["spill_loads"] = grab(r"(\d+) bytes spill loads")
+    res["stack"] = grab(r"(\d+) bytes stack frame")
+    res["shared"] = int(getattr(ck.metadata, "shared", 0) or 0)
+    if res["registers"] is None or res["spill_stores"] is None:
+        # a Triton that does not print ptxas's report: read the cubin's resource usage instead; its stack
+        # frame per thread (which holds the spills) bounds them from above
+        usage = cubin_usage(ck.asm.get("cubin", b""))
+        if usage is None:
+            res["error"] = "no ptxas -v report in the compile log and no cuobjdump:\n" + text[-600:]
+        else:
+            res["registers"], res["stack"] = usage["REG"], usage["STACK"]
+            res["spill_stores"] = res["spill_loads"] = usage["STACK"]
+            res["spill_bound"] = True
+    return res
+
+
+def cubin_usage(cubin: bytes) -> Optional[Dict[str, int]]:
+    """REG, STACK, SHARED and LOCAL of the kernel in ``cubin`` from ``cuobjdump --dump-resource-usage`` (the
+    one shipped with Triton, else the one on PATH); None when there is no cuobjdump or no kernel."""
+    import shutil
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = tool if os.path.isfile(tool) else shutil.which("cuobjdump")
+    if not tool or not cubin:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
         try:
-            with contextlib.redirect_stdout(log):
-                triton.compile(ASTSource(fn=jit, signature=sig, constexprs=dict(consts)),
-                               target=GPUTarget("cuda", args.arch, 32), options={"num_warps": warps, "num_stages": 2})
-        except Exception as exc:  # report every variant, then fail
-            failed += 1
-            print(f"FAIL  {name}: {type(exc).__name__}: {str(exc)[:500]}")
-            continue
-        text = log.getvalue()
-        regs = re.search(r"Used (\d+) registers", text)
-        spill = re.search(r"(\d+) bytes spill stores", text)
-        print(f"ok    {name}: sm_{args.arch}, {warps} warps, registers {regs.group(1) if regs else '?'}, "
-              f"spill stores {spill.group(1) if spill else '?'} bytes")
-    return 1 if failed else 0
+            out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                 timeout=120).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    return dict(zip(("REG", "STACK", "SHARED", "LOCAL"), map(int, m.groups()))) if m else None
+
+
+def _worker_init():
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def _config_str(t: dict) -> str:
+    c = t["consts"]
+    if t["kernel"] == "fused_kernel":
+        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_D {c['BLOCK_D']}"
+    if t["kernel"] == "coef_kernel":
+        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_K {c['BLOCK_K']}"
+    if t["kernel"] == "gemm_kernel":
+        return f"{c['BLOCK_M']}x{c['BLOCK_D']}, BLOCK_K {c['BLOCK_K']}"
+    return f"{c['BLOCK_M']}x{c['BLOCK_D']}"
+
+
+def _row(t: dict) -> List[str]:
+    head = [t["kernel"], t["mode"], t["D"], _config_str(t), str(t["warps"]), str(t["stages"]), f"sm_{t['arch']}"]
+    if "error" in t:
+        return head + ["FAILED", "", "", "", "", t["error"].splitlines()[0][:80]]
+    warps_sm, limiter = occupancy(t["arch"], t["registers"], t["shared"], t["warps"])
+    spill = [f"<= {t[k]} (stack)" if t.get("spill_bound") else str(t[k]) for k in ("spill_stores", "spill_loads")]
+    return head + [str(t["registers"]), *spill, str(t["shared"]), str(warps_sm), limiter]
+
+
+HEADER = ["kernel", "mode", "D", "tile", "warps", "stages", "arch", "registers", "spill stores (B)",
+          "spill loads (B)", "shared (B)", "warps/SM", "limited by"]
+
+
+def summarize(results: List[dict]) -> List[str]:
+    """One line per (kernel, arch): configs compiled, configs that spill, the largest spill and registers."""
+    lines = []
+    keys = sorted({(t["kernel"], t["arch"]) for t in results}, key=lambda k: (k[0], -k[1]))
+    for kernel, arch in keys:
+        rows = [t for t in results if t["kernel"] == kernel and t["arch"] == arch and "error" not in t]
+        failed = sum(1 for t in results if t["kernel"] == kernel and t["arch"] == arch and "error" in t)
+        spilling = [t for t in rows if t["spill_stores"] or t["spill_loads"]]
+        worst = max(rows, key=lambda t: t["spill_stores"], default=None)
+        line = (f"{kernel} sm_{arch}: {len(rows)} configs compiled, {len(spilling)} spill"
+                + (f" (worst {worst['spill_stores']} B of spill stores: {worst['mode']} {_config_str(worst)}, "
+                   f"{worst['warps']} warps)" if spilling else "")
+                + (f", max {max(t['registers'] for t in rows)} registers" if rows else "")
+                + (f", {failed} FAILED to compile" if failed else ""))
+        lines.append(line)
+    return lines
+
+
+def spill_free(results: List[dict]) -> List[str]:
+    """One line per (kernel, mode, D, arch): how many of its configs compile without spills, and the worst
+    spill among the others (what the autotuner can pick from without spilling)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for t in results:
+        if "error" not in t:
+            groups.setdefault((t["kernel"], t["mode"], t["D"], t["arch"]), []).append(t)
+    lines = []
+    order = ("ieee", "tf32", "bf16", "fp16")
+    # stable sort: the Ds keep the order they were compiled in (ascending)
+    for (kernel, mode, d, arch), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]),
+                                                                                   -kv[0][3])):
+        clean = [t for t in rows if not (t["spill_stores"] or t["spill_loads"])]
+        worst = max(t["spill_stores"] for t in rows)
+        lines.append(f"| {kernel} | {mode} | {d} | sm_{arch} | {len(clean)} of {len(rows)} | "
+                     + (f"{worst} |" if worst else "0 |"))
+    return lines
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def commit_label() -> str:
+    """The commit of the sources, marked when the working tree differs from it (``HSU_COMMIT`` where the
+    tree has no git, as on a machine that got a copy of it)."""
+    commit = _git("rev-parse", "--short", "HEAD") or os.environ.get("HSU_COMMIT", "unknown")
+    return commit + (" (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_table(path: str, results: List[dict], argv: List[str], seconds: float, kind: str, commit: str) -> None:
+    """The markdown report: how it was made, the summaries, and one row per compiled config."""
+    import triton
+
+    lines = [
+        f"# Triton kernels compiled with ptxas, no GPU ({datetime.date.today().isoformat()})",
+        "",
+        f"- commit: {commit}; triton {triton.__version__}",
+        f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s)",
+        f"- variant: {kind} kind with a general exponent, half-space with the diagonal term, normalized, "
+        "self energy, ragged batch (sizes from the table); pointers 16-byte aligned",
+        "- modes: ieee = float32 inputs, exact fp32 products; tf32 = float32 inputs, tensor-core products; "
+        "bf16 = bfloat16 inputs",
+        "- D: the row lengths a fused config serves (D = 3 and 16 pad to BLOCK_D = 16); the strip path "
+        "(D > 256) does not depend on D",
+        "- warps/SM: resident warps per SM (of 64) from registers (64K per SM, per-warp units of 256) and "
+        "shared memory (+1 KB per block; 228 KB per SM on sm_90, 164 KB on sm_80), at most 32 blocks",
+        "",
+        "## Summary",
+        "",
+        *[f"- {line}" for line in summarize(results)],
+        "",
+        "## Configs without spills, per kernel, mode, D and architecture",
+        "",
+        "| kernel | mode | D | arch | configs without spills | worst spill stores (B) |",
+        "|---|---|---|---|---|---|",
+        *spill_free(results),
+        "",
+        "## Every config",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+        *["| " + " | ".join(_row(t)) + " |" for t in results],
+        "",
+    ]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _default_out() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(root, "bench", "results", f"triton-ptxas-{datetime.date.today().isoformat()}.md")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = argparse.ArgumentParser(prog="python -m hsu_kernels.triton._aot", description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCH_LIMITS),
+                    help="compute capabilities (80: A100, 90: H100/H200)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16, fp16")
+    ap.add_argument("--kind", default="angular", choices=sorted(KINDS), help="the energy kind compiled")
+    ap.add_argument("--quick", action="store_true",
+                    help="one config per kernel (the last of each list, a small tile), bf16, the first --arch only")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="parallel compiles (default: the number of cores; 1 with --quick)")
+    ap.add_argument("--out", default=None, help="the markdown table (default bench/results/triton-ptxas-<date>.md)")
+    ap.add_argument("--no-write", action="store_true", help="print only (the default with --quick)")
+    ap.add_argument("--fail-on-spill", action="store_true", help="exit 1 if any config spills registers")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("unset TRITON_INTERPRET: the interpreter replaces the compiler", file=sys.stderr)
+        return 2
+    import tempfile
+
+    jobs = args.jobs or (1 if args.quick else os.cpu_count() or 1)
+    commit = commit_label()  # before the compiles, which take minutes
+    # a fresh cache: every config really goes through ptxas, which prints its report
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")
+    _worker_init()
+    modes = ["bf16"] if args.quick else [m.strip() for m in args.modes.split(",") if m.strip()]
+    todo = tasks(modes, args.arch, args.kind, args.quick)
+    print(f"compiling {len(todo)} kernel configs for {', '.join(f'sm_{a}' for a in args.arch)} "
+          f"with {jobs} jobs", flush=True)
+    t0 = time.perf_counter()
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
+            results = []
+            for r in ex.map(compile_one, todo):
+                results.append(r)
+                print(("FAIL  " if "error" in r else "ok    ") + " | ".join(_row(r)), flush=True)
+    else:
+        results = []
+        for t in todo:
+            results.append(compile_one(t))
+            print(("FAIL  " if "error" in results[-1] else "ok    ") + " | ".join(_row(results[-1])), flush=True)
+    seconds = time.perf_counter() - t0
+    print()
+    for line in summarize(results):
+        print(line)
+    if not (args.quick or args.no_write) or args.out:
+        path = args.out or _default_out()
+        write_table(path, results, argv, seconds, args.kind, commit)
+        print(f"table written to {path}")
+    print(f"{len(results)} compiles in {seconds:.0f} s")
+    if any("error" in r for r in results):
+        return 2
+    if args.fail_on_spill and any(r["spill_stores"] or r["spill_loads"] for r in results):
+        print("--fail-on-spill: some configs spill registers (see above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

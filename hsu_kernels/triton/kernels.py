@@ -1,4 +1,4 @@
-"""Triton kernels of the hyperspherical energies (SPEC.md §2-§6): per-pair math, the fused kernel, and the
+"""Triton kernels of the hyperspherical energies (docs/spec.md §2-§6): per-pair math, the fused kernel, and the
 three kernels of the row-strip path for large D.
 
 Every kernel walks a *ragged batch*: ``K`` matrices described by per-matrix tables (element offset of the
@@ -15,7 +15,7 @@ of ``x`` and row ``j`` of ``y`` with raw dot product ``dot`` and row statistics 
     cj  : a_i += cj * y_j                 the gradient accumulator of row i
     ci  : b_i += ci                       (un-normalized only) the coefficient of x_i itself
 
-and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (SPEC §6):
+and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (docs/spec.md §6):
 ``r G - r^3 (G . x_i) x_i`` with ``G = scale * a_i`` (normalized) or ``scale * (a_i + b_i x_i)``.
 
 Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
@@ -102,7 +102,7 @@ def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
 
 @triton.jit
 def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (SPEC §3)."""
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3)."""
     if KIND == 2 or KIND == 3:
         gc = tl.minimum(tl.maximum(g, -1.0), 1.0)
         a = _acos(gc) * 0.3183098861837907 + eps_ang
@@ -256,8 +256,8 @@ def _prune_fused(configs, named_args, **kwargs):
     return keep or [min(configs, key=live)]
 
 
-def _strip_configs():
-    if INTERPRET:
+def _strip_configs(interpret: bool = INTERPRET):
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
@@ -268,8 +268,8 @@ def _strip_configs():
     ]
 
 
-def _gemm_configs():
-    if INTERPRET:
+def _gemm_configs(interpret: bool = INTERPRET):
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_D": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
@@ -345,7 +345,7 @@ def fused_kernel(
         cj = tl.where(valid, cj, 0.0)
         acc = _mma(cj.to(C_DTYPE), yj.to(C_DTYPE), acc, PREC2, UPCAST)
 
-    # Row epilogue (SPEC §6) in EPI precision: its two normalized terms cancel when a row's gradient is
+    # Row epilogue (docs/spec.md §6) in EPI precision: its two normalized terms cancel when a row's gradient is
     # nearly radial.
     e_row = pair_scale * e_acc
     xe = xi32.to(EPI)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
@@ -481,7 +481,7 @@ def epilogue_kernel(
     KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr, DIAG: tl.constexpr, UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """The row epilogue of the strip path (SPEC §6) over D in chunks: one pass for ``|x_i|^2`` and
+    """The row epilogue of the strip path (docs/spec.md §6) over D in chunks: one pass for ``|x_i|^2`` and
     ``G . x_i``, one to write ``dE/dx_i``; adds the half-space diagonal term to ``e`` and ``g``."""
     pid = tl.program_id(0)
     k = tl.program_id(1)

@@ -54,6 +54,12 @@ STRIP_BYTES = 1 << 30
 EPILOGUE_DTYPE = tl.float32
 _EPILOGUE_BLOCK_M = 32
 _EPILOGUE_BLOCK_D = 64
+#: CUDA's limits on a grid: x (the row blocks of a launch) up to 2^31 - 1, y and z (the matrix index, and
+#: the D blocks of the strip path's GEMM) up to 65,535. A batch of more matrices is launched in chunks.
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_YZ = 65535
+#: Matrices per launch (the grid's y or z size).
+MAX_MATRICES_PER_LAUNCH = MAX_GRID_YZ
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -95,6 +101,32 @@ def _kind_args(p: EnergyParams):
     return dict(KIND=p.code, POW=pow_mode, HS=p.half_space, NORM=p.normalize)
 
 
+def batch_chunks(k: int, limit: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The matrices ``[k0, k1)`` of each launch of a batch of ``k``: at most ``limit`` (default
+    :data:`MAX_MATRICES_PER_LAUNCH`, the grid's y/z limit, where the matrix index lives) per launch, in order."""
+    limit = MAX_MATRICES_PER_LAUNCH if limit is None else limit
+    return [(k0, min(k, k0 + limit)) for k0 in range(0, k, limit)]
+
+
+def grid_of(blocks_x: int, *blocks_yz: int) -> Tuple[int, ...]:
+    """The launch grid ``(blocks_x, *blocks_yz)``, checked against CUDA's limits (a grid over the limit
+    would fail to launch with an unhelpful error, or wrap). Raises ValueError naming the axis."""
+    if blocks_x > MAX_GRID_X:
+        raise ValueError(f"a Triton launch needs {blocks_x} row blocks, over the grid's x limit of {MAX_GRID_X} "
+                         "(too many rows in one matrix)")
+    for axis, b in zip("yz", blocks_yz):
+        if b > MAX_GRID_YZ:
+            raise ValueError(f"a Triton launch needs {b} blocks on the grid's {axis} axis, over CUDA's limit "
+                             f"of {MAX_GRID_YZ} (the matrices of a batch are launched in chunks that fit, so "
+                             "this is the strip path's D blocks: the rows are too long)")
+    return (blocks_x,) + tuple(blocks_yz)
+
+
+def _span(t: torch.Tensor, per: int, k0: int, k1: int) -> torch.Tensor:
+    """Matrices ``[k0, k1)`` of a uniform batch stored back to back, ``per`` elements each (a view)."""
+    return t.view(-1)[k0 * per: k1 * per]
+
+
 def _bucket(n: int) -> int:
     return 1 << max(4, math.ceil(math.log2(max(n, 1))))
 
@@ -130,6 +162,10 @@ class _Layout:
                 [self.xoff[k] for k in ks], [self.yoff[k] for k in ks], [self.xrow[k] for k in ks],
                 [self.cbase[k] if with_cbase else 0 for k in ks]]
         return torch.tensor(rows, dtype=torch.int64).to(self.device)
+
+    def tab_of(self, k0: int, k1: int) -> torch.Tensor:
+        """The table of matrices ``[k0, k1)`` (offsets stay absolute: the buffers are not sliced)."""
+        return self.tab if (k0, k1) == (0, self.k) else self.tab[:, k0:k1].contiguous()
 
     def scalars(self):
         """(nx_u, ny_u, d_u): the uniform sizes, or placeholders for a ragged batch."""
@@ -173,21 +209,28 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
     with torch.cuda.device(dev) if dev.type == "cuda" else _nullctx():
         if max_d <= FUSED_MAX_D:
             block_d = max(16, triton.next_power_of_2(max_d))
-            grid = lambda meta: (triton.cdiv(max_nx, meta["BLOCK_M"]), lay.k)  # noqa: E731
-            tab = _placeholder(dev) if lay.uniform else lay.tab
-            K.fused_kernel[grid](
-                x, y, g, e, tab, lay.k, nx_u, ny_u, d_u,
-                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale,
-                keys["N_KEY"], keys["D_KEY"],
-                SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
-                UPCAST=upcast, EPI=EPILOGUE_DTYPE, BLOCK_D=block_d, **kind,
-            )
+            for k0, k1 in batch_chunks(lay.k):
+                kk = k1 - k0
+                grid = lambda meta: grid_of(triton.cdiv(max_nx, meta["BLOCK_M"]), kk)  # noqa: E731
+                if lay.uniform:  # sizes are scalars: the chunk is a slice of the buffers
+                    xs, ys = _span(x, nx_u * d_u, k0, k1), _span(y, ny_u * d_u, k0, k1)
+                    gs, es, tab = _span(g, nx_u * d_u, k0, k1), _span(e, nx_u, k0, k1), _placeholder(dev)
+                else:
+                    xs, ys, gs, es, tab = x, y, g, e, lay.tab_of(k0, k1)
+                K.fused_kernel[grid](
+                    xs, ys, gs, es, tab, kk, nx_u, ny_u, d_u,
+                    scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale,
+                    keys["N_KEY"], keys["D_KEY"],
+                    SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
+                    UPCAST=upcast, EPI=EPILOGUE_DTYPE, BLOCK_D=block_d, **kind,
+                )
             return e, g
         a = torch.empty(x.shape, dtype=torch.float32, device=dev)
         b = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
         elt = torch.empty((), dtype=c_torch).element_size()
         if lay.c_elems * elt <= STRIP_BYTES:
-            windows = [(lay.tab, lay.k, 0, max_nx, max_ny, lay.c_elems)]
+            windows = [(lay.tab_of(k0, k1), k1 - k0, 0, max_nx, max_ny, lay.c_elems)
+                       for k0, k1 in batch_chunks(lay.k)]
         else:  # one matrix at a time, in row strips that keep C under STRIP_BYTES
             windows = []
             for k in range(lay.k):
@@ -200,25 +243,26 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         flags = dict(KIND=kind["KIND"], HS=p.half_space, NORM=p.normalize, SELF=self_mode)
         for tab, kk, lo, hi, _, _ in windows:
             span = hi - lo
-            grid = lambda meta: (triton.cdiv(span, meta["BLOCK_M"]), kk)  # noqa: E731
+            grid = lambda meta: grid_of(triton.cdiv(span, meta["BLOCK_M"]), kk)  # noqa: E731
             K.coef_kernel[grid](
                 x, y, c, e, b, tab, kk, 1, 1, 1, lo, hi,
                 scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale,
                 keys["N_KEY"], keys["D_KEY"],
                 POW=kind["POW"], UNIFORM=False, PREC=prec, UPCAST=upcast, **flags,
             )
-            grid2 = lambda meta: (triton.cdiv(span, meta["BLOCK_M"]), triton.cdiv(max_d, meta["BLOCK_D"]), kk)  # noqa: E731
+            grid2 = lambda meta: grid_of(  # noqa: E731
+                triton.cdiv(span, meta["BLOCK_M"]), triton.cdiv(max_d, meta["BLOCK_D"]), kk)
             K.gemm_kernel[grid2](
                 c, y, a, tab, kk, 1, 1, 1, lo, hi, keys["N_KEY"], keys["D_KEY"],
                 UNIFORM=False, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, **flags,
             )
-        grid3 = (triton.cdiv(max_nx, _EPILOGUE_BLOCK_M), lay.k)
-        K.epilogue_kernel[grid3](
-            x, a, b, e, g, lay.tab, lay.k, 1, 1, 1,
-            scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], grad_scale,
-            KIND=kind["KIND"], POW=kind["POW"], NORM=p.normalize, DIAG=diag, UNIFORM=False,
-            BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
-        )
+        for k0, k1 in batch_chunks(lay.k):
+            K.epilogue_kernel[grid_of(triton.cdiv(max_nx, _EPILOGUE_BLOCK_M), k1 - k0)](
+                x, a, b, e, g, lay.tab_of(k0, k1), k1 - k0, 1, 1, 1,
+                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], grad_scale,
+                KIND=kind["KIND"], POW=kind["POW"], NORM=p.normalize, DIAG=diag, UNIFORM=False,
+                BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
+            )
     return e, g
 
 
