@@ -121,19 +121,32 @@ def _is_log(p: EnergyParams) -> bool:
     return p.kind == "gaussian"
 
 
+def _divided(e: torch.Tensor, count, log: bool) -> torch.Tensor:
+    """A sum ``e`` (``log``: a log-sum) divided by ``count`` (an int, symbolic under torch.compile)."""
+    return e - torch.log(torch.ones_like(e) * count) if log else e / count
+
+
+def _scale_inside(count) -> bool:
+    """Whether ``1 / count`` goes into the kernels as their ``scale`` (eager: so that a mean whose sum, or
+    whose sum's gradient, would overflow is still computed) or is applied to their result (under
+    torch.compile, where a float argument that depends on N would compile one graph per N)."""
+    return not torch.compiler.is_compiling() or (isinstance(count, int) and count == 1)
+
+
 def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None,
-                scale: float = 1.0) -> torch.Tensor:
-    """``scale * sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
-    ``log(scale * sum_{i<j} exp(-t d2))``), differentiable, on ``backend``: float32 (float64 for float64
-    input), computed with autocast off (the caller holds ``autocast_off``). ``scale`` goes into the kernels,
-    so a mean whose sum (or whose sum's gradient) would overflow is still computed."""
+                count=1) -> torch.Tensor:
+    """``sum_{i<j} / count`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
+    ``log(sum_{i<j} exp(-t d2) / count)``), differentiable, on ``backend``: float32 (float64 for float64
+    input), computed with autocast off (the caller holds ``autocast_off``)."""
     if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
         w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
+    inside = _scale_inside(count)
+    scale = 1.0 / count if inside else 1.0
     if backend == "reference":
-        if _is_log(p):
-            return reference.gaussian_logsum(w3, p) + math.log(scale)
-        return scale * reference.energy_sum(w3, p)
-    return _autograd.energy_sum(backend, w3, p, precision, scale)
+        e = reference.gaussian_logsum(w3, p) + math.log(scale) if _is_log(p) else scale * reference.energy_sum(w3, p)
+    else:
+        e = _autograd.energy_sum(backend, w3, p, precision, scale)
+    return e if inside else _divided(e, count, _is_log(p))
 
 
 def energy(
@@ -194,9 +207,9 @@ def energy(
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
-    scale = 1.0 / num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1.0
+    count = num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1
     with autocast_off(w.device):
-        e = _energy_out(w3, p, name, precision, scale)
+        e = _energy_out(w3, p, name, precision, count)
     if _is_log(p):
         e = torch.exp(e)
     return e if w.dim() == 3 else e[0]
@@ -242,14 +255,14 @@ def energy_many(
         if w.dtype != ws[0].dtype:
             raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
     name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
-    scales = [1.0 / num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1.0 for w in ws]
+    counts = [num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1 for w in ws]
     with autocast_off(ws[0].device):
         if name == "triton" and not any(is_batched_by_vmap(w) for w in ws):
             # the ragged launch returns the plain sums (the Gaussian kind: the log-sums)
             es = _autograd.EnergyMany.apply(p, precision, *ws)[0].unbind(0)
-            es = [e + math.log(sc) if _is_log(p) else sc * e for e, sc in zip(es, scales)]
+            es = [_divided(e, c, _is_log(p)) for e, c in zip(es, counts)]
         else:
-            es = [_energy_out(w.unsqueeze(0), p, name, precision, sc)[0] for w, sc in zip(ws, scales)]
+            es = [_energy_out(w.unsqueeze(0), p, name, precision, c)[0] for w, c in zip(ws, counts)]
     e = torch.stack(es)
     return torch.exp(e) if _is_log(p) else e
 
@@ -296,14 +309,17 @@ def cross_energy(
     _check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
-    scale = 1.0 / (x.shape[-2] * y.shape[-2]) if reduction == "mean" else 1.0
+    count = x.shape[-2] * y.shape[-2] if reduction == "mean" else 1
+    inside = _scale_inside(count)
     if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
         x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
     with autocast_off(x.device):
         if name == "reference":
-            e = reference.cross_energy(x3, y3, p, reduction)
+            e = reference.cross_energy(x3, y3, p, reduction if inside else "sum")
+            e = e if inside else e / count
         else:
-            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, scale)
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, 1.0 / count if inside else 1.0)
+            e = e if inside else _divided(e, count, _is_log(p))
             e = torch.exp(e) if _is_log(p) else e
     return e if x.dim() == 3 else e[0]
 
@@ -328,7 +344,7 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3 = x if x.dim() == 3 else x.unsqueeze(0)
     with autocast_off(x.device):
-        e = _energy_out(x3, p, name, scale=1.0 / num_pairs(x.shape[-2], False))
+        e = _energy_out(x3, p, name, count=num_pairs(x.shape[-2], False))
     return e if x.dim() == 3 else e[0]
 
 

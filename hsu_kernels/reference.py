@@ -33,6 +33,7 @@ per-pair terms themselves (e.g. angular ``s = 50`` in float32): the kernels do.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -114,6 +115,10 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tens
         uy = row_scale(y.to(wide), p.eps_norm)[0].to(y.dtype)
         g = (ux @ uy.transpose(-1, -2))[..., ii, jj]
         om = torch.where(g >= 0, 1 - g, 1 + g)  # 1 - |g|, with a derivative at g = 0 (abs' has 0 there)
+        if _dense(x, y):  # no data-dependent shapes (a compiled graph, vmap): every pair, selected
+            exact, sign = _careful_om(x.to(wide), y.to(wide), ii, jj, g, p)
+            use = om < CLOSE
+            return torch.where(use, (sign * (1 - exact)).to(g.dtype), g), torch.where(use, exact.to(om.dtype), om)
         close = (om < CLOSE).nonzero(as_tuple=True)
         if close[0].numel():
             x64, y64 = x.to(wide), y.to(wide)
@@ -137,6 +142,9 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tens
     qx, qy = (x * x).sum(-1), (y * y).sum(-1)
     scale = qx[..., ii] + qy[..., jj]
     d2 = (scale - 2 * (x @ y.transpose(-1, -2))[..., ii, jj]).clamp_min(0)
+    if _dense(x, y):
+        diff = x[..., ii, :].to(wide) - y[..., jj, :].to(wide)
+        return torch.where(~(d2 >= CLOSE * scale), (diff * diff).sum(-1).to(d2.dtype), d2)
     close = (~(d2 >= CLOSE * scale)).nonzero(as_tuple=True)  # also catches an overflowed |x|^2
     if close[0].numel():
         *bb, k = close
@@ -145,42 +153,80 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tens
     return d2
 
 
-def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams):
-    """``phi`` of the pairs ``(x[..., ii], y[..., jj])``, ``[..., P]``."""
-    if p.normalize:
-        g, om = _geometry(x, y, ii, jj, p)
-        return phi_of_om(g, om, p)
-    return phi_of_d2(_geometry(x, y, ii, jj, p), p)
+def _dense(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the close pairs are recomputed densely (every pair, then selected): in a compiled graph and
+    under torch.func transforms, where the selection's data-dependent shape cannot be formed."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_functorch_wrapped_tensor(y)
 
 
-def _log_terms(x, y, ii, jj, p: EnergyParams) -> torch.Tensor:
-    """``-t d2`` of the pairs (the Gaussian kind's log terms)."""
+def _careful_om(x64: torch.Tensor, y64: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, g: torch.Tensor,
+                p: EnergyParams):
+    """``1 - |g|`` of every pair ``(x[..., ii], y[..., jj])`` from coordinate differences in float64 (as
+    :func:`_geometry` forms it for its close pairs), and the sign of ``g``: the dense form, under
+    torch.compile."""
+    _, ax, rsx, mx = row_scale(x64, p.eps_norm)
+    _, ay, rsy, my = row_scale(y64, p.eps_norm)
+    sign = torch.where(g >= 0, 1.0, -1.0).to(x64.dtype).detach()
+    ri, rj = rsx[..., ii, :], rsy[..., jj, :]
+    wi, wj = x64[..., ii, :] / mx[..., ii, :], sign[..., None] * y64[..., jj, :] / my[..., jj, :]
+    diff = ri * (wi - wj) + wj * (ri - rj)
+    return 0.5 * (ax[..., ii, 0] + ay[..., jj, 0] + (diff * diff).sum(-1)), sign
+
+
+def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams,
+                keep: Optional[torch.Tensor] = None):
+    """``phi`` of the pairs ``(x[..., ii], y[..., jj])``, ``[..., P]``; with ``keep``, 0 where it is False
+    (those entries get a harmless geometry before ``phi``, so they never enter the graph as inf or NaN)."""
     if p.normalize:
         g, om = _geometry(x, y, ii, jj, p)
-        return -p.t * torch.where(g >= 0, 2 * om, 2 - 2 * g)
-    return -p.t * _geometry(x, y, ii, jj, p)
+        if keep is not None:
+            g, om = torch.where(keep, g, 0.0), torch.where(keep, om, 1.0)
+        terms = phi_of_om(g, om, p)
+    else:
+        d2 = _geometry(x, y, ii, jj, p)
+        terms = phi_of_d2(d2 if keep is None else torch.where(keep, d2, 1.0), p)
+    return terms if keep is None else torch.where(keep, terms, 0.0)
+
+
+def _log_terms(x, y, ii, jj, p: EnergyParams, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``-t d2`` of the pairs (the Gaussian kind's log terms); ``-inf`` where ``keep`` is False."""
+    if p.normalize:
+        g, om = _geometry(x, y, ii, jj, p)
+        terms = -p.t * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+    else:
+        terms = -p.t * _geometry(x, y, ii, jj, p)
+    return terms if keep is None else torch.where(keep, terms, -math.inf)
 
 
 def _self_pairs(w: torch.Tensor, p: EnergyParams):
-    """The point set of a self energy (``[W, -W]`` in half-space mode) and its unordered pairs."""
+    """The point set of a self energy (``[W, -W]`` in half-space mode), its unordered pairs ``ii, jj`` and
+    ``keep``: None, or under torch.compile every ordered pair with ``keep = ii < jj`` (``triu_indices``
+    needs N as a Python int: under ``torch.compile(dynamic=True)`` it would compile a graph per N)."""
     if p.half_space:
         w = torch.cat([w, -w], dim=-2)
-    iu = _pairs(w.shape[-2], w.device)
-    return w, iu[0], iu[1]
+    n = w.shape[-2]
+    if torch.compiler.is_compiling():
+        idx = torch.arange(n, device=w.device)
+        ii, jj = idx[:, None].expand(n, n).reshape(-1), idx[None, :].expand(n, n).reshape(-1)
+        return w, ii, jj, ii < jj
+    iu = _pairs(n, w.device)
+    return w, iu[0], iu[1], None
 
 
 def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
     half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
     diagonal (not a pair) never enters the graph."""
-    w, ii, jj = _self_pairs(w, p)
-    return _pair_terms(w, w, ii, jj, p).sum(-1)
+    w, ii, jj, keep = _self_pairs(w, p)
+    return _pair_terms(w, w, ii, jj, p, keep).sum(-1)
 
 
 def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (docs/spec.md §4)."""
-    w, ii, jj = _self_pairs(w, p)
-    return torch.logsumexp(_log_terms(w, w, ii, jj, p), -1)
+    w, ii, jj, keep = _self_pairs(w, p)
+    return torch.logsumexp(_log_terms(w, w, ii, jj, p, keep), -1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
@@ -195,8 +241,9 @@ def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.T
 
 
 def _all_pairs(x: torch.Tensor, y: torch.Tensor):
-    ii = torch.arange(x.shape[-2], device=x.device).repeat_interleave(y.shape[-2])
-    jj = torch.arange(y.shape[-2], device=x.device).repeat(x.shape[-2])
+    nx, ny = x.shape[-2], y.shape[-2]
+    ii = torch.arange(nx, device=x.device)[:, None].expand(nx, ny).reshape(-1)
+    jj = torch.arange(ny, device=x.device)[None, :].expand(nx, ny).reshape(-1)
     return ii, jj
 
 
