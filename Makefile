@@ -11,6 +11,9 @@
 #                             against that torch (run from the repository root).
 #   HSU_DEBUG=1 make test     the extension with debug info (-g); the default is a release build.
 #   make test PYTEST_ARGS="--durations=15"   extra pytest options.
+#   HSU_HYPOTHESIS_PROFILE=long make test    the property suites (tests/test_properties.py,
+#                             tests/test_triton_properties.py) with 10,000 examples per backend instead of the
+#                             ci profile's 400 (hours on 2 cores; `make test` runs ci, under a minute).
 #   make triton-aot-check     every Triton autotuning config compiled for sm_80/sm_90 with ptxas (no GPU),
 #                             failing on any register spill (the committed table: bench/results/triton-ptxas-*).
 #   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
@@ -39,14 +42,15 @@ EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*
 
 .PHONY: test bench bench-pytest build lint cmake-check clean
 
-# What the tests and the README's commands need, nothing more: triton for the Triton tests (under the
-# interpreter), tqdm/matplotlib/scikit-learn for the examples and the plots (scikit-learn holds the digits data
-# of examples/digits_mhe.py), setuptools>=77 for pyproject's SPDX license field.
+# What the tests and the README's commands need, nothing more: hypothesis for the property suites, triton for
+# the Triton tests (under the interpreter), tqdm/matplotlib/scikit-learn for the examples and the plots
+# (scikit-learn holds the digits data of examples/digits_mhe.py), setuptools>=77 for pyproject's SPDX license
+# field.
 $(VENV)/.deps-installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==$(TORCH_VERSION)
-	$(VENV)/bin/pip install -q "setuptools>=77" numpy ninja pytest triton tqdm matplotlib scikit-learn
+	$(VENV)/bin/pip install -q "setuptools>=77" numpy ninja pytest hypothesis triton tqdm matplotlib scikit-learn
 	touch $@
 
 # The package, editable, in the venv: the build sees the venv's torch (no build isolation) and puts the
@@ -65,8 +69,9 @@ endif
 	$(PY) -c "import hsu_kernels._ext as e; assert e.available(), e.load_error(); print('hsu_kernels._C loaded; backends on cpu:', __import__('hsu_kernels').available_backends('cpu'))"
 
 test: build
-	$(PYTEST) tests --ignore=tests/test_triton.py --ignore=tests/test_triton_transforms.py
-	TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py tests/test_triton_transforms.py
+	$(PYTEST) tests --ignore=tests/test_triton.py --ignore=tests/test_triton_transforms.py \
+		--ignore=tests/test_triton_properties.py
+	TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py tests/test_triton_transforms.py tests/test_triton_properties.py
 	$(MAKE) cmake-check
 
 # The CUDA sources compile on their own (no torch, no GPU needed) and the per-pair header is tested on

@@ -138,6 +138,10 @@ def main(argv: List[str] = None) -> int:
             + (": other processes shared the CPU during this run, so times are inflated and noisy" if busy else ""))
     head = report.header(device, info, peaks, skipped, energy_desc, timing, report.describe_memory(device, rows))
     body = head + "\n\n" + report.table(rows, peaks, device) + "\n"
+    cost = report.check_cost(rows)
+    if cost:
+        body += "\nCost of the close-pair check on these inputs (random rows, no pair close; median times, " \
+                "timed in turns):\n\n" + "\n".join(cost) + "\n"
     print(body)
     path = args.out or report.default_path(device)
     report.write(path, f"hsu-kernels benchmark: {measure.device_slug(device)}", body)

@@ -110,6 +110,20 @@ def write(path: str, title: str, body: str) -> str:
     return path
 
 
+def check_cost(rows: Sequence[Row]) -> List[str]:
+    """What the C++ kernel's close-pair check costs on these inputs (random rows: no pair is close): its
+    median time over the same kernel's with the check off ("cpu-nocheck"), timed in turns with it."""
+    off = {(r.case, r.dtype): r.time for r in rows if r.backend == "cpu-nocheck" and r.time}
+    out = []
+    for r in rows:
+        t_off = off.get((r.case, r.dtype))
+        if r.backend == "cpu" and r.time and t_off:
+            out.append(f"- close-pair check, {r.case.name} N={r.case.n_label} D={r.case.d_label} "
+                       f"{dtype_name(r.dtype)}: {100 * (r.time / t_off - 1):+.1f}% ({measure.fmt_time(r.time)} "
+                       f"with it, {measure.fmt_time(t_off)} without)")
+    return out
+
+
 def summary_failures(rows: Sequence[Row]) -> List[str]:
     return [f"{LABELS[r.backend]} on {r.case.name} N={r.case.n_label} D={r.case.d_label}: {r.status}"
             for r in rows if r.status.startswith("FAILED")]

@@ -18,8 +18,12 @@ import hsu_kernels as H
 
 #: The package's backends in table order, then the rivals.
 HSU_BACKENDS = ("reference", "torch", "cpu", "triton", "cuda")
+#: The C++ CPU kernel with its close-pair check switched off (hsu_kernels._C._set_close_pair_check; Riesz
+#: only): beside "cpu", timed in turns with it on the same inputs, it shows what the check costs where no pair
+#: is close (the results would be wrong where one is).
+VARIANTS = ("cpu-nocheck",)
 RIVALS = ("compile", "keops")
-ALL_BACKENDS = HSU_BACKENDS + RIVALS
+ALL_BACKENDS = HSU_BACKENDS + VARIANTS + RIVALS
 
 LABELS = {
     "reference": "reference (eager)",
@@ -27,6 +31,7 @@ LABELS = {
     "cpu": "cpu (C++)",
     "triton": "triton",
     "cuda": "cuda (C++)",
+    "cpu-nocheck": "cpu, close-pair check off",
     "compile": "torch.compile(reference)",
     "keops": "keops (LazyTensor)",
 }
@@ -227,6 +232,8 @@ def make_step(case: Case, e: Energy, backend: str):
     """``step(inputs) -> (loss, grads)``: one forward and backward of the workload on ``backend``."""
     if backend == "keops":
         loss_fn = _keops_loss_fn(case, e)
+    elif backend == "cpu-nocheck":
+        loss_fn = _without_close_pair_check(_loss_fn(case, e, "cpu"))
     elif backend == "compile":
         loss_fn = torch.compile(_loss_fn(case, e, "reference"))
     else:
@@ -238,6 +245,20 @@ def make_step(case: Case, e: Energy, backend: str):
         return loss.detach(), grads
 
     return step
+
+
+def _without_close_pair_check(loss_fn):
+    """``loss_fn`` with the C++ kernel's close-pair check off during the call (and its backward)."""
+    from hsu_kernels import _C
+
+    def loss(ws):
+        previous = _C._set_close_pair_check(False)
+        try:
+            return loss_fn(ws)
+        finally:
+            _C._set_close_pair_check(previous)
+
+    return loss
 
 
 def backend_unavailable(backend: str, device: str, explicit: bool = False) -> Optional[str]:
@@ -255,6 +276,8 @@ def backend_unavailable(backend: str, device: str, explicit: bool = False) -> Op
         return "not available"
     if backend == "compile":
         return None
+    if backend == "cpu-nocheck":
+        return backend_unavailable("cpu", device, explicit)
     if backend == "keops":
         try:
             import pykeops  # noqa: F401

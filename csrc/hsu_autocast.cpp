@@ -24,26 +24,29 @@ at::Tensor to_compute_dtype(const at::Tensor& t) {
 template <c10::DeviceType DEVICE>
 std::tuple<at::Tensor, at::Tensor> energy_grad_autocast(const at::Tensor& w, int64_t kind, double s, double t,
                                                         double eps_norm, double eps_ang, bool half_space,
-                                                        bool normalize) {
+                                                        bool normalize, double scale) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(at::autocast::get_autocast_dispatch_key_from_device_type(DEVICE)));
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hsu::energy_grad", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double, double, double,
-                                                                 double, bool, bool)>();
-  return op.call(to_compute_dtype(w), kind, s, t, eps_norm, eps_ang, half_space, normalize);
+                                                                 double, bool, bool, double)>();
+  return op.call(to_compute_dtype(w), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
 }
 
 template <c10::DeviceType DEVICE>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_autocast(const at::Tensor& x, const at::Tensor& y,
                                                                           int64_t kind, double s, double t,
                                                                           double eps_norm, double eps_ang,
-                                                                          bool half_space, bool normalize) {
+                                                                          bool half_space, bool normalize,
+                                                                          double scale) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(at::autocast::get_autocast_dispatch_key_from_device_type(DEVICE)));
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hsu::cross_energy_grad", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, int64_t, double, double, double, double, bool, bool)>();
-  return op.call(to_compute_dtype(x), to_compute_dtype(y), kind, s, t, eps_norm, eps_ang, half_space, normalize);
+                           const at::Tensor&, const at::Tensor&, int64_t, double, double, double, double, bool, bool,
+                           double)>();
+  return op.call(to_compute_dtype(x), to_compute_dtype(y), kind, s, t, eps_norm, eps_ang, half_space, normalize,
+                 scale);
 }
 
 }  // namespace

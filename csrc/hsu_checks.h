@@ -3,28 +3,35 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "hsu_pair.h"
 
 namespace hsu {
 
-inline void check_common(const at::Tensor& w, const char* name, int64_t kind, double s, double t,
-                         double eps_norm, bool normalize) {
+// Every numeric parameter is checked for finiteness too: NaN fails no comparison and would pass a plain
+// "must be > 0" test written as a negation.
+inline void check_common(const at::Tensor& w, const char* name, int64_t kind, double s, double t, double eps_norm,
+                         double eps_ang, bool normalize, double scale) {
   TORCH_CHECK_VALUE(w.dim() == 3, name, " must have shape [B, N, D], got ", w.sizes());
   TORCH_CHECK_TYPE(w.is_floating_point(), name, " must be a floating tensor, got ", w.scalar_type());
   TORCH_CHECK_VALUE(w.size(2) >= 1, name, " must have D >= 1");
   TORCH_CHECK_VALUE(kind >= 0 && kind < kNumKinds, "kind code must be in [0, ", kNumKinds, "), got ", kind);
+  TORCH_CHECK_VALUE(std::isfinite(s), "s must be finite, got ", s);
   if (kind == kRiesz || kind == kAngular) TORCH_CHECK_VALUE(s > 0, "s must be > 0, got ", s);
-  TORCH_CHECK_VALUE(t > 0, "t must be > 0, got ", t);
-  TORCH_CHECK_VALUE(eps_norm >= 0, "eps_norm must be >= 0, got ", eps_norm);
+  TORCH_CHECK_VALUE(std::isfinite(t) && t > 0, "t must be finite and > 0, got ", t);
+  TORCH_CHECK_VALUE(std::isfinite(eps_norm) && eps_norm >= 0, "eps_norm must be finite and >= 0, got ", eps_norm);
+  TORCH_CHECK_VALUE(std::isfinite(eps_ang) && eps_ang >= 0, "eps_ang must be finite and >= 0, got ", eps_ang);
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "scale must be finite and > 0, got ", scale);
   TORCH_CHECK_VALUE(normalize || (kind != kAngular && kind != kAngularLog),
                     "angular kinds need normalize=True");
 }
 
 // The checks of a cross energy's two sets: each as above, and the same batch size and D.
 inline void check_cross(const at::Tensor& x, const at::Tensor& y, int64_t kind, double s, double t, double eps_norm,
-                        bool normalize) {
-  check_common(x, "x", kind, s, t, eps_norm, normalize);
-  check_common(y, "y", kind, s, t, eps_norm, normalize);
+                        double eps_ang, bool normalize, double scale) {
+  check_common(x, "x", kind, s, t, eps_norm, eps_ang, normalize, scale);
+  check_common(y, "y", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(x.size(0) == y.size(0) && x.size(2) == y.size(2),
                     "x and y must have the same batch size and D, got ", x.sizes(), " and ", y.sizes());
 }

@@ -3,12 +3,30 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <atomic>
+
+namespace hsu {
+extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu.cpp
+}
+
 extern "C" {
-// Importing hsu_kernels._C runs the static registrations below; the module itself has no functions,
-// only the build fact `openmp` (1 when at::parallel_for runs on several threads in this extension:
-// it is an inline template, serial when the extension is compiled without OpenMP).
+// _set_close_pair_check(on: bool) -> bool (the previous setting): the benchmark's switch of the CPU
+// kernel's close-pair check (see csrc/cpu/hsu_cpu.cpp); never needed otherwise.
+static PyObject* set_close_pair_check(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(hsu::g_close_pair_check.exchange(on != 0));
+}
+
+static PyMethodDef methods[] = {
+    {"_set_close_pair_check", set_close_pair_check, METH_O, "Benchmark switch of the CPU close-pair check."},
+    {nullptr, nullptr, 0, nullptr}};
+
+// Importing hsu_kernels._C runs the static registrations below; the module holds the build fact `openmp`
+// (1 when at::parallel_for runs on several threads in this extension: it is an inline template, serial
+// when the extension is compiled without OpenMP) and the benchmark switch above.
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* m = PyModule_Create(&module_def);
 #ifdef _OPENMP
   const long openmp = 1;
@@ -24,13 +42,16 @@ PyMODINIT_FUNC PyInit__C(void) {
 }
 
 TORCH_LIBRARY(hsu, m) {
-  // w: [B, N, D]. Returns (E, G): E[b] = sum over unordered pairs of the (half-space) energy of w[b]
-  // (docs/spec.md §4, "sum" reduction), G = dE/dw. E is float32 for half inputs, else w's dtype.
+  // w: [B, N, D]. Returns (E, G): E[b] = scale * the sum over unordered pairs of the (half-space) energy of
+  // w[b] (docs/spec.md §4; scale = 1 is the "sum" reduction, 1/pairs the mean, applied inside so that a mean
+  // whose sum overflows is still finite), G = dE/dw. The Gaussian kind (4) returns the log-sum
+  // E[b] = log(scale * sum exp(-t d2)) and its gradient. E is float32 for half inputs, else w's dtype.
   m.def(
       "energy_grad(Tensor w, int kind, float s, float t, float eps_norm, float eps_ang, bool half_space, "
-      "bool normalize) -> (Tensor, Tensor)");
-  // x: [B, Nx, D], y: [B, Ny, D]. Returns (E, Gx, Gy) with E[b] = sum_i sum_j psi(x_i, y_j).
+      "bool normalize, float scale=1.0) -> (Tensor, Tensor)");
+  // x: [B, Nx, D], y: [B, Ny, D]. Returns (E, Gx, Gy) with E[b] = scale * sum_i sum_j psi(x_i, y_j)
+  // (Gaussian: log(scale * sum_i sum_j exp(-t d2))).
   m.def(
       "cross_energy_grad(Tensor x, Tensor y, int kind, float s, float t, float eps_norm, float eps_ang, "
-      "bool half_space, bool normalize) -> (Tensor, Tensor, Tensor)");
+      "bool half_space, bool normalize, float scale=1.0) -> (Tensor, Tensor, Tensor)");
 }

@@ -182,6 +182,12 @@ HSU_HD T pow_neg_fixed(T x, T p) {
   return pow_neg(x, p);
 }
 
+// Finite (not inf, not NaN) without a library call, so that loops using it still vectorize.
+template <typename T>
+HSU_HD bool is_finite(T x) {
+  return x - x == T(0);
+}
+
 // Energies that depend on the squared chordal distance d2 only (Riesz, log, Gaussian):
 // f(d2) and its derivative df/dd2. d2 is clamped at 0 (rounding can push 2 - 2g a hair below zero).
 // MODE is the exponent mode of s/2 (Riesz only).
@@ -207,10 +213,10 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
 }
 
 // Every kind as a function of the cosine g of two normalized rows: phi(g) and dphi/dg (docs/spec.md §3), given
-// also om = 1 - |g| (formed by the caller as accurately as it can: in a wider type, or in closed form for
-// the half-space self pair). MODE is the exponent mode of s/2 (Riesz) or s (angular). G is the type g
-// arrives in: a float kernel may carry g in double so that d2 = 2 - 2g, which cancels for nearly parallel
-// rows, is formed before rounding.
+// also om = 1 - |g|, formed by the caller as accurately as it can (in a wider type, from coordinates for
+// close pairs, or in closed form for the half-space self pair): every quantity that cancels near g = +-1
+// (2 - 2g, the angle, sin of the angle) is taken from om, never from g. MODE is the exponent mode of s/2
+// (Riesz) or s (angular). G is the type g and om arrive in.
 template <int64_t KIND, int MODE, typename T, typename G>
 HSU_HD void phi_g_om_k(T s, T t, T eps_ang, G g, G om_g, T& f, T& df) {
   if (KIND == kAngular || KIND == kAngularLog) {
@@ -232,7 +238,9 @@ HSU_HD void phi_g_om_k(T s, T t, T eps_ang, G g, G om_g, T& f, T& df) {
     }
   } else {
     T fd, dfd;
-    phi_d2_k<KIND, MODE>(s, t, static_cast<T>(G(2) - G(2) * g), fd, dfd);
+    // 2 - 2g = 2 om for g >= 0 (where it cancels); for g < 0 it lies in [2, 4] and g alone is accurate.
+    const G d2 = g >= G(0) ? G(2) * om_g : G(2) - G(2) * g;
+    phi_d2_k<KIND, MODE>(s, t, static_cast<T>(d2), fd, dfd);
     f = fd;
     df = T(-2) * dfd;
   }
@@ -270,93 +278,418 @@ HSU_HD void phi_g(const Params<T>& p, T g, T& f, T& df) {
   phi_g_om(p, gcl, T(1) - (gcl < T(0) ? -gcl : gcl), f, df);
 }
 
-// One pair with everything fixed at compile time (see pair_terms below for the meaning). G is the type
-// of the dot product and row statistics (see phi_g_k); the energy terms are computed in T.
-template <int64_t KIND, bool HS, bool NORM, int MODE, typename T, typename G>
-HSU_HD void pair_terms_k(T s, T t, T eps_ang, G dot, G stat_i, G stat_j, T& e, T& cj, T& ci) {
+// ---------------------------------------------------------------------------------------------------------
+// Close pairs (docs/spec.md §5). A pair is recomputed on the careful path below when its 1 - |g| (normalized) or
+// its expanded distance relative to |x_i|^2 + |x_j|^2 (un-normalized) is below close_tau, or when its
+// energy or coefficient is not finite in T (a term that overflows float32, e.g. angular s = 50).
+//
+// close_tau<T, G> by the type T of the result and G of the cosines (the products of the rows):
+//  - float cosines (float rows at D > 32 on the CPU, float on the GPU): g carries ~sqrt(D) ulp of float, and
+//    1/16 bounds the relative error of 2 - 2g (or of the expanded distance) by 8 sqrt(D) ulp for every pair
+//    left on the fast path; random pairs at D > 32 essentially never fall below it;
+//  - double cosines of float rows (D <= 32 on the CPU, where the gradient's products are double too): g
+//    carries ~sqrt(D) ulp of double, so 2^-20 still leaves 1 - |g| within ~1e-9 relative, well inside a
+//    float result; on uniform points at D = 3 only a fraction 2^-20 of the pairs fall below it;
+//  - double cosines of double rows: 2^-10 keeps 1 - |g| within ~2e-13 sqrt(D) relative on the fast path.
+template <typename T, typename G>
+HSU_HD G close_tau();
+template <>
+HSU_HD float close_tau<float, float>() {
+  return 0.0625f;
+}
+template <>
+HSU_HD double close_tau<float, double>() {
+  return 9.5367431640625e-07;  // 2^-20
+}
+template <>
+HSU_HD double close_tau<double, double>() {
+  return 0.0009765625;  // 2^-10
+}
+
+// A normalized pair from its cosine g (in G), every kind with everything fixed at compile time:
+//   e = phi(g) (+ phi(-g) in half-space mode), c = cs * dphi/dg (- cs * phi'(-g)): the coefficient of u_j
+// in dE/du_i (cs: the share of the output scale applied per pair, see README "Precision"). Returns whether
+// the pair needs the careful path.
+template <int64_t KIND, bool HS, int MODE, typename T, typename G>
+HSU_HD bool pair_norm(T s, T t, T eps_ang, T cs, G g, T& e, T& c) {
+  const G gc = hsu_min(hsu_max(g, G(-1)), G(1));
+  const G om = G(1) - (gc < G(0) ? -gc : gc);
+  T f, df;
+  phi_g_om_k<KIND, MODE>(s, t, eps_ang, gc, om, f, df);
+  e = f;
+  c = df;
+  if (HS) {
+    T f2, df2;
+    phi_g_om_k<KIND, MODE>(s, t, eps_ang, -gc, om, f2, df2);
+    e += f2;
+    c -= df2;
+  }
+  c *= cs;
+  return om < close_tau<T, G>() || !is_finite(e) || !is_finite(c);
+}
+
+// An un-normalized pair from its raw dot product and squared norms q (in G): d2 = q_i + q_j - 2 dot,
+//   e = phi(d2) (+ phi(d2 to -x_j)), cj / ci = the coefficients of x_j / x_i in dE/dx_i (times cs).
+// Returns whether the pair needs the careful path (close, non-finite, or a |x|^2 that overflowed).
+template <int64_t KIND, bool HS, int MODE, typename T, typename G>
+HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
+  const G sum = qi + qj;
+  const G dm = sum - G(2) * dot;
+  T f, df;
+  phi_d2_k<KIND, MODE>(s, t, static_cast<T>(dm), f, df);
+  e = f;
+  cj = T(-2) * cs * df;  // d d2 / dx_i = 2 x_i - 2 x_j
+  ci = T(2) * cs * df;
+  bool care = !(dm >= close_tau<T, G>() * sum);
+  if (HS) {
+    const G dp = sum + G(2) * dot;  // distance to -x_j
+    T f2, df2;
+    phi_d2_k<KIND, MODE>(s, t, static_cast<T>(dp), f2, df2);
+    e += f2;
+    cj += T(2) * cs * df2;
+    ci += T(2) * cs * df2;
+    care = care || !(dp >= close_tau<T, G>() * sum);
+  }
+  return care || !is_finite(e) || !is_finite(cj);
+}
+
+// The Gaussian kind as log terms (docs/spec.md §4: reduced as a log-sum-exp): x1 = -t d2 of the pair, x2 = -t d2
+// of the pair with -y_j (half-space; otherwise x2 = -inf, a zero weight). v is the cosine (normalized) or
+// the raw dot product. Returns whether the pair needs the careful path.
+template <bool HS, bool NORM, typename T, typename G>
+HSU_HD bool gauss_logs(T t, G v, G qi, G qj, T& x1, T& x2) {
+  bool care;
+  G dm, dp;
   if (NORM) {
-    const G g = dot * stat_i * stat_j;
-    T f, df;
-    phi_g_k<KIND, MODE>(s, t, eps_ang, g, f, df);
-    e = f;
-    T c = df;
-    if (HS) {
-      T f2, df2;
-      phi_g_k<KIND, MODE>(s, t, eps_ang, -g, f2, df2);
-      e += f2;
-      c -= df2;
-    }
-    cj = c * static_cast<T>(stat_j);  // a_i accumulates dE/du_i = sum_j c u_j with u_j = r_j w_j
+    const G gc = hsu_min(hsu_max(v, G(-1)), G(1));
+    const G om = G(1) - (gc < G(0) ? -gc : gc);
+    dm = gc >= G(0) ? G(2) * om : G(2) - G(2) * gc;
+    dp = gc < G(0) ? G(2) * om : G(2) + G(2) * gc;
+    care = om < close_tau<T, G>();
+  } else {
+    const G sum = qi + qj;
+    dm = sum - G(2) * v;
+    dp = sum + G(2) * v;
+    care = !(dm >= close_tau<T, G>() * sum);
+    if (HS) care = care || !(dp >= close_tau<T, G>() * sum);
+  }
+  x1 = -t * static_cast<T>(hsu_max(dm, G(0)));
+  x2 = HS ? -t * static_cast<T>(hsu_max(dp, G(0))) : -static_cast<T>(INFINITY);
+  return care;
+}
+
+// The Gaussian coefficients of a pair from its weights w1 = exp(x1 - m), w2 = exp(x2 - m) (m: the row's
+// shift): normalized, c = d(w1 + w2)/dg (the coefficient of u_j); un-normalized, cj / ci of x_j / x_i.
+template <bool NORM, typename T>
+HSU_HD void gauss_coef(T t, T w1, T w2, T& cj, T& ci) {
+  if (NORM) {
+    cj = T(2) * t * (w1 - w2);
     ci = T(0);
   } else {
-    T f, df;
-    phi_d2_k<KIND, MODE>(s, t, static_cast<T>(stat_i + stat_j - G(2) * dot), f, df);
+    cj = T(2) * t * (w1 - w2);
+    ci = T(-2) * t * (w1 + w2);
+  }
+}
+
+// The careful path: one pair from the coordinates of its rows, in double.
+//
+// Normalized (docs/spec.md §1): with u = w r and a = 1 - |u|^2 = eps_norm r^2 in closed form,
+//   2 - 2|g| = a_i + a_j + |u_i - sign(g) u_j|^2,
+// a sum of non-negative terms, so om = 1 - |g| keeps its relative accuracy however close the rows are
+// (exact duplicates: om = (a_i + a_j) / 2 exactly). The gradient term c u_j of row i is split as
+// c sign (u_i + delta), delta = sign u_j - u_i: the small vector c sign delta goes to the row's accumulator,
+// the radial coefficient c sign to `rad`, which the epilogue applies in closed form ((I - u u^T) u = a u),
+// so no large radial part is ever cancelled. Un-normalized: |x_i -+ x_j|^2 from differences.
+struct CarefulGeom {
+  double om;    // normalized: 1 - |g|; un-normalized: |x_i - x_j|^2
+  double dp;    // un-normalized: |x_i + x_j|^2
+  double sign;  // normalized: sign(g)
+};
+
+// a * b rounded to double before it is used: never fused with a neighbouring addition. The careful path
+// relies on it: w_i r_i - w_j r_j contracted to fma(w_i, r_i, -w_j r_j) leaves the rounding error of
+// w_j r_j (~1e-17 |u|) where the exact difference of the two rounded products is 0 (duplicates when
+// eps_norm = 0; w and 2w, whose r differ by exactly 2), and ~1e-17 is the whole distance of such a pair.
+HSU_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  double p = a * b;
+  __asm__("" : "+m"(p));  // the product goes through memory: the compiler cannot fuse it
+  return p;
+#endif
+}
+
+// A row's r split exactly as r = t 2^e (t in [1/2, 1)): with the row scaled by 2^e (exact), u = (w 2^e) t.
+struct RowSplit {
+  double t, scale;  // scale = 2^e
+};
+
+HSU_HD RowSplit split_r(double r) {
+  int e;
+  const double t = frexp(r, &e);
+  return RowSplit{t, ldexp(1.0, e)};
+}
+
+// Coordinates of u_j - u_i = t_i (v_j - v_i) + v_j (t_j - t_i) with v = w 2^e, r = t 2^e (split_r):
+// differences first and products rounded (mul_rn), so that identical rows give exactly 0, and so do w and
+// 2^k w when eps_norm is negligible (their v and t are then identical), however the compiler fuses.
+template <bool NORM, typename T>
+HSU_HD CarefulGeom careful_geom(const T* wi, const T* wj, int64_t D, double ri, double rj, double ai, double aj) {
+  double dm = 0.0, dp = 0.0;
+  const RowSplit si = split_r(ri), sj = split_r(rj);
+  const double dt = sj.t - si.t;
+  for (int64_t d = 0; d < D; ++d) {
+    const double xi = NORM ? static_cast<double>(wi[d]) * si.scale : static_cast<double>(wi[d]);
+    const double xj = NORM ? static_cast<double>(wj[d]) * sj.scale : static_cast<double>(wj[d]);
+    const double m = NORM ? mul_rn(si.t, xj - xi) + mul_rn(xj, dt) : xj - xi;  // u_j - u_i
+    const double p = NORM ? mul_rn(si.t, xj + xi) + mul_rn(xj, dt) : xj + xi;  // u_j + u_i
+    dm += m * m;
+    dp += p * p;
+  }
+  if (!NORM) return CarefulGeom{dm, dp, 1.0};
+  // |u_i - u_j|^2 - |u_i + u_j|^2 = -4 g: the smaller one is |u_i - sign(g) u_j|^2
+  const double sign = dm <= dp ? 1.0 : -1.0;
+  return CarefulGeom{0.5 * (ai + aj + (dm <= dp ? dm : dp)), 0.0, sign};
+}
+
+// The careful path's scale of a normalized pair: q = 2 om = 2 (1 - |g|), its smaller squared distance (to
+// u_j or to -u_j); 1 where that is 0 (a pair at distance 0 from u_j or -u_j: nothing to scale by).
+HSU_HD double careful_q(double om) {
+  return om > 0.0 ? 2.0 * om : 1.0;
+}
+
+// phi and q dphi/dg of a normalized pair on the careful path (q = careful_q(1 - |g|)), in double. dphi/dg itself overflows double for pairs whose energy
+// and gradient do not (exactly parallel rows of norm 1e55 with s = 3.5: 2 - 2g ~ 1e-114); q dphi/dg is
+// formed without it (for Riesz, s phi (q / d2)), and careful_apply divides the small factors by q instead.
+template <int64_t KIND>
+HSU_HD void phi_g_om_q(double s, double t, double eps_ang, double g, double om, double& f, double& dfq) {
+  const double q = careful_q(om);
+  if (KIND == kAngular || KIND == kAngularLog) {
+    const double inv_pi = 0.318309886183790671537767526745028724;
+    const double gc = hsu_min(hsu_max(g, -1.0), 1.0);
+    const double a = hsu_acos_om(gc, om) * inv_pi + eps_ang;
+    // q / sin(theta) = 2 om / sqrt(om (2 - om)) = 2 sqrt(om / (2 - om)) (infinite at om = 0, q = 1)
+    const double q_sin = om > 0.0 ? 2.0 * sqrt(om / (2.0 - om)) : 1.0 / sqrt(om * (2.0 - om));
+    if (KIND == kAngular) {
+      f = pow_neg(a, s);
+      dfq = s * inv_pi * (f / a) * q_sin;
+    } else {
+      f = -log(a);
+      dfq = inv_pi / a * q_sin;
+    }
+    return;
+  }
+  const double d2 = g >= 0.0 ? 2.0 * om : 2.0 - 2.0 * g;
+  const double ratio = q / d2;  // 1 for g >= 0 (infinite at distance 0, where q = 1)
+  if (KIND == kRiesz) {
+    f = pow_neg(d2, 0.5 * s);
+    dfq = s * f * ratio;  // dphi/dg = s d2^(-s/2 - 1)
+  } else if (KIND == kLog) {
+    f = -log(d2);
+    dfq = 2.0 * ratio;  // dphi/dg = 2 / d2
+  } else {
+    f = exp(-t * d2);
+    dfq = 2.0 * t * f * q;
+  }
+}
+
+// The pair's coefficients on the careful path: normalized, k1 = cs q dphi/dg (q above; the Gaussian kind's
+// log-sum uses q = 1), un-normalized, k1 / k2 with dE/dx_i = k1 (x_i - x_j) + k2 (x_i + x_j).
+struct CarefulCoef {
+  double k1, k2, q;
+};
+
+template <int64_t KIND, bool HS, bool NORM>
+HSU_HD CarefulCoef careful_terms(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
+  double f, df;
+  if (NORM) {
+    const double g = q.sign * (1.0 - q.om);
+    phi_g_om_q<KIND>(p.s, p.t, p.eps_ang, g, q.om, f, df);
     e = f;
-    // d d2-/dw_i = 2 w_i - 2 w_j
-    cj = T(-2) * df;
-    ci = T(2) * df;
+    double c = df;
     if (HS) {
-      T f2, df2;
-      phi_d2_k<KIND, MODE>(s, t, static_cast<T>(stat_i + stat_j + G(2) * dot), f2, df2);  // distance to -w_j
-      e += f2;
-      cj += T(2) * df2;
-      ci += T(2) * df2;
+      phi_g_om_q<KIND>(p.s, p.t, p.eps_ang, -g, q.om, f, df);
+      e += f;
+      c -= df;
+    }
+    return CarefulCoef{cs * c, 0.0, careful_q(q.om)};
+  }
+  phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.om, f, df);
+  e = f;
+  const double k1 = 2.0 * cs * df;
+  double k2 = 0.0;
+  if (HS) {
+    phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.dp, f, df);
+    e += f;
+    k2 = 2.0 * cs * df;
+  }
+  return CarefulCoef{k1, k2, 1.0};
+}
+
+// Gaussian log terms on the careful path (as gauss_logs).
+template <bool HS, bool NORM>
+HSU_HD void careful_logs(double t, const CarefulGeom& q, double& x1, double& x2) {
+  double dm, dp;
+  if (NORM) {
+    const double g = q.sign * (1.0 - q.om);
+    dm = g >= 0.0 ? 2.0 * q.om : 2.0 - 2.0 * g;
+    dp = g < 0.0 ? 2.0 * q.om : 2.0 + 2.0 * g;
+  } else {
+    dm = q.om;
+    dp = q.dp;
+  }
+  x1 = -t * dm;
+  x2 = HS ? -t * dp : -static_cast<double>(INFINITY);
+}
+
+// Gaussian coefficients on the careful path from the weights (as gauss_coef).
+template <bool NORM>
+HSU_HD CarefulCoef careful_gauss_coef(double t, double w1, double w2) {
+  if (NORM) return CarefulCoef{2.0 * t * (w1 - w2), 0.0, 1.0};
+  return CarefulCoef{-2.0 * t * w1, -2.0 * t * w2, 1.0};  // d exp(-t |x_i -+ x_j|^2)/dx_i = -2t w (x_i -+ x_j)
+}
+
+// Adds a careful pair's gradient terms to row i's accumulator (and, when acc_j is not null, row j's).
+// Normalized, with c = k1 / q: c sign delta_i (and c sign delta_j = -c delta_i), and the radial terms
+// c sign a_i to rad_i (c sign a_j to rad_j), each formed as k1 times a ratio to q (delta / q, a / q), so
+// that a c beyond double's range whose products are not does no harm (see phi_g_om_q); rad is the row's
+// radial coefficient times a already. Un-normalized: k1 (x_i - x_j) + k2 (x_i + x_j) (and
+// k1 (x_j - x_i) + k2 (x_i + x_j)).
+template <bool NORM, typename T, typename A>
+HSU_HD void careful_apply(const CarefulCoef& k, double sign, const T* wi, const T* wj, int64_t D, double ri,
+                          double rj, double ai, double aj, A* acc_i, A* acc_j, double& rad_i, double& rad_j) {
+  if (NORM) {
+    const double ks = k.k1 * sign;
+    const RowSplit si = split_r(ri), sj = split_r(rj);
+    const double dt = sj.t - si.t;
+    for (int64_t d = 0; d < D; ++d) {
+      // delta = sign u_j - u_i, in the form of careful_geom
+      const double xi = static_cast<double>(wi[d]) * si.scale, xj = sign * static_cast<double>(wj[d]) * sj.scale;
+      const double delta_q = (mul_rn(si.t, xj - xi) + mul_rn(xj, dt)) / k.q;
+      acc_i[d] += static_cast<A>(ks * delta_q);
+      if (acc_j) acc_j[d] -= static_cast<A>(k.k1 * delta_q);
+    }
+    rad_i += ks * (ai / k.q);
+    rad_j += ks * (aj / k.q);
+  } else {
+    for (int64_t d = 0; d < D; ++d) {
+      const double xi = static_cast<double>(wi[d]), xj = static_cast<double>(wj[d]);
+      acc_i[d] += static_cast<A>(k.k1 * (xi - xj) + k.k2 * (xi + xj));
+      if (acc_j) acc_j[d] += static_cast<A>(k.k1 * (xj - xi) + k.k2 * (xi + xj));
     }
   }
 }
 
-// One pair (i, j), i != j, seen from row i. Inputs: the raw dot product w_i . w_j and per-row statistics
-// (normalize: r = 1/sqrt(|w|^2 + eps_norm); otherwise q = |w|^2). Outputs:
-//   e  : the pair's energy term psi (phi(g), plus phi(-g) in half-space mode),
-//   cj : the coefficient of w_j in row i's gradient accumulator a_i = sum_j cj w_j,
-//   ci : (un-normalized only) the coefficient of w_i, summed into b_i = sum_j ci.
-// The row epilogue (row_grad below) turns (a_i, b_i) into dE/dw_i.
-template <typename T>
-HSU_HD void pair_terms(const Params<T>& p, T dot, T stat_i, T stat_j, T& e, T& cj, T& ci) {
-#define HSU_PAIR_CASE(K)                                                                         \
-  if (p.kind == K) {                                                                             \
-    if (p.normalize) {                                                                           \
-      if (p.half_space) pair_terms_k<K, true, true, kPowGeneral>(p.s, p.t, p.eps_ang, dot, stat_i, stat_j, e, cj, ci); \
-      else pair_terms_k<K, false, true, kPowGeneral>(p.s, p.t, p.eps_ang, dot, stat_i, stat_j, e, cj, ci);             \
-    } else {                                                                                     \
-      if (p.half_space) pair_terms_k<K, true, false, kPowGeneral>(p.s, p.t, p.eps_ang, dot, stat_i, stat_j, e, cj, ci); \
-      else pair_terms_k<K, false, false, kPowGeneral>(p.s, p.t, p.eps_ang, dot, stat_i, stat_j, e, cj, ci);            \
-    }                                                                                            \
-    return;                                                                                      \
+// Run-time dispatch of pair_norm / pair_raw (general exponent path; the CUDA general engine, where the
+// products, not phi, bound the time): v is the cosine or the raw dot product. ci is 0 normalized.
+template <typename T, typename G>
+HSU_HD bool pair_rt(const Params<T>& p, T cs, G v, G qi, G qj, T& e, T& cj, T& ci) {
+  ci = T(0);
+#define HSU_PAIR_RT(K)                                                                                   \
+  if (p.kind == K) {                                                                                     \
+    if (p.normalize) {                                                                                   \
+      if (p.half_space) return pair_norm<K, true, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);       \
+      return pair_norm<K, false, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);                        \
+    }                                                                                                    \
+    if (p.half_space) return pair_raw<K, true, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);         \
+    return pair_raw<K, false, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);                          \
   }
-  HSU_PAIR_CASE(kRiesz)
-  HSU_PAIR_CASE(kLog)
-  HSU_PAIR_CASE(kAngular)
-  HSU_PAIR_CASE(kAngularLog)
-  HSU_PAIR_CASE(kGaussian)
-#undef HSU_PAIR_CASE
-}
-
-// Per-row statistic used by pair_terms.
-template <typename T>
-HSU_HD T row_stat(const Params<T>& p, T sq_norm, T eps_norm) {
-  return p.normalize ? T(1) / hsu_sqrt(sq_norm + eps_norm) : sq_norm;
-}
-
-// Half-space self term of row i: the pair (w_i, -w_i). Returns its energy and the scalar k with
-// dE/dw_i += k * w_i (taken directly with respect to w_i, never through u_i, so eps_norm = 0 gives 0,
-// not infinity times zero).
-template <typename T>
-HSU_HD void diag_term(const Params<T>& p, T sq_norm, T eps_norm, T& e, T& k) {
+  HSU_PAIR_RT(kRiesz)
+  HSU_PAIR_RT(kLog)
   if (p.normalize) {
-    T n2 = sq_norm + eps_norm;
-    T gii = sq_norm / n2;
-    T f, df;
-    // 1 - g_ii = eps_norm / n2 exactly: in closed form it survives |w|^2 >> eps_norm, where g_ii rounds to 1.
-    phi_g_om(p, -gii, eps_norm / n2, f, df);
+    HSU_PAIR_RT(kAngular)
+    HSU_PAIR_RT(kAngularLog)
+  }
+#undef HSU_PAIR_RT
+  return true;  // not reached: the Gaussian kind goes through gauss_logs_rt
+}
+
+// Run-time dispatch of careful_terms (the careful path of every engine that dispatches at run time).
+HSU_HD CarefulCoef careful_terms_rt(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
+#define HSU_CAREFUL_RT(K)                                                                                \
+  if (p.kind == K) {                                                                                     \
+    if (p.normalize) return p.half_space ? careful_terms<K, true, true>(p, cs, q, e)                     \
+                                         : careful_terms<K, false, true>(p, cs, q, e);                   \
+    return p.half_space ? careful_terms<K, true, false>(p, cs, q, e) : careful_terms<K, false, false>(p, cs, q, e); \
+  }
+  HSU_CAREFUL_RT(kRiesz)
+  HSU_CAREFUL_RT(kLog)
+  HSU_CAREFUL_RT(kAngular)
+  HSU_CAREFUL_RT(kAngularLog)
+#undef HSU_CAREFUL_RT
+  e = 0.0;
+  return CarefulCoef{0.0, 0.0, 1.0};
+}
+
+template <typename T, typename G>
+HSU_HD bool gauss_logs_rt(const Params<T>& p, G v, G qi, G qj, T& x1, T& x2) {
+  if (p.normalize) return p.half_space ? gauss_logs<true, true>(p.t, v, qi, qj, x1, x2)
+                                       : gauss_logs<false, true>(p.t, v, qi, qj, x1, x2);
+  return p.half_space ? gauss_logs<true, false>(p.t, v, qi, qj, x1, x2) : gauss_logs<false, false>(p.t, v, qi, qj, x1, x2);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rows.
+
+// Row statistics of the normalized path (docs/spec.md §1) in double, without overflow or underflow of |w|^2:
+// r = 1/sqrt(|w|^2 + eps_norm) and a = eps_norm r^2 = 1 - |u|^2, formed after dividing the row by a power
+// of two m >= max(max_d |w_d|, sqrt(eps_norm)) (exact), so |w/m|^2 <= D and eps/m^2 <= 4.
+template <typename T>
+HSU_HD void row_norm(const T* w, int64_t D, double eps, double& r, double& a) {
+  double big = 0.0;
+  for (int64_t d = 0; d < D; ++d) big = hsu_max(big, static_cast<double>(w[d] < T(0) ? -w[d] : w[d]));
+  big = hsu_max(big, sqrt(eps));
+  if (big == 0.0) big = 1.0;
+  int ex;
+  frexp(big, &ex);
+  const double inv_m = ldexp(1.0, -ex);
+  double q = 0.0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double v = static_cast<double>(w[d]) * inv_m;
+    q += v * v;
+  }
+  const double eps_s = eps * inv_m * inv_m;
+  const double tt = 1.0 / sqrt(q + eps_s);
+  r = tt * inv_m;
+  a = eps_s * tt * tt;
+}
+
+// |x|^2 in double (the un-normalized statistic).
+template <typename T>
+HSU_HD double row_sq(const T* x, int64_t D) {
+  double q = 0.0;
+  for (int64_t d = 0; d < D; ++d) q += static_cast<double>(x[d]) * static_cast<double>(x[d]);
+  return q;
+}
+
+// Half-space self term of row i: the pair (w_i, -w_i), with stat = a_i (normalized) or |w_i|^2. Returns its
+// energy (the Gaussian kind: its log term) and k with d(term)/dw_i = k r_i u_i (normalized) or k w_i,
+// taken directly with respect to w_i, never through u_i: 1 - g_ii = a_i in closed form (it survives
+// |w|^2 >> eps_norm, where g_ii rounds to 1), and eps_norm = 0 gives 0, not infinity times zero.
+HSU_HD void diag_term(const Params<double>& p, double stat, double& e, double& k) {
+  if (p.normalize) {
+    const double a = stat;
+    // the pair's cosine is -g_ii = -(1 - a); d g_ii / dw_i = 2 a r u_i
+    if (p.kind == kGaussian) {
+      e = -p.t * (4.0 - 2.0 * a);
+      k = -4.0 * p.t * a;
+      return;
+    }
+    double f, df;
+    phi_g_om(p, -(1.0 - a), a, f, df);
     e = f;
-    // d g_ii / d w_i = 2 eps w_i / n^4
-    k = (eps_norm == T(0)) ? T(0) : -df * T(2) * eps_norm / (n2 * n2);
+    k = a == 0.0 ? 0.0 : -2.0 * a * df;
   } else {
-    T f, df;
-    phi_d2(p, T(4) * sq_norm, f, df);
+    if (p.kind == kGaussian) {
+      e = -4.0 * p.t * stat;
+      k = -8.0 * p.t;
+      return;
+    }
+    double f, df;
+    phi_d2(p, 4.0 * stat, f, df);
     e = f;
-    k = T(8) * df;
+    k = 8.0 * df;
   }
 }
 
@@ -375,28 +708,34 @@ HSU_HD T grad_scale(bool self, bool half_space) {
   return self ? T(2) * pair_scale<T>(self, half_space) : T(1);
 }
 
-}  // namespace hsu
+// The share of an output scale (1/pairs for a mean) applied to every pair coefficient before accumulation,
+// so that a mean whose sum (or whose sum's gradient) overflows T still fits; the rest is applied in the
+// epilogue, in double. Bounded below so that small coefficients do not sink into subnormals.
+HSU_HD double coef_scale(double scale) {
+  return hsu_min(1.0, hsu_max(scale, 9.094947017729282e-13));  // 2^-40
+}
 
-namespace hsu {
-
-// The row epilogue (docs/spec.md §6): from row i's accumulators a_i = sum_j cj w_j and b_i = sum_j ci to dE/dw_i.
-//   normalized:   G = scale * a_i;  dE/dw_i = r_i G - r_i^3 (G . w_i) w_i   (+ k_diag w_i)
-//   un-normalized: dE/dw_i = scale * (a_i + b_i w_i)                        (+ k_diag w_i)
-// The two normalized terms cancel when a row's gradient is nearly radial, so the epilogue runs in the
-// wider type A (double for float inputs on the CPU; it is O(N D) work). `out` may alias `a`.
-template <typename T, typename A = T>
-HSU_HD void row_grad(const Params<T>& p, const T* w, A stat, const T* a, A b, A scale, A k_diag, int64_t D,
+// The row epilogue (docs/spec.md §6), in double, from row i's accumulator acc (= sum_j c_ij z_j) and its scalar
+// rad (normalized: the careful pairs' radial coefficients times a_i, see careful_apply; un-normalized:
+// sum_j ci_ij):
+//   normalized:    dE/dw_i = r (gs (G - (G.u) u + rad u) + k u),  G = acc, u = w r
+//   un-normalized: dE/dw_i = gs (acc + rad w) + k w
+// gs scales the pair sums (grad_scale times the epilogue's share of the output scale), k is the row's
+// half-space self term. `out` may alias `acc`.
+template <typename T, typename A>
+HSU_HD void row_grad(bool normalize, const T* w, double r, const A* acc, double rad, double gs, double k, int64_t D,
                      T* out) {
-  if (p.normalize) {
-    A gw = A(0);
-    for (int64_t d = 0; d < D; ++d) gw += static_cast<A>(a[d]) * static_cast<A>(w[d]);
-    const A r = stat;
-    const A radial = r * r * r * scale * gw;
-    for (int64_t d = 0; d < D; ++d)
-      out[d] = static_cast<T>(r * scale * static_cast<A>(a[d]) - (radial - k_diag) * static_cast<A>(w[d]));
+  if (normalize) {
+    double gu = 0.0;
+    for (int64_t d = 0; d < D; ++d) gu += static_cast<double>(acc[d]) * (static_cast<double>(w[d]) * r);
+    const double radial = gs * (rad - gu) + k;
+    for (int64_t d = 0; d < D; ++d) {
+      const double u = static_cast<double>(w[d]) * r;
+      out[d] = static_cast<T>(r * (gs * static_cast<double>(acc[d]) + radial * u));
+    }
   } else {
     for (int64_t d = 0; d < D; ++d)
-      out[d] = static_cast<T>(scale * (static_cast<A>(a[d]) + b * static_cast<A>(w[d])) + k_diag * static_cast<A>(w[d]));
+      out[d] = static_cast<T>(gs * static_cast<double>(acc[d]) + (gs * rad + k) * static_cast<double>(w[d]));
   }
 }
 

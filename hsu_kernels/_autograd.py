@@ -9,13 +9,20 @@ in the ``setup_context`` style with a ``vmap`` rule (``torch.func.grad``, ``vjp`
 binds its arguments with ``inspect`` on every call, ~60 us, a tenth of a small call such as the Thomson
 solver's N = 100.)
 
+Every pass takes the output ``scale`` (1, or ``1/pairs`` for a mean): the energy is ``scale * sum`` over
+pairs, and for the Gaussian kind the log-sum ``log(scale * sum exp(-t d2))`` (docs/spec.md §4), with the
+gradient of that. The Triton kernels compute plain sums; their operators apply the scale (and the log) in
+Python.
+
 First derivatives: the forward pass returns the gradient with the energy; the backward scales it by
 ``grad_output``.
 
 Second derivatives: when the backward itself is differentiated (``create_graph=True``, or nested
 ``torch.func`` transforms), it returns ``grad_output * G`` through :class:`GradTimes`, whose backward is a
 Hessian-vector product computed block by block (rows ``I`` against all rows; forward-over-reverse
-differentiation of each block's energy), O(N * block) memory like the forward. Third derivatives raise.
+differentiation of each block's energy), O(N * block) memory like the forward; for the Gaussian log-sum
+``L = log S`` it is ``H_S v / S - G (G . v)``, the blocks' terms taken as ``exp(-t d2 - L)``. Third
+derivatives raise.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def autocast_off(device: torch.device):
     """A context in which ``torch.autocast`` does not touch this device's products: the ops compute in
-    float32/float64 under any autocast (SPEC's accuracy needs it: ``2 - 2g`` of close rows loses every digit
+    float32/float64 under any autocast (docs/spec.md's accuracy needs it: ``2 - 2g`` of close rows loses every digit
     in bf16)."""
     if device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
@@ -57,6 +64,14 @@ def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half
     return EnergyParams(KINDS[kind], s, t, eps_norm, eps_ang, half_space, normalize)
 
 
+def _scaled(e: torch.Tensor, grads, p: EnergyParams, scale: float):
+    """A plain sum ``E`` and its gradients (the Triton kernels' outputs) as the ops return them: ``scale * E``,
+    or for the Gaussian kind ``log(scale * E)`` with the gradients divided by ``E``."""
+    if p.kind == "gaussian":
+        return torch.log(e) + math.log(scale), [g / e.to(g.dtype)[:, None, None] for g in grads]
+    return scale * e, [scale * g for g in grads]
+
+
 # ---- opaque operators of the Python backends (the C++ op is defined in csrc/hsu_ops.cpp) ----------------
 # Their inputs are checked by the public functions (``check_matrix``), which under torch.compile put the
 # NaN/Inf check into the graph as an assert.
@@ -64,26 +79,27 @@ def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half
 
 @torch.library.custom_op("hsu::tiled_energy_grad", mutates_args=())
 def tiled_energy_grad(w: torch.Tensor, kind: int, s: float, t: float, eps_norm: float, eps_ang: float,
-                      half_space: bool, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      half_space: bool, normalize: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The tiled PyTorch pass (``tiled.energy_grad``) as one operator: ``(E: [B], G: [B, N, D])``."""
-    return tiled.energy_grad(w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize))
+    return tiled.energy_grad(w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize), scale=scale)
 
 
 @tiled_energy_grad.register_fake
-def _(w, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+def _(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale):
     return w.new_empty((w.shape[0],), dtype=compute_dtype(w.dtype)), torch.empty_like(w)
 
 
 @torch.library.custom_op("hsu::tiled_cross_energy_grad", mutates_args=())
 def tiled_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, kind: int, s: float, t: float, eps_norm: float,
-                            eps_ang: float, half_space: bool,
-                            normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            eps_ang: float, half_space: bool, normalize: bool,
+                            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``tiled.cross_energy_grad`` as one operator: ``(E: [B], Gx, Gy)``."""
-    return tiled.cross_energy_grad(x, y, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize))
+    return tiled.cross_energy_grad(x, y, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize),
+                                   scale=scale)
 
 
 @tiled_cross_energy_grad.register_fake
-def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale):
     return x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype)), torch.empty_like(x), torch.empty_like(y)
 
 
@@ -95,29 +111,33 @@ def _triton():
 
 @torch.library.custom_op("hsu::triton_energy_grad", mutates_args=())
 def triton_energy_grad(w: torch.Tensor, kind: int, s: float, t: float, eps_norm: float, eps_ang: float,
-                       half_space: bool, normalize: bool,
+                       half_space: bool, normalize: bool, scale: float,
                        precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton pass as one operator: ``(E: float32 [B], G: [B, N, D])``."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
-    return _triton().energy_grad(w, p, precision=precision)
+    e, g = _triton().energy_grad(w, p, precision=precision)
+    e, (g,) = _scaled(e, [g], p, scale)
+    return e, g
 
 
 @triton_energy_grad.register_fake
-def _(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
+def _(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale, precision):
     return w.new_empty((w.shape[0],), dtype=torch.float32), torch.empty_like(w)
 
 
 @torch.library.custom_op("hsu::triton_cross_energy_grad", mutates_args=())
 def triton_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, kind: int, s: float, t: float, eps_norm: float,
-                             eps_ang: float, half_space: bool, normalize: bool,
+                             eps_ang: float, half_space: bool, normalize: bool, scale: float,
                              precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton cross pass as one operator: ``(E: float32 [B], Gx, Gy)``."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
-    return _triton().cross_energy_grad(x, y, p, precision=precision)
+    e, gx, gy = _triton().cross_energy_grad(x, y, p, precision=precision)
+    e, (gx, gy) = _scaled(e, [gx, gy], p, scale)
+    return e, gx, gy
 
 
 @triton_cross_energy_grad.register_fake
-def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
+def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale, precision):
     return x.new_empty((x.shape[0],), dtype=torch.float32), torch.empty_like(x), torch.empty_like(y)
 
 
@@ -125,9 +145,12 @@ def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
 def triton_energy_many_grad(ws: List[torch.Tensor], kind: int, s: float, t: float, eps_norm: float,
                             eps_ang: float, half_space: bool, normalize: bool,
                             precision: Optional[str]) -> tuple[torch.Tensor, List[torch.Tensor]]:
-    """The Triton ragged batch as one operator: ``(E: float32 [K], [G_k])``."""
+    """The Triton ragged batch as one operator: ``(E: float32 [K], [G_k])``, the plain sums (the Gaussian kind:
+    the log-sums ``log sum exp(-t d2)``, with their gradients)."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
     e, grads = _triton().energy_many_grad(ws, p, precision=precision)
+    if p.kind == "gaussian":
+        return torch.log(e), [g / e[k].to(g.dtype) for k, g in enumerate(grads)]
     # the launch returns views of one buffer; an operator's outputs may not alias each other
     return e, [g.clone() for g in grads]
 
@@ -137,43 +160,46 @@ def _(ws, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
     return ws[0].new_empty((len(ws),), dtype=torch.float32), [torch.empty_like(w) for w in ws]
 
 
-def self_pass(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str]):
-    """``(E, G)`` of ``w: [B, N, D]`` on a fused backend, without autograd."""
+def self_pass(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str], scale: float = 1.0):
+    """``(E, G)`` of ``w: [B, N, D]`` on a fused backend, without autograd (``E = scale * sum``, Gaussian:
+    ``log(scale * sum exp)``)."""
     if backend in ("cpu", "cuda"):
-        return torch.ops.hsu.energy_grad(w, *p.as_args())
+        return torch.ops.hsu.energy_grad(w, *p.as_args(), scale)
     if backend == "triton":
-        return torch.ops.hsu.triton_energy_grad(w, *p.as_args(), precision)
-    return torch.ops.hsu.tiled_energy_grad(w, *p.as_args())
+        return torch.ops.hsu.triton_energy_grad(w, *p.as_args(), scale, precision)
+    return torch.ops.hsu.tiled_energy_grad(w, *p.as_args(), scale)
 
 
-def cross_pass(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str]):
+def cross_pass(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str],
+               scale: float = 1.0):
     """``(E, Gx, Gy)`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend, without autograd."""
     if backend in ("cpu", "cuda"):
-        return torch.ops.hsu.cross_energy_grad(x, y, *p.as_args())
+        return torch.ops.hsu.cross_energy_grad(x, y, *p.as_args(), scale)
     if backend == "triton":
-        return torch.ops.hsu.triton_cross_energy_grad(x, y, *p.as_args(), precision)
-    return torch.ops.hsu.tiled_cross_energy_grad(x, y, *p.as_args())
+        return torch.ops.hsu.triton_cross_energy_grad(x, y, *p.as_args(), scale, precision)
+    return torch.ops.hsu.tiled_cross_energy_grad(x, y, *p.as_args(), scale)
 
 
 def _op_setup(ctx, inputs, output, cross: bool):
-    nt = 2 if cross else 1  # tensor inputs first, then the parameters in schema order
+    nt = 2 if cross else 1  # tensor inputs first, then the parameters in schema order (scale after the 7)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(*inputs[:nt], *output[1:])
+    ctx.save_for_backward(*inputs[:nt], output[0], *output[1:])
     ctx.p = _params(*inputs[nt:nt + 7])
+    ctx.scale = float(inputs[nt + 7]) if len(inputs) > nt + 7 else 1.0
     ctx.n_params = len(inputs) - nt  # the parameters get no gradient
 
 
 def _op_backward(ctx, ge, *_grads_of_gradients):
     saved = ctx.saved_tensors
     rest = (None,) * ctx.n_params
-    if len(saved) == 2:  # (w, G)
-        w, g = saved
+    if len(saved) == 3:  # (w, E, G)
+        w, e, g = saved
         if torch.is_grad_enabled():  # the backward is being differentiated (create_graph=True)
-            return (GradTimes.apply(w, ge, g, ctx.p), *rest)
+            return (GradTimes.apply(w, ge, g, ctx.p, e, ctx.scale), *rest)
         return (ge.to(g.dtype)[:, None, None] * g, *rest)
-    x, y, gx, gy = saved  # a cross energy
+    x, y, e, gx, gy = saved  # a cross energy
     if torch.is_grad_enabled():
-        return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p), *rest)
+        return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p, e, ctx.scale), *rest)
     s = ge[:, None, None]
     return (s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, *rest)
 
@@ -192,30 +218,43 @@ for _name, _cross in (("hsu::tiled_energy_grad", False), ("hsu::tiled_cross_ener
     register_op_autograd(_name, _cross)
 
 
-def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str]) -> torch.Tensor:
-    """Differentiable ``E: [B]`` of ``w: [B, N, D]`` on a fused backend (see the module docstring)."""
+def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str],
+               scale: float = 1.0) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``w: [B, N, D]`` on a fused backend: ``scale * sum`` over pairs (the
+    Gaussian kind: ``log(scale * sum exp(-t d2))``; see the module docstring)."""
     if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(w):
-        return Energy.apply(w, backend, p, precision)[0]
-    return self_pass(backend, w, p, precision)[0]
+        return Energy.apply(w, backend, p, precision, scale)[0]
+    return self_pass(backend, w, p, precision, scale)[0]
 
 
 def cross_energy_sum(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams,
-                     precision: Optional[str]) -> torch.Tensor:
-    """Differentiable ``E: [B]`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend."""
+                     precision: Optional[str], scale: float = 1.0) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend (scaled,
+    or a log-sum, as :func:`energy_sum`)."""
     if not torch.compiler.is_compiling() and (torch._C._functorch.is_functorch_wrapped_tensor(x)
                                                or torch._C._functorch.is_functorch_wrapped_tensor(y)):
-        return CrossEnergy.apply(x, y, backend, p, precision)[0]
-    return cross_pass(backend, x, y, p, precision)[0]
+        return CrossEnergy.apply(x, y, backend, p, precision, scale)[0]
+    return cross_pass(backend, x, y, p, precision, scale)[0]
 
 
 # ---- second derivatives ---------------------------------------------------------------------------------
 
 
-def _psi_block(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, diag_from: Optional[int]) -> torch.Tensor:
+def _phi_shifted(d2: torch.Tensor, p: EnergyParams, shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """``phi`` of squared distances; the Gaussian kind with ``shift: [B]`` as ``exp(-t d2 - shift_b)`` (its
+    terms relative to the log-sum, which alone would underflow for features of large norm)."""
+    if shift is not None:
+        return torch.exp(-p.t * d2 - shift.reshape(-1, *([1] * (d2.dim() - 1))))
+    return reference.phi_of_d2(d2, p)
+
+
+def _psi_block(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, diag_from: Optional[int],
+               shift: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``sum_i sum_j psi(x_i, y_j)`` per batch entry (``psi = phi(g) + phi(-g)`` in half-space mode) for
     ``x: [B, m, D]`` and ``y: [B, n, D]``; with ``diag_from = i0`` the rows of ``x`` are rows ``i0..`` of
     ``y`` and the pairs of a row with itself are left out (selected away before ``phi``, so their
-    infinite or undefined terms never enter the graph)."""
+    infinite or undefined terms never enter the graph). ``shift``: the Gaussian kind's terms divided by
+    ``exp(shift_b)`` (see :func:`_phi_shifted`)."""
     if p.normalize:
         geo = reference.normalize_rows(x, p.eps_norm) @ reference.normalize_rows(y, p.eps_norm).transpose(-1, -2)
         safe = 0.0
@@ -231,7 +270,10 @@ def _psi_block(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, diag_from: Opt
     def phi(v, of_g):
         if mask is not None:
             v = torch.where(mask, safe, v)
-        out = reference.phi_of_g(v, p) if of_g else reference.phi_of_d2(v.clamp_min(0), p)
+        if shift is not None:
+            out = _phi_shifted((2 - 2 * v) if of_g else v.clamp_min(0), p, shift)
+        else:
+            out = reference.phi_of_g(v, p) if of_g else reference.phi_of_d2(v.clamp_min(0), p)
         return torch.where(mask, 0.0, out) if mask is not None else out
 
     if p.normalize:
@@ -241,18 +283,18 @@ def _psi_block(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, diag_from: Opt
     return total.sum((-1, -2))
 
 
-def _self_pair_energy(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+def _self_pair_energy(w: torch.Tensor, p: EnergyParams, shift: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The half-space pairs ``(w_i, -w_i)``, summed per batch entry; in closed form (``1 - g_ii =
-    eps_norm / (|w|^2 + eps_norm)``), as the kernels take it."""
+    eps_norm / (|w|^2 + eps_norm)``), as the kernels take it. ``shift`` as in :func:`_psi_block`."""
     sq = (w * w).sum(-1)
     if not p.normalize:
-        return reference.phi_of_d2(4 * sq, p).sum(-1)
+        return _phi_shifted(4 * sq, p, shift).sum(-1)
     n2 = sq + p.eps_norm
     if p.kind in ("angular", "angular_log"):
         theta = math.pi - 2 * torch.asin(torch.sqrt(0.5 * p.eps_norm / n2))  # acos(-g_ii)
         a = theta / math.pi + p.eps_ang
         return (a.pow(-p.s) if p.kind == "angular" else -torch.log(a)).sum(-1)
-    return reference.phi_of_d2(2 + 2 * sq / n2, p).sum(-1)
+    return _phi_shifted(2 + 2 * sq / n2, p, shift).sum(-1)
 
 
 def _hvp(inputs: Sequence[torch.Tensor], vs: Sequence[torch.Tensor], parts) -> List[torch.Tensor]:
@@ -273,32 +315,59 @@ def _hvp(inputs: Sequence[torch.Tensor], vs: Sequence[torch.Tensor], parts) -> L
     return [o.to(t.dtype) for o, t in zip(out, inputs)]
 
 
-def self_hvp(w: torch.Tensor, ge: torch.Tensor, v: torch.Tensor, p: EnergyParams,
-             block: int = HVP_BLOCK) -> torch.Tensor:
+def _log_shift(p: EnergyParams, e: Optional[torch.Tensor], out_scale: float, dt: torch.dtype):
+    """The Gaussian kind's ``L = log S`` (the op returned ``e = L + log(out_scale)``), else None."""
+    if p.kind != "gaussian":
+        return None
+    return e.detach().to(dt) - math.log(out_scale)
+
+
+def _minus_outer(h: torch.Tensor, ge: torch.Tensor, grads: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+                 k: int) -> torch.Tensor:
+    """``h - ge G_k (G . v)``: the second half of the log-sum's Hessian ``H_S / S - G G^T``."""
+    gv = sum((g.to(h.dtype) * v.to(h.dtype)).sum((-1, -2)) for g, v in zip(grads, vs))
+    return h - (ge.to(h.dtype) * gv)[:, None, None] * grads[k].to(h.dtype)
+
+
+def self_hvp(w: torch.Tensor, ge: torch.Tensor, v: torch.Tensor, p: EnergyParams, e: Optional[torch.Tensor] = None,
+             g: Optional[torch.Tensor] = None, out_scale: float = 1.0, block: int = HVP_BLOCK) -> torch.Tensor:
     """``d/dw sum_b ge_b (G_b . v_b)``, i.e. the Hessian of ``sum_b ge_b E_b(w_b)`` times ``v``, for the self
-    energy ``E = sum_{i<j} psi`` (plus the half-space self pairs) of ``w: [B, N, D]``."""
+    energy ``E = out_scale * sum_{i<j} psi`` (plus the half-space self pairs) of ``w: [B, N, D]``; for the
+    Gaussian kind ``E = log(out_scale * S)``, which needs the op's ``e`` and gradient ``g``."""
     n = w.shape[-2]
     pair_scale = 1.0 if p.half_space else 0.5  # ordered pairs i != j count each unordered pair twice
-    scale = ge.detach().to(compute_dtype(w.dtype))
+    dt = compute_dtype(w.dtype)
+    shift = _log_shift(p, e, out_scale, dt)
+    scale = ge.detach().to(dt) * (1.0 if shift is not None else out_scale)
 
     def rows(i0):
-        return lambda x: (scale * _psi_block(x[:, i0:i0 + block], x, p, i0)).sum() * pair_scale
+        return lambda x: (scale * _psi_block(x[:, i0:i0 + block], x, p, i0, shift)).sum() * pair_scale
 
     parts = [rows(i0) for i0 in range(0, n, block)]
     if p.half_space and not (p.normalize and p.eps_norm == 0):  # else the self pairs are constants
-        parts.append(lambda x: (scale * _self_pair_energy(x, p)).sum())
-    return _hvp([w], [v], parts)[0]
+        parts.append(lambda x: (scale * _self_pair_energy(x, p, shift)).sum())
+    h = _hvp([w], [v], parts)[0]
+    if shift is None:
+        return h
+    return _minus_outer(h.to(dt), ge, [g], [v], 0).to(w.dtype)
 
 
 def cross_hvp(x: torch.Tensor, y: torch.Tensor, ge: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor,
-              p: EnergyParams, block: int = HVP_BLOCK):
-    """The Hessian of ``sum_b ge_b E_b(x_b, y_b)`` (``E = sum_i sum_j psi(x_i, y_j)``) times ``(vx, vy)``."""
-    scale = ge.detach().to(compute_dtype(x.dtype))
+              p: EnergyParams, e: Optional[torch.Tensor] = None, gx: Optional[torch.Tensor] = None,
+              gy: Optional[torch.Tensor] = None, out_scale: float = 1.0, block: int = HVP_BLOCK):
+    """The Hessian of ``sum_b ge_b E_b(x_b, y_b)`` (``E = out_scale * sum_i sum_j psi(x_i, y_j)``; Gaussian:
+    ``log(out_scale * S)``, with the op's ``e``, ``gx``, ``gy``) times ``(vx, vy)``."""
+    dt = compute_dtype(x.dtype)
+    shift = _log_shift(p, e, out_scale, dt)
+    scale = ge.detach().to(dt) * (1.0 if shift is not None else out_scale)
 
     def rows(i0):
-        return lambda xa, ya: (scale * _psi_block(xa[:, i0:i0 + block], ya, p, None)).sum()
+        return lambda xa, ya: (scale * _psi_block(xa[:, i0:i0 + block], ya, p, None, shift)).sum()
 
     hx, hy = _hvp([x, y], [vx, vy], [rows(i0) for i0 in range(0, x.shape[-2], block)])
+    if shift is not None:
+        hx = _minus_outer(hx.to(dt), ge, [gx, gy], [vx, vy], 0).to(x.dtype)
+        hy = _minus_outer(hy.to(dt), ge, [gx, gy], [vx, vy], 1).to(y.dtype)
     return hx, hy
 
 
@@ -337,22 +406,22 @@ class GradTimes(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(w, ge, g, p):
+    def forward(w, ge, g, p, e, scale):
         return ge.to(g.dtype)[:, None, None] * g
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        w, ge, g, p = inputs
-        ctx.save_for_backward(w, ge, g)
-        ctx.p = p
+        w, ge, g, p, e, scale = inputs
+        ctx.save_for_backward(w, ge, g, e)
+        ctx.p, ctx.scale = p, scale
 
     @staticmethod
     def backward(ctx, v):
-        w, ge, g = ctx.saved_tensors
+        w, ge, g, e = ctx.saved_tensors
         with torch.no_grad():
-            dw = self_hvp(w, ge, v, ctx.p) if ctx.needs_input_grad[0] else None
+            dw = self_hvp(w, ge, v, ctx.p, e, g, ctx.scale) if ctx.needs_input_grad[0] else None
             dge = (g * v).sum((-1, -2), dtype=ge.dtype) if ctx.needs_input_grad[1] else None
-        return (*_second_derivatives((dw, dge), (w, ge, v)), None, None)
+        return (*_second_derivatives((dw, dge), (w, ge, v)), None, None, None, None)
 
 
 class CrossGradTimes(torch.autograd.Function):
@@ -361,26 +430,26 @@ class CrossGradTimes(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, y, ge, gx, gy, p):
+    def forward(x, y, ge, gx, gy, p, e, scale):
         s = ge[:, None, None]
         return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, ge, gx, gy, p = inputs
-        ctx.save_for_backward(x, y, ge, gx, gy)
-        ctx.p = p
+        x, y, ge, gx, gy, p, e, scale = inputs
+        ctx.save_for_backward(x, y, ge, gx, gy, e)
+        ctx.p, ctx.scale = p, scale
 
     @staticmethod
     def backward(ctx, vx, vy):
-        x, y, ge, gx, gy = ctx.saved_tensors
+        x, y, ge, gx, gy, e = ctx.saved_tensors
         hx = hy = dge = None
         with torch.no_grad():
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                hx, hy = cross_hvp(x, y, ge, vx, vy, ctx.p)
+                hx, hy = cross_hvp(x, y, ge, vx, vy, ctx.p, e, gx, gy, ctx.scale)
             if ctx.needs_input_grad[2]:
                 dge = (gx * vx).sum((-1, -2), dtype=ge.dtype) + (gy * vy).sum((-1, -2), dtype=ge.dtype)
-        return (*_second_derivatives((hx, hy, dge), (x, y, ge, vx, vy)), None, None, None)
+        return (*_second_derivatives((hx, hy, dge), (x, y, ge, vx, vy)), None, None, None, None, None)
 
 
 def _flatten_vmap(t: torch.Tensor, bdim: Optional[int]):
@@ -394,29 +463,29 @@ class Energy(torch.autograd.Function):
     saved gradient). ``vmap`` maps onto the op's own batch dimension."""
 
     @staticmethod
-    def forward(w, backend, p, precision):
-        return self_pass(backend, w, p, precision)
+    def forward(w, backend, p, precision, scale):
+        return self_pass(backend, w, p, precision, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        w, _, p, _ = inputs
+        w, _, p, _, scale = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(w, output[1])
-        ctx.p = p
+        ctx.save_for_backward(w, output[0], output[1])
+        ctx.p, ctx.scale = p, scale
 
     @staticmethod
     def backward(ctx, ge, _unused):
-        w, g = ctx.saved_tensors
+        w, e, g = ctx.saved_tensors
         if torch.is_grad_enabled():  # the backward is being differentiated (create_graph, torch.func)
-            return GradTimes.apply(w, ge, g, ctx.p), None, None, None
-        return ge.to(g.dtype)[:, None, None] * g, None, None, None
+            return GradTimes.apply(w, ge, g, ctx.p, e, ctx.scale), None, None, None, None
+        return ge.to(g.dtype)[:, None, None] * g, None, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, w, backend, p, precision):
+    def vmap(info, in_dims, w, backend, p, precision, scale):
         if in_dims[0] is None:
-            return Energy.apply(w, backend, p, precision), (None, None)
+            return Energy.apply(w, backend, p, precision, scale), (None, None)
         flat, v = _flatten_vmap(w, in_dims[0])
-        e, g = Energy.apply(flat, backend, p, precision)
+        e, g = Energy.apply(flat, backend, p, precision, scale)
         return (e.view(v, -1), g.view(v, -1, *g.shape[1:])), (0, 0)
 
 
@@ -424,39 +493,40 @@ class CrossEnergy(torch.autograd.Function):
     """``(E, Gx, Gy)`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend."""
 
     @staticmethod
-    def forward(x, y, backend, p, precision):
-        return cross_pass(backend, x, y, p, precision)
+    def forward(x, y, backend, p, precision, scale):
+        return cross_pass(backend, x, y, p, precision, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, _, p, _ = inputs
+        x, y, _, p, _, scale = inputs
         ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(x, y, output[1], output[2])
-        ctx.p = p
+        ctx.save_for_backward(x, y, output[0], output[1], output[2])
+        ctx.p, ctx.scale = p, scale
 
     @staticmethod
     def backward(ctx, ge, _gx, _gy):
-        x, y, gx, gy = ctx.saved_tensors
+        x, y, e, gx, gy = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p), None, None, None)
+            return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p, e, ctx.scale), None, None, None, None)
         s = ge[:, None, None]
-        return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None, None
+        return s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, None, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, y, backend, p, precision):
+    def vmap(info, in_dims, x, y, backend, p, precision, scale):
         xd, yd = in_dims[0], in_dims[1]
         if xd is None and yd is None:
-            return CrossEnergy.apply(x, y, backend, p, precision), (None, None, None)
+            return CrossEnergy.apply(x, y, backend, p, precision, scale), (None, None, None)
         v = info.batch_size
         x = x.movedim(xd, 0) if xd is not None else x.expand(v, *x.shape)
         y = y.movedim(yd, 0) if yd is not None else y.expand(v, *y.shape)
         e, gx, gy = CrossEnergy.apply(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]), backend, p,
-                                      precision)
+                                      precision, scale)
         return (e.view(v, -1), gx.view(v, -1, *gx.shape[1:]), gy.view(v, -1, *gy.shape[1:])), (0, 0, 0)
 
 
 class EnergyMany(torch.autograd.Function):
-    """``E: [K]`` of a list of ``[N_k, D_k]`` matrices in one Triton ragged launch, with the gradients."""
+    """``E: [K]`` of a list of ``[N_k, D_k]`` matrices in one Triton ragged launch, with the gradients: the
+    plain sums (the Gaussian kind: the log-sums)."""
 
     @staticmethod
     def forward(p, precision, *ws):
@@ -467,15 +537,15 @@ class EnergyMany(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         p, _, *ws = inputs
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(*ws, *output[1:])
+        ctx.save_for_backward(output[0], *ws, *output[1:])
         ctx.p = p
 
     @staticmethod
     def backward(ctx, ge, *_unused):
-        saved = ctx.saved_tensors
+        e, *saved = ctx.saved_tensors
         k = len(saved) // 2
         ws, grads = saved[:k], saved[k:]
         if torch.is_grad_enabled():
-            return (None, None, *(GradTimes.apply(w[None], ge[i:i + 1], g[None], ctx.p)[0]
+            return (None, None, *(GradTimes.apply(w[None], ge[i:i + 1], g[None], ctx.p, e[i:i + 1], 1.0)[0]
                                   for i, (w, g) in enumerate(zip(ws, grads))))
         return (None, None, *(ge[i].to(g.dtype) * g for i, g in enumerate(grads)))

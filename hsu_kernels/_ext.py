@@ -2,8 +2,10 @@
 dispatch key (the CPU kernel in csrc/cpu/, the CUDA kernel in csrc/cuda/).
 
 ``energy_grad`` returns the energy *and* its gradient from one pass; the registered backward only scales
-the saved gradient by ``grad_output``. The gradient output itself is not differentiable (it is marked so:
-using it in a loss raises). Second derivatives of the energy work as through the public functions (see
+the saved gradient by ``grad_output``. The energy is ``scale * sum`` over pairs (``scale`` a trailing
+argument, default 1), and for the Gaussian kind (code 4) the log-sum ``log(scale * sum exp(-t d2))`` with
+the gradient of that log (docs/spec.md §4). The gradient output itself is not differentiable (it is marked
+so: using it in a loss raises). Second derivatives of the energy work as through the public functions (see
 ``_autograd.py``); the public functions wrap the ops in their own autograd Functions, which also support
 ``torch.func``. Autocast kernels (csrc/hsu_autocast.cpp) make the ops compute in float32/float64 under any
 ``torch.autocast``.
@@ -80,12 +82,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 if available():
 
     @torch.library.register_fake("hsu::energy_grad")
-    def _energy_grad_fake(w, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+    def _energy_grad_fake(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(w.dim() == 3, lambda: "w must have shape [B, N, D]")
         return w.new_empty((w.shape[0],), dtype=_acc_dtype(w.dtype)), torch.empty_like(w)
 
     @torch.library.register_fake("hsu::cross_energy_grad")
-    def _cross_energy_grad_fake(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize):
+    def _cross_energy_grad_fake(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must have shape [B, N, D]")
         dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)

@@ -29,6 +29,9 @@ POWERS = {
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+#: With eps_norm = 0, a row whose largest entry is below this has no direction the kernels can form.
+_TINY_ROW = 2.0**-1000
+
 
 @dataclass(frozen=True)
 class EnergyParams:
@@ -113,10 +116,15 @@ def check_matrix(
         name: the argument's name, used in every message.
         allow_batch: accept a leading batch dimension.
         min_rows: the smallest N allowed (2 for a self energy, 1 for one side of a cross energy).
-        eps_norm: when exactly 0, zero rows are an error (they have no direction).
+        eps_norm: when exactly 0, zero rows are an error (they have no direction), and so are rows whose
+            largest entry is below 2^-1000 (their 1/|w|, and their gradient, overflows float64).
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got a nested tensor")
+    if w.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {w.layout}")
     ranks = "2 ([N, D]) or 3 ([B, N, D])" if allow_batch else "2 ([N, D])"
     if w.dim() not in ((2, 3) if allow_batch else (2,)):
         raise ValueError(f"{name} must have rank {ranks}, got shape {tuple(w.shape)}")
@@ -133,20 +141,22 @@ def check_matrix(
         raise ValueError(f"{name} has an empty batch dimension (B = 0)")
     if w.device.type == "meta" or _is_fake(w):
         return w
+    tiny = (f"{name} has a zero row (or one whose largest entry is below 2^-1000), which has no direction "
+            "when eps_norm=0")
     if torch.compiler.is_compiling():
         # A compiled graph cannot raise from Python on data; these asserts raise when the graph runs.
         torch._assert_async(torch.isfinite(w).all(), f"{name} contains NaN or Inf")
         if eps_norm == 0:
-            torch._assert_async((w.abs().amax(dim=-1) != 0).all(),
-                                f"{name} has a zero row, which has no direction when eps_norm=0")
+            torch._assert_async((w.abs().amax(dim=-1).double() >= _TINY_ROW).all(), tiny)
         return w
     # Under torch.func transforms the checks look at the plain tensor underneath (vmap cannot branch on
     # a batched tensor's data).
     data = _functorch_unwrapped(w.detach())
     if not bool(torch.isfinite(data).all()):
         raise ValueError(f"{name} contains NaN or Inf")
-    if eps_norm == 0 and bool((data.abs().amax(dim=-1) == 0).any()):
-        raise ValueError(f"{name} has a zero row, which has no direction when eps_norm=0")
+    # compared in float64: 2^-1000 is 0 in float32
+    if eps_norm == 0 and bool((data.abs().amax(dim=-1).double() < _TINY_ROW).any()):
+        raise ValueError(tiny)
     return w
 
 

@@ -15,6 +15,7 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -115,14 +116,37 @@ def _check_precision(precision: Optional[str]) -> None:
         raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
 
 
-def _energy_sum(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None) -> torch.Tensor:
-    """``sum_{i<j}`` energy of each ``[N, D]`` in ``w3: [B, N, D]``, differentiable, on ``backend``: float32
-    (float64 for float64 input), computed with autocast off (the caller holds ``autocast_off``)."""
+def _is_log(p: EnergyParams) -> bool:
+    """The Gaussian kind is reduced as a log-sum (docs/spec.md §4): the backends return ``log(scale * sum exp)``."""
+    return p.kind == "gaussian"
+
+
+def _divided(e: torch.Tensor, count, log: bool) -> torch.Tensor:
+    """A sum ``e`` (``log``: a log-sum) divided by ``count`` (an int, symbolic under torch.compile)."""
+    return e - torch.log(torch.ones_like(e) * count) if log else e / count
+
+
+def _scale_inside(count) -> bool:
+    """Whether ``1 / count`` goes into the kernels as their ``scale`` (eager: so that a mean whose sum, or
+    whose sum's gradient, would overflow is still computed) or is applied to their result (under
+    torch.compile, where a float argument that depends on N would compile one graph per N)."""
+    return not torch.compiler.is_compiling() or (isinstance(count, int) and count == 1)
+
+
+def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None,
+                count=1) -> torch.Tensor:
+    """``sum_{i<j} / count`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
+    ``log(sum_{i<j} exp(-t d2) / count)``), differentiable, on ``backend``: float32 (float64 for float64
+    input), computed with autocast off (the caller holds ``autocast_off``)."""
     if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
         w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
+    inside = _scale_inside(count)
+    scale = 1.0 / count if inside else 1.0
     if backend == "reference":
-        return reference.energy_sum(w3, p)
-    return _autograd.energy_sum(backend, w3, p, precision)
+        e = reference.gaussian_logsum(w3, p) + math.log(scale) if _is_log(p) else scale * reference.energy_sum(w3, p)
+    else:
+        e = _autograd.energy_sum(backend, w3, p, precision, scale)
+    return e if inside else _divided(e, count, _is_log(p))
 
 
 def energy(
@@ -183,10 +207,11 @@ def energy(
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
+    count = num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1
     with autocast_off(w.device):
-        e = _energy_sum(w3, p, name, precision)
-    if reduction == "mean":
-        e = e / num_pairs(w.shape[-2], p.half_space)
+        e = _energy_out(w3, p, name, precision, count)
+    if _is_log(p):
+        e = torch.exp(e)
     return e if w.dim() == 3 else e[0]
 
 
@@ -230,14 +255,16 @@ def energy_many(
         if w.dtype != ws[0].dtype:
             raise TypeError(f"ws[{k}] is {w.dtype}, ws[0] is {ws[0].dtype}: all must share a dtype")
     name = resolve_backend(backend, ws[0].device, max(w.shape[-1] for w in ws), ws[0].dtype)
+    counts = [num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1 for w in ws]
     with autocast_off(ws[0].device):
         if name == "triton" and not any(is_batched_by_vmap(w) for w in ws):
+            # the ragged launch returns the plain sums (the Gaussian kind: the log-sums)
             es = _autograd.EnergyMany.apply(p, precision, *ws)[0].unbind(0)
+            es = [_divided(e, c, _is_log(p)) for e, c in zip(es, counts)]
         else:
-            es = [_energy_sum(w.unsqueeze(0), p, name, precision)[0] for w in ws]
-    if reduction == "mean":
-        es = [e / num_pairs(w.shape[0], p.half_space) for e, w in zip(es, ws)]
-    return torch.stack(es)
+            es = [_energy_out(w.unsqueeze(0), p, name, precision, c)[0] for w, c in zip(ws, counts)]
+    e = torch.stack(es)
+    return torch.exp(e) if _is_log(p) else e
 
 
 def cross_energy(
@@ -282,15 +309,18 @@ def cross_energy(
     _check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
+    count = x.shape[-2] * y.shape[-2] if reduction == "mean" else 1
+    inside = _scale_inside(count)
     if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
         x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
     with autocast_off(x.device):
         if name == "reference":
-            e = reference.cross_energy(x3, y3, p)
+            e = reference.cross_energy(x3, y3, p, reduction if inside else "sum")
+            e = e if inside else e / count
         else:
-            e = _autograd.cross_energy_sum(name, x3, y3, p, precision)
-    if reduction == "mean":
-        e = e / (x.shape[-2] * y.shape[-2])
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, 1.0 / count if inside else 1.0)
+            e = e if inside else _divided(e, count, _is_log(p))
+            e = torch.exp(e) if _is_log(p) else e
     return e if x.dim() == 3 else e[0]
 
 
@@ -298,14 +328,24 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     """The contrastive uniformity loss ``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given
     (the caller normalizes features if it wants them on the sphere).
 
+    Computed as a log-sum-exp (docs/spec.md §4), so it is finite for features of any scale, where the terms
+    ``exp(-t d2)`` themselves underflow (float32 features of norm 10 and above).
+
     Args:
         x: ``Tensor[N, D]`` or ``Tensor[B, N, D]`` features, N >= 2.
         t: temperature, > 0 (2 in the paper).
+        backend: see the module docstring.
 
     Returns:
-        A scalar (``Tensor[B]`` for batched input). Every term is in (0, 1], so the mean needs no shift.
+        A scalar (``Tensor[B]`` for batched input).
     """
-    return torch.log(energy(x, "gaussian", t=t, normalize=False, reduction="mean", backend=backend))
+    p = make_params("gaussian", 0.0, normalize=False, t=t)
+    check_matrix(x, "x")
+    name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    with autocast_off(x.device):
+        e = _energy_out(x3, p, name, count=num_pairs(x.shape[-2], False))
+    return e if x.dim() == 3 else e[0]
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
@@ -313,14 +353,17 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Te
 
     Args:
         x, y: ``Tensor[N, D]`` of the same shape.
-        alpha: exponent, > 0.
+        alpha: exponent, a finite number > 0.
+
+    Returns:
+        A scalar.
     """
     check_matrix(x, "x", allow_batch=False, min_rows=1)
     check_matrix(y, "y", allow_batch=False, min_rows=1)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     return (x - y).norm(dim=1).pow(alpha).mean()
 
 
@@ -389,7 +432,7 @@ def min_separation(
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``.
         half_space: the minimum over the 2N points ``{u_i} u {-u_i}``.
         eps_norm: as in :func:`energy`.
-        block: rows per tile.
+        block: rows per tile, an int >= 1.
 
     Returns:
         A scalar (``Tensor[B]`` batched). Its gradient goes to every pair attaining the minimum, shared
@@ -398,6 +441,10 @@ def min_separation(
     check_matrix(w, "w", eps_norm=eps_norm)
     if not isinstance(half_space, bool):
         raise TypeError(f"half_space must be a bool, got {type(half_space).__name__}")
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"block must be an int, got {type(block).__name__} ({block!r})")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     make_params("riesz", 1.0, eps_norm=eps_norm)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
     out = _MinSeparation.apply(w3, half_space, float(eps_norm), int(block))

@@ -2,33 +2,91 @@
 
 Every function here materializes the full ``N x N`` matrix and lets autograd differentiate it. That is
 O(N^2) memory and slow, and it is the point: nothing in this file is clever, so every kernel can be checked
-against it in float64. (Being plain, it inherits autograd's limits: with rows whose |w|^2 exceeds
-eps_norm by more than the dtype's precision, u_i . u_i rounds to 1 and the half-space angular gradient
-through acos is not finite; the kernels take that self pair in closed form.) Half-space energies are
-computed the naive way, by concatenating ``[U, -U]``, so the
+against it in float64. Half-space energies are computed the naive way, by concatenating ``[U, -U]``, so the
 kernels' ``2 sum [phi(g) + phi(-g)] + sum phi(-g_ii)`` shortcut is tested against an independent form.
+
+Three things are written in their numerically stable form, because the literal one is wrong even in float64
+on valid inputs (docs/spec.md §1, §4, §5):
+
+- close pairs. The squared distance ``2 - 2g`` (or ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j``) cancels when two rows
+  are nearly parallel (or nearly antipodal): exact duplicates of norm 100 give ``2 - 2g = 0`` in float32
+  where the true value is ``2e-8``. Every pair whose ``1 - |g|`` is below :data:`CLOSE` (or whose expanded
+  distance is below ``CLOSE (|x_i|^2 + |x_j|^2)``) is recomputed from coordinate differences in float64:
+  ``1 - |g| = (a_i + a_j + |u_i - sign(g) u_j|^2) / 2`` with ``a_i = 1 - |u_i|^2 = eps_norm / n_i^2`` in
+  closed form. Angles come from ``om = 1 - |g|`` as ``2 asin(sqrt(om / 2))`` (or ``pi`` minus it), never
+  from ``acos`` near ``+-1``.
+- extreme norms. Rows are scaled by a power of two before their squared norm is formed, so rows whose
+  ``|w|^2`` overflows (or underflows) are normalized exactly.
+- the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
+
+Being plain, it inherits autograd's limits: the half-space angular energy with ``eps_norm = 0`` (or rows
+whose ``eps_norm / |w|^2`` underflows, norms beyond ~1e154) meets ``1/sin(pi)`` times zero in the pair
+``(u_i, -u_i)`` (NaN; the kernels take that pair in closed form: derivative 0), and the derivative of a pair
+whose ``2 - 2g`` is below ~1e-200 overflows.
+
+A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
+Riesz and log energies are ``+inf`` there, and autograd gives NaN in the rows of such a pair (the same
+convention as the kernels, see README "Precision"). The reference does not guard against overflow of the
+per-pair terms themselves (e.g. angular ``s = 50`` in float32): the kernels do.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from ._params import EnergyParams, num_pairs
 
+#: Pairs with ``1 - |g|`` below this (or an expanded distance below this fraction of ``|x_i|^2 + |x_j|^2``)
+#: are recomputed from coordinate differences.
+CLOSE = 2.0**-4
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype != torch.float64 else dtype
+
+
+def row_scale(w: torch.Tensor, eps_norm: float):
+    """``u = w / n`` and ``a = eps_norm / n^2`` with ``n = sqrt(|w|^2 + eps_norm)`` (docs/spec.md §1), formed after
+    dividing each row by a power of two ``m >= max(|w_id|, sqrt(eps_norm))`` so that no square overflows or
+    underflows. Returns ``(u, a, rs, m)`` with ``rs = m / n`` (so ``u = (w / m) rs``); ``a``, ``rs``, ``m`` of
+    shape ``[..., N, 1]``, ``m`` constant (no gradient)."""
+    big = w.detach().abs().amax(-1, keepdim=True)
+    if eps_norm > 0:
+        big = big.clamp_min(math.sqrt(eps_norm))
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    m = torch.ldexp(torch.ones_like(big), torch.frexp(big).exponent)
+    ws = w / m
+    eps_s = (eps_norm / m) / m
+    n2 = (ws * ws).sum(-1, keepdim=True) + eps_s
+    rs = torch.rsqrt(n2)
+    return ws * rs, eps_s / n2, rs, m
+
 
 def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
     """``u_i = w_i / sqrt(|w_i|^2 + eps_norm)`` (docs/spec.md §1)."""
-    return w / torch.sqrt((w * w).sum(dim=-1, keepdim=True) + eps_norm)
+    return row_scale(w, eps_norm)[0]
 
 
 def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term as a function of the cosine of two normalized rows (docs/spec.md §3)."""
+    """The per-pair term as a function of the cosine of two normalized rows (docs/spec.md §3), literally: ``acos``
+    and ``2 - 2g`` (the stable form the reference computes with is :func:`phi_of_om`)."""
     if p.kind in ("angular", "angular_log"):
         a = torch.acos(g) / math.pi + p.eps_ang
         return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
     return phi_of_d2(2 - 2 * g, p)
+
+
+def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """The per-pair term (docs/spec.md §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
+    if p.kind in ("angular", "angular_log"):
+        half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
+        theta = torch.where(g >= 0, half, math.pi - half)
+        a = theta / math.pi + p.eps_ang
+        return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
+    return phi_of_d2(torch.where(g >= 0, 2 * om, 2 - 2 * g), p)
 
 
 def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
@@ -42,51 +100,174 @@ def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     raise ValueError(f"kind={p.kind!r} needs normalized rows")
 
 
-def _geometry(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The cosine ``g`` (normalized) or the squared distance ``d2`` (un-normalized) of every pair
-    ``(x_i, y_j)``: a ``[..., Nx, Ny]`` matrix."""
+def _pairs(n: int, device) -> torch.Tensor:
+    return torch.triu_indices(n, n, offset=1, device=device)
+
+
+def _geometry(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams):
+    """For the pairs ``(x[..., ii], y[..., jj])``: ``(g, om)`` (normalized) or ``d2`` (un-normalized), each of
+    shape ``[..., P]``, with close pairs recomputed from coordinate differences in float64."""
+    wide = _wide(x.dtype)
     if p.normalize:
-        return normalize_rows(x, p.eps_norm) @ normalize_rows(y, p.eps_norm).transpose(-1, -2)
-    d2 = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)
-    return d2.clamp_min(0)
+        # rows normalized in float64 (in float32 autograd's (I - u u^T) / n cancels for a radial gradient),
+        # multiplied in the input's dtype
+        ux = row_scale(x.to(wide), p.eps_norm)[0].to(x.dtype)
+        uy = row_scale(y.to(wide), p.eps_norm)[0].to(y.dtype)
+        g = (ux @ uy.transpose(-1, -2))[..., ii, jj]
+        om = torch.where(g >= 0, 1 - g, 1 + g)  # 1 - |g|, with a derivative at g = 0 (abs' has 0 there)
+        if _dense(x, y):  # no data-dependent shapes (a compiled graph, vmap): every pair, selected
+            exact, sign = _careful_om(x.to(wide), y.to(wide), ii, jj, g, p)
+            use = om < CLOSE
+            return torch.where(use, (sign * (1 - exact)).to(g.dtype), g), torch.where(use, exact.to(om.dtype), om)
+        close = (om < CLOSE).nonzero(as_tuple=True)
+        if close[0].numel():
+            x64, y64 = x.to(wide), y.to(wide)
+            _, ax64, rsx, mx = row_scale(x64, p.eps_norm)
+            _, ay64, rsy, my = row_scale(y64, p.eps_norm)
+            *bb, k = close
+            i, j = ii[k], jj[k]
+            sign = torch.where(g[close] >= 0, 1.0, -1.0).to(wide).detach()[:, None]
+            # with v = w / m (m: the row's power of two, exact) and u = v rs: u_i - sign u_j =
+            # rs_i (v_i - sign v_j) + sign v_j (rs_i - rs_j), the rows' difference first, so the pair keeps its
+            # distance to ~1 ulp of itself, every factor is of order 1 however large the rows, and rows that
+            # are power-of-two multiples of each other (same v, same rs) get exactly 0
+            ri, rj = rsx[(*bb, i)], rsy[(*bb, j)]
+            wi, wj = x64[(*bb, i)] / mx[(*bb, i)], sign * y64[(*bb, j)] / my[(*bb, j)]
+            diff = ri * (wi - wj) + wj * (ri - rj)
+            exact = 0.5 * (ax64[(*bb, i)][:, 0] + ay64[(*bb, j)][:, 0] + (diff * diff).sum(-1))
+            om = om.index_put(close, exact.to(om.dtype))
+            # g too (its far side, 2 -+ 2g, and its derivative): from the same float64 graph
+            g = g.index_put(close, (sign[:, 0] * (1 - exact)).to(g.dtype))
+        return g, om
+    qx, qy = (x * x).sum(-1), (y * y).sum(-1)
+    scale = qx[..., ii] + qy[..., jj]
+    d2 = (scale - 2 * (x @ y.transpose(-1, -2))[..., ii, jj]).clamp_min(0)
+    if _dense(x, y):
+        diff = x[..., ii, :].to(wide) - y[..., jj, :].to(wide)
+        return torch.where(~(d2 >= CLOSE * scale), (diff * diff).sum(-1).to(d2.dtype), d2)
+    close = (~(d2 >= CLOSE * scale)).nonzero(as_tuple=True)  # also catches an overflowed |x|^2
+    if close[0].numel():
+        *bb, k = close
+        diff = x[(*bb, ii[k])].to(wide) - y[(*bb, jj[k])].to(wide)
+        d2 = d2.index_put(close, (diff * diff).sum(-1).to(d2.dtype))
+    return d2
 
 
-def _phi(geom: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    return phi_of_g(geom, p) if p.normalize else phi_of_d2(geom, p)
+def _dense(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the close pairs are recomputed densely (every pair, then selected): in a compiled graph and
+    under torch.func transforms, where the selection's data-dependent shape cannot be formed."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_functorch_wrapped_tensor(y)
+
+
+def _careful_om(x64: torch.Tensor, y64: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, g: torch.Tensor,
+                p: EnergyParams):
+    """``1 - |g|`` of every pair ``(x[..., ii], y[..., jj])`` from coordinate differences in float64 (as
+    :func:`_geometry` forms it for its close pairs), and the sign of ``g``: the dense form, under
+    torch.compile."""
+    _, ax, rsx, mx = row_scale(x64, p.eps_norm)
+    _, ay, rsy, my = row_scale(y64, p.eps_norm)
+    sign = torch.where(g >= 0, 1.0, -1.0).to(x64.dtype).detach()
+    ri, rj = rsx[..., ii, :], rsy[..., jj, :]
+    wi, wj = x64[..., ii, :] / mx[..., ii, :], sign[..., None] * y64[..., jj, :] / my[..., jj, :]
+    diff = ri * (wi - wj) + wj * (ri - rj)
+    return 0.5 * (ax[..., ii, 0] + ay[..., jj, 0] + (diff * diff).sum(-1)), sign
+
+
+def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams,
+                keep: Optional[torch.Tensor] = None):
+    """``phi`` of the pairs ``(x[..., ii], y[..., jj])``, ``[..., P]``; with ``keep``, 0 where it is False
+    (those entries get a harmless geometry before ``phi``, so they never enter the graph as inf or NaN)."""
+    if p.normalize:
+        g, om = _geometry(x, y, ii, jj, p)
+        if keep is not None:
+            g, om = torch.where(keep, g, 0.0), torch.where(keep, om, 1.0)
+        terms = phi_of_om(g, om, p)
+    else:
+        d2 = _geometry(x, y, ii, jj, p)
+        terms = phi_of_d2(d2 if keep is None else torch.where(keep, d2, 1.0), p)
+    return terms if keep is None else torch.where(keep, terms, 0.0)
+
+
+def _log_terms(x, y, ii, jj, p: EnergyParams, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``-t d2`` of the pairs (the Gaussian kind's log terms); ``-inf`` where ``keep`` is False."""
+    if p.normalize:
+        g, om = _geometry(x, y, ii, jj, p)
+        terms = -p.t * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+    else:
+        terms = -p.t * _geometry(x, y, ii, jj, p)
+    return terms if keep is None else torch.where(keep, terms, -math.inf)
+
+
+def _self_pairs(w: torch.Tensor, p: EnergyParams):
+    """The point set of a self energy (``[W, -W]`` in half-space mode), its unordered pairs ``ii, jj`` and
+    ``keep``: None, or under torch.compile every ordered pair with ``keep = ii < jj`` (``triu_indices``
+    needs N as a Python int: under ``torch.compile(dynamic=True)`` it would compile a graph per N)."""
+    if p.half_space:
+        w = torch.cat([w, -w], dim=-2)
+    n = w.shape[-2]
+    if torch.compiler.is_compiling():
+        idx = torch.arange(n, device=w.device)
+        ii, jj = idx[:, None].expand(n, n).reshape(-1), idx[None, :].expand(n, n).reshape(-1)
+        return w, ii, jj, ii < jj
+    iu = _pairs(n, w.device)
+    return w, iu[0], iu[1], None
 
 
 def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
-    half-space points ``{w_i} u {-w_i}``. Every entry but the pairs ``i < j`` is replaced by a harmless
-    value before ``phi`` is applied and by 0 after, so the diagonal (not a pair) never enters the graph.
-    (A mask rather than ``triu_indices``, which needs N as a Python int: under ``torch.compile(dynamic=True)``
-    it would recompile for every N.)"""
-    if p.half_space:
-        w = torch.cat([w, -w], dim=-2)
-    n = w.shape[-2]
-    idx = torch.arange(n, device=w.device)
-    pair = idx[:, None] < idx[None, :]
-    geom = torch.where(pair, _geometry(w, w, p), 0.0 if p.normalize else 1.0)
-    return torch.where(pair, _phi(geom, p), 0.0).sum((-1, -2))
+    half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
+    diagonal (not a pair) never enters the graph."""
+    w, ii, jj, keep = _self_pairs(w, p)
+    return _pair_terms(w, w, ii, jj, p, keep).sum(-1)
+
+
+def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (docs/spec.md §4)."""
+    w, ii, jj, keep = _self_pairs(w, p)
+    return torch.logsumexp(_log_terms(w, w, ii, jj, p, keep), -1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
     """The energy, summed or averaged over unordered pairs (docs/spec.md §4)."""
+    if p.kind == "gaussian":
+        shift = -math.log(num_pairs(w.shape[-2], p.half_space)) if reduction == "mean" else 0.0
+        return torch.exp(gaussian_logsum(w, p) + shift)
     e = energy_sum(w, p)
     if reduction == "mean":
         e = e / num_pairs(w.shape[-2], p.half_space)
     return e
 
 
+def _all_pairs(x: torch.Tensor, y: torch.Tensor):
+    nx, ny = x.shape[-2], y.shape[-2]
+    ii = torch.arange(nx, device=x.device)[:, None].expand(nx, ny).reshape(-1)
+    jj = torch.arange(ny, device=x.device)[None, :].expand(nx, ny).reshape(-1)
+    return ii, jj
+
+
+def cross_logsum(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``log sum_i sum_j exp(-t d2(x_i, y_j))`` (plus the pairs with ``-y_j`` in half-space mode)."""
+    ii, jj = _all_pairs(x, y)
+    terms = _log_terms(x, y, ii, jj, p)
+    if p.half_space:
+        terms = torch.cat([terms, _log_terms(x, -y, ii, jj, p)], -1)
+    return torch.logsumexp(terms, -1)
+
+
 def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum") -> torch.Tensor:
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
     mode), or its mean over the ``Nx * Ny`` pairs."""
-    phi = _phi(_geometry(x, y, p), p)
+    count = x.shape[-2] * y.shape[-2]
+    if p.kind == "gaussian":
+        return torch.exp(cross_logsum(x, y, p) - (math.log(count) if reduction == "mean" else 0.0))
+    ii, jj = _all_pairs(x, y)
+    e = _pair_terms(x, y, ii, jj, p).sum(-1)
     if p.half_space:
-        phi = phi + _phi(_geometry(x, -y, p), p)
-    e = phi.sum((-1, -2))
+        e = e + _pair_terms(x, -y, ii, jj, p).sum(-1)
     if reduction == "mean":
-        e = e / (x.shape[-2] * y.shape[-2])
+        e = e / count
     return e
 
 
@@ -108,7 +289,7 @@ def min_separation(w: torch.Tensor, half_space: bool = False, eps_norm: float = 
 
 
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (docs/spec.md §4, §7), with
-    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` clamped at 0 (docs/spec.md §5)."""
+    """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (docs/spec.md §4, §7), as a log-sum-exp, with
+    ``|x_i - x_j|^2`` from the expanded form and close pairs recomputed from differences (docs/spec.md §5)."""
     p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
-    return torch.log(energy(x, p, "mean"))
+    return gaussian_logsum(x, p) - math.log(num_pairs(x.shape[-2], False))

@@ -1,16 +1,23 @@
 """The tiled PyTorch path (``backend="torch"``): any device, O(N * block) memory.
 
 The same algorithm as the compiled kernels (docs/spec.md §6), written with PyTorch ops over blocks of rows:
-for a block ``I`` of rows, ``S = W_I W^T`` gives the raw dot products with every row, the per-pair terms are
-evaluated elementwise (``csrc/hsu_pair.h`` in tensor form), and ``C @ W`` accumulates the gradient. The
+for a block ``I`` of rows, ``S = U_I U^T`` gives the cosines with every row, the per-pair terms are
+evaluated elementwise (``csrc/hsu_pair.h`` in tensor form), and ``C @ U`` accumulates the gradient. The
 energy and the gradient come out of one pass; ``backward`` only scales the saved gradient.
 
 Every backend's pass is described by one contract, used by ``ops.py``:
 
-    energy_grad(w, p) -> (E, G)         w: Tensor[B, N, D]; E: Tensor[B] = sum_{i<j} psi; G = dE/dw
-    cross_energy_grad(x, y, p) -> (E, Gx, Gy)
+    energy_grad(w, p, scale=1) -> (E, G)     w: Tensor[B, N, D]; E: Tensor[B] = scale * sum_{i<j} psi; G = dE/dw
+    cross_energy_grad(x, y, p, scale=1) -> (E, Gx, Gy)
 
+For the Gaussian kind ``E`` is the log-sum ``log(scale * sum exp(-t d2))`` and ``G`` its gradient (docs/spec.md §4).
 ``E`` is in the accumulation dtype (float32 for half inputs), ``G`` in the input dtype.
+
+Numerics (README "Precision"): rows are normalized in float64 after a power-of-two rescaling (no ``|w|^2``
+overflows or underflows); every pair whose ``1 - |g|`` (or expanded distance) is small, or whose term
+overflows the compute dtype, is recomputed in float64 from coordinate differences, and its gradient is
+split into a small tangential vector and a radial coefficient the epilogue applies in closed form (no
+cancellation of large radial parts); the Gaussian kind is an online log-sum-exp with a per-row maximum.
 """
 
 from __future__ import annotations
@@ -28,10 +35,26 @@ _INV_PI = 1.0 / math.pi
 #: coefficient matrices): 256 rows of N = 100,000 in float32 is about 400 MB.
 DEFAULT_BLOCK = 256
 
+#: Up to this D, float32 tiles get their cosines in float64 (cheap there, and nearly parallel rows, common
+#: among points on a low-dimensional sphere, keep their digits).
+PRECISE_MAX_D = 32
+
+#: Pairs with ``1 - |g|`` (normalized) or ``d2 / (|x_i|^2 + |x_j|^2)`` (un-normalized) below this are
+#: recomputed from coordinates, by the dtype of the cosines and of the result (``close_tau`` in
+#: csrc/hsu_pair.h): float32 cosines 1/16 (an error of ~sqrt(D) ulp in ``g`` is then at most 8 sqrt(D) ulp of
+#: ``2 - 2g``), float64 cosines of float32 rows 2^-20, of float64 rows 2^-10.
+CLOSE_F32 = 2.0**-4
+CLOSE_F64_OF_F32 = 2.0**-20
+CLOSE_F64 = 2.0**-10
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in: float32 for half inputs, else the input's own."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
 
 
 def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,139 +69,473 @@ def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tens
     return f, -p.t * f
 
 
-def _phi_g(g: torch.Tensor, p: EnergyParams, dtype: torch.dtype, om=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3), computed in ``dtype``. ``g`` may come
-    in a wider dtype: ``2 - 2g`` is then formed before rounding (it cancels for nearly parallel rows).
-    ``om`` is ``1 - |g|`` when the caller has it in closed form (the half-space self pair)."""
+def _phi_g(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3), given ``om = 1 - |g|`` (formed as
+    accurately as the caller can: it carries the digits that ``g`` near ``+-1`` has lost)."""
+    om = om.clamp_min(0)
     if p.kind in ("angular", "angular_log"):
         g = g.clamp(-1, 1)
-        # 1 - |g| formed before rounding; acos(|g|) = 2 asin(sqrt(om / 2))
-        om = (1 - g.abs() if om is None else om).clamp_min(0).to(dtype)
-        gc = g.to(dtype)
-        far = 2 * torch.asin(torch.sqrt(0.5 * om))
-        theta = torch.where(gc.abs() <= 0.5, torch.acos(gc), torch.where(gc < 0, math.pi - far, far))
+        far = 2 * torch.asin(torch.sqrt(0.5 * om))  # acos(|g|), accurate near |g| = 1
+        theta = torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
         a = theta * _INV_PI + p.eps_ang
-        dtheta = -_INV_PI / torch.sqrt((om * (2 - om)).clamp_min(0))
+        dtheta = -_INV_PI / torch.sqrt(om * (2 - om))
         if p.kind == "angular":
             f = a.pow(-p.s)
             return f, -p.s * f / a * dtheta
         return -torch.log(a), -dtheta / a
-    f, df = _phi_d2((2 - 2 * g).to(dtype), p)
+    f, df = _phi_d2(torch.where(g >= 0, 2 * om, 2 - 2 * g), p)
     return f, -2 * df
 
 
-def row_stats(x: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``r = 1/sqrt(|w|^2 + eps_norm)`` when normalizing, else ``q = |w|^2``: ``Tensor[B, N]``."""
-    sq = (x * x).sum(-1)
-    return torch.rsqrt(sq + p.eps_norm) if p.normalize else sq
+def _careful_q(om: torch.Tensor) -> torch.Tensor:
+    """``2 om``, or 1 where ``om = 0`` (nothing to scale by), as ``careful_q`` in csrc/hsu_pair.h."""
+    return torch.where(om > 0, 2 * om, torch.ones_like(om))
 
 
-def pair_terms(dot: torch.Tensor, si: torch.Tensor, sj: torch.Tensor, p: EnergyParams, dtype: torch.dtype):
-    """Energy ``e``, coefficient ``cj`` of ``w_j`` and (un-normalized) coefficient ``ci`` of ``w_i`` of
-    every pair in a tile, in ``dtype``; ``si``/``sj`` are the row statistics broadcast along rows and
-    columns, and ``dot``/``si``/``sj`` may be in a wider dtype (see ``_phi_g``)."""
+def _phi_g_q(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``phi(g)`` and ``q dphi/dg`` with ``q = 2 om = 2 (1 - |g|)``, the careful path's form (csrc/hsu_pair.h
+    ``phi_g_om_q``): ``dphi/dg`` overflows float64 for pairs whose energy and gradient do not."""
+    q = _careful_q(om)
+    if p.kind in ("angular", "angular_log"):
+        far = 2 * torch.asin(torch.sqrt(0.5 * om))
+        g = g.clamp(-1, 1)
+        theta = torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
+        a = theta * _INV_PI + p.eps_ang
+        q_sin = torch.where(om > 0, 2 * torch.sqrt(om / (2 - om)), 1 / torch.sqrt(om * (2 - om)))
+        if p.kind == "angular":
+            f = a.pow(-p.s)
+            return f, p.s * _INV_PI * (f / a) * q_sin
+        return -torch.log(a), _INV_PI / a * q_sin
+    d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
+    ratio = q / d2  # 1 for g >= 0 (infinite at distance 0, where q = 1)
+    if p.kind == "riesz":
+        f = d2.pow(-p.s / 2)
+        return f, p.s * f * ratio
+    if p.kind == "log":
+        return -torch.log(d2), 2 * ratio
+    f = torch.exp(-p.t * d2)
+    return f, 2 * p.t * f * q
+
+
+def _row_scale(x: torch.Tensor, eps_norm: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(r, a)`` of every row, ``Tensor[B, N]`` in the wide dtype: ``r = 1/sqrt(|w|^2 + eps_norm)``,
+    ``a = eps_norm r^2``, formed after dividing the row by a power of two ``m >= max(|w_d|, sqrt(eps))``."""
+    xw = x.to(_wide(x.device))
+    big = xw.abs().amax(-1)
+    if eps_norm > 0:
+        big = big.clamp_min(math.sqrt(eps_norm))
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    inv_m = torch.ldexp(torch.ones_like(big), -torch.frexp(big).exponent)
+    xs = xw * inv_m[..., None]
+    eps_s = (eps_norm * inv_m) * inv_m
+    t = torch.rsqrt((xs * xs).sum(-1) + eps_s)
+    return t * inv_m, eps_s * t * t
+
+
+class _Rows:
+    """Per-row data of one side of a pass: the rows, their float64 statistics, the geometry operand."""
+
+    def __init__(self, x: torch.Tensor, p: EnergyParams, geo: torch.dtype):
+        self.x = x  # compute dtype
+        self.xw = x.to(_wide(x.device))
+        if p.normalize:
+            self.r, self.a = _row_scale(x, p.eps_norm)
+            self.uw = self.xw * self.r[..., None]  # u rows, wide
+            self.z = self.uw.to(x.dtype)  # u rows, compute dtype (the gradient's operand)
+        else:
+            self.q = (self.xw * self.xw).sum(-1)
+            self.uw = self.xw
+            self.z = x
+        self.geo = self.uw.to(geo)
+        # the gradient's products and accumulators: in the geometry dtype, so that where the cosines are
+        # float64 the rounding of u_j to float32 (one ulp of |c u_j| against its tangential part
+        # |c| sin(theta)) does not come back through the gradient
+        self.zg = self.geo if geo != x.dtype else self.z
+
+
+def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float, cs: float):
+    """Energies ``e``, coefficients ``cj`` (of ``z_j``) and ``ci`` (of ``x_i``, un-normalized), and the mask
+    of pairs that need the careful path, for rows ``[i0, i1)`` of ``xi`` against every row of ``yj``;
+    ``gb`` holds the block's products (cosines, or raw dot products un-normalized)."""
+    dt = xi.x.dtype
     if p.normalize:
-        g = dot * si * sj
-        e, c = _phi_g(g, p, dtype)
+        om = 1 - gb.abs()
+        care = om < tau
+        gc, omc = gb.to(dt), om.to(dt)
+        e, c = _phi_g(gc, omc, p)
         if p.half_space:
-            e2, c2 = _phi_g(-g, p, dtype)
+            e2, c2 = _phi_g(-gc, omc, p)
             e, c = e + e2, c - c2
-        return e, c * sj.to(dtype), None
-    e, df = _phi_d2((si + sj - 2 * dot).to(dtype), p)
-    cj, ci = -2 * df, 2 * df
-    if p.half_space:
-        e2, df2 = _phi_d2((si + sj + 2 * dot).to(dtype), p)
-        e, cj, ci = e + e2, cj + 2 * df2, ci + 2 * df2
-    return e, cj, ci
+        c = c * cs
+        ci = None
+    else:
+        qi, qj = xi.q[:, i0:i1, None], yj.q[:, None, :]
+        dot = gb.to(qi.dtype)
+        d2 = qi + qj - 2 * dot
+        care = ~(d2 >= tau * (qi + qj))
+        e, df = _phi_d2(d2.to(dt), p)
+        c, ci = -2 * cs * df, 2 * cs * df
+        if p.half_space:
+            d2h = qi + qj + 2 * dot
+            care = care | ~(d2h >= tau * (qi + qj))
+            e2, df2 = _phi_d2(d2h.to(dt), p)
+            e, c, ci = e + e2, c + 2 * cs * df2, ci + 2 * cs * df2
+    care = care | ~torch.isfinite(e) | ~torch.isfinite(c)
+    return e, c, ci, care
 
 
-def diag_terms(sq: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``."""
+def _split(r: torch.Tensor):
+    """``r = t 2^e`` exactly (``t`` in [1/2, 1)): ``(t, 2^e)``, as ``split_r`` in csrc/hsu_pair.h."""
+    t, e = torch.frexp(r)
+    return t, torch.ldexp(torch.ones_like(r), e)
+
+
+def _delta(xi: _Rows, yj: _Rows, b, i, j, sign) -> torch.Tensor:
+    """``sign u_j - u_i = t_i (v_j - v_i) + v_j (t_j - t_i)`` of the pairs ``(b, i, j)`` with ``v = w 2^e``,
+    ``r = t 2^e`` (exact), in the wide dtype: the rows' difference is formed first (exact for float32 rows,
+    and for float64 rows within a factor 2 of each other), so a pair keeps its distance to ~1 ulp of itself
+    rather than of |u|, and rows that are power-of-two multiples of each other get exactly 0."""
+    ti, si = _split(xi.r[b, i])
+    tj, sj = _split(yj.r[b, j])
+    vi, vj = xi.xw[b, i] * si[:, None], sign[:, None] * yj.xw[b, j] * sj[:, None]
+    return ti[:, None] * (vj - vi) + vj * (tj - ti)[:, None]
+
+
+def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
+    """The flagged pairs ``(b, i, j)`` in float64 from coordinates: their energies, the vector each adds to
+    its row's accumulator, and (normalized) the radial term it adds to ``rad`` (docs/spec.md §6 with
+    ``c u_j = c sign(g) (u_i + delta)``, ``delta = sign(g) u_j - u_i``; the radial part's projection is
+    ``c sign a_i u_i``). ``c`` is carried as ``c q`` and applied as ``c q (delta / q)``, ``c q (a_i / q)``
+    (see ``_phi_g_q``)."""
+    ui, uj = xi.uw[b, i], yj.uw[b, j]
     if p.normalize:
-        n2 = sq + p.eps_norm
-        # 1 - g_ii = eps_norm / n2 exactly; g_ii itself rounds to 1 when |w|^2 >> eps_norm
-        f, df = _phi_g(-(sq / n2), p, sq.dtype, om=p.eps_norm / n2)
-        k = torch.zeros_like(sq) if p.eps_norm == 0 else -df * 2 * p.eps_norm / (n2 * n2)
-        return f, k
-    f, df = _phi_d2(4 * sq, p)
-    return f, 8 * df
+        sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
+        delta = _delta(xi, yj, b, i, j, sign)
+        om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
+        g = sign * (1 - om)
+        e, cq = _phi_g_q(g, om, p)
+        if p.half_space:
+            e2, cq2 = _phi_g_q(-g, om, p)
+            e, cq = e + e2, cq - cq2
+        ks, q = cq * cs * sign, _careful_q(om)
+        return e, ks[:, None] * (delta / q[:, None]), ks * (xi.a[b, i] / q)
+    diff, summ = ui - uj, ui + uj
+    e, df = _phi_d2((diff * diff).sum(-1), p)
+    vec = (2 * cs * df)[:, None] * diff
+    if p.half_space:
+        e2, df2 = _phi_d2((summ * summ).sum(-1), p)
+        e, vec = e + e2, vec + (2 * cs * df2)[:, None] * summ
+    return e, vec, None
 
 
-#: Up to this D, float32 tiles get their dot products and row statistics in float64 (cheap there, and
-#: nearly parallel rows, common among points on a low-dimensional sphere, keep their digits).
-PRECISE_MAX_D = 32
+def _dense_dist(xi: _Rows, yj: _Rows, i0: int, i1: int):
+    """``|v_i - v_j|^2`` and ``|v_i + v_j|^2`` of every pair of a block (``v``: u rows normalized, x rows
+    not), from differences (cdist without a product), in the wide dtype."""
+    vi, vj = xi.uw[:, i0:i1], yj.uw
+    dm = torch.cdist(vi, vj, compute_mode="donot_use_mm_for_euclid_dist")
+    dp = torch.cdist(vi, -vj, compute_mode="donot_use_mm_for_euclid_dist")
+    return dm * dm, dp * dp
 
 
-def row_pass(x, y, p: EnergyParams, self_mode: bool, block: int = DEFAULT_BLOCK):
-    """Per-row sums for the rows of ``x`` against every row of ``y``:
-    ``e_i = sum_j psi_ij``, ``a_i = sum_j cj_ij y_j``, ``b_i = sum_j ci_ij`` (``j != i`` when ``self_mode``)."""
+def _dense_norm_geom(xi: _Rows, yj: _Rows, i0: int, i1: int):
+    """Every pair of a block on the careful path's formulas (normalized): ``(sign(g), 1 - |g|, g)``."""
+    dm, dp = _dense_dist(xi, yj, i0, i1)
+    sign = torch.where(dm <= dp, 1.0, -1.0).to(dm.dtype)
+    om = 0.5 * (xi.a[:, i0:i1, None] + yj.a[:, None, :] + torch.minimum(dm, dp))
+    return sign, om, sign * (1 - om)
+
+
+def _careful_dense(xi: _Rows, yj: _Rows, i0: int, i1: int, care, p: EnergyParams, cs: float):
+    """The careful path for every pair of a block at once, masked by ``care``: what ``_careful`` gives the
+    flagged pairs, summed per row, without data-dependent shapes (under torch.compile). The vectors come
+    from products, ``sum_j k_ij (u_j - sign u_i)``, so they carry ~1 ulp of ``|u|`` rather than of the
+    pair's difference; the distances come from differences."""
+    ui = xi.uw[:, i0:i1]
+    if p.normalize:
+        sign, om, g = _dense_norm_geom(xi, yj, i0, i1)
+        e, cq = _phi_g_q(g, om, p)
+        if p.half_space:
+            e2, cq2 = _phi_g_q(-g, om, p)
+            e, cq = e + e2, cq - cq2
+        kc = torch.where(care, cq * cs / _careful_q(om), 0.0)  # c: the coefficient of u_j
+        ks = (kc * sign).sum(-1)
+        return torch.where(care, e, 0.0).sum(-1), torch.bmm(kc, yj.uw) - ks[..., None] * ui, ks * xi.a[:, i0:i1]
+    dm, dp = _dense_dist(xi, yj, i0, i1)
+    e, df = _phi_d2(dm, p)
+    k1, k2 = 2 * cs * df, torch.zeros_like(df)
+    if p.half_space:
+        e2, df2 = _phi_d2(dp, p)
+        e, k2 = e + e2, 2 * cs * df2
+    k1, k2 = torch.where(care, k1, 0.0), torch.where(care, k2, 0.0)
+    vec = (k1 + k2).sum(-1, keepdim=True) * ui + torch.bmm(k2 - k1, yj.uw)
+    return torch.where(care, e, 0.0).sum(-1), vec, None
+
+
+def _log_block(gb, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float):
+    """Gaussian log terms ``-t d2`` (``x2``: the pairs with ``-y_j``, half-space) of a block, in the wide
+    dtype, and the mask of pairs recomputed from coordinates."""
+    wide = xi.xw.dtype
+    if p.normalize:
+        om = 1 - gb.abs()
+        care = om < tau
+        gw, omw = gb.to(wide), om.to(wide)
+        d2 = torch.where(gw >= 0, 2 * omw, 2 - 2 * gw)
+        d2h = torch.where(gw < 0, 2 * omw, 2 + 2 * gw)
+    else:
+        qi, qj = xi.q[:, i0:i1, None], yj.q[:, None, :]
+        dot = gb.to(wide)
+        d2, d2h = qi + qj - 2 * dot, qi + qj + 2 * dot
+        care = ~(d2 >= tau * (qi + qj))
+        if p.half_space:
+            care = care | ~(d2h >= tau * (qi + qj))
+    return -p.t * d2, -p.t * d2h, care
+
+
+def _careful_logs(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams):
+    """Log terms of flagged pairs from coordinates, and the vectors whose multiples are their gradients:
+    ``(x1, x2, v1, v2, rad1, rad2)`` with ``d x1/d(row i) ~ v1 + rad1 u_i`` (see ``_careful``)."""
+    ui, uj = xi.uw[b, i], yj.uw[b, j]
+    if p.normalize:
+        sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
+        delta = _delta(xi, yj, b, i, j, sign)
+        om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
+        g = sign * (1 - om)
+        d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
+        d2h = torch.where(g < 0, 2 * om, 2 + 2 * g)
+        # d x1/dg = 2t, d x2/dg = -2t; dg/du_i = u_j = sign (u_i + delta)
+        return -p.t * d2, -p.t * d2h, delta * sign[:, None], sign
+    diff, summ = ui - uj, ui + uj
+    return -p.t * (diff * diff).sum(-1), -p.t * (summ * summ).sum(-1), diff, summ
+
+
+def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, cs: float, tau: float):
+    """Per-row sums for the rows of ``xi`` against every row of ``yj`` (``j != i`` when ``self_mode``):
+    ``e_i = sum_j psi_ij`` (wide), ``a_i = sum_j c_ij z_j`` (compute dtype, plus the careful pairs' vectors),
+    ``b_i`` (wide: ``sum_j ci_ij`` un-normalized, the careful pairs' radial coefficients normalized).
+    For the Gaussian kind ``e_i`` is the row's log-sum and ``a_i``, ``b_i`` are relative to its maximum."""
+    if p.kind == "gaussian":
+        return _row_pass_lse(xi, yj, p, self_mode, block, tau)
+    x, wide = xi.x, xi.xw.dtype
     bsz, n1, d = x.shape
-    n2 = y.shape[1]
-    e = x.new_zeros(bsz, n1)
-    a = torch.zeros_like(x)
-    b = x.new_zeros(bsz, n1) if not p.normalize else None
-    geo = torch.float64 if d <= PRECISE_MAX_D and x.device.type != "mps" else x.dtype  # mps has no float64
-    xg, yg = x.to(geo), y.to(geo)
-    sxg, syg = row_stats(xg, p), row_stats(yg, p)
-    ygt = yg.transpose(1, 2)
+    n2 = yj.x.shape[1]
+    e = torch.zeros(bsz, n1, dtype=wide, device=x.device)
+    a = torch.zeros(bsz, n1, d, dtype=yj.zg.dtype, device=x.device)
+    b = torch.zeros(bsz, n1, dtype=wide, device=x.device)
+    ygt = yj.geo.transpose(1, 2)
     cols = torch.arange(n2, device=x.device)
     for i0 in range(0, n1, block):
         i1 = min(i0 + block, n1)
-        dot = torch.bmm(xg[:, i0:i1], ygt)
-        et, cj, ci = pair_terms(dot, sxg[:, i0:i1, None], syg[:, None, :], p, x.dtype)
+        gb = torch.bmm(xi.geo[:, i0:i1], ygt)
+        et, c, ci, care = _pair_block(gb, xi, yj, i0, i1, p, tau, cs)
         if self_mode:
             diag = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None]
-            et = torch.where(diag, 0.0, et)
-            cj = torch.where(diag, 0.0, cj)
-            ci = torch.where(diag, 0.0, ci) if ci is not None else None
-        e[:, i0:i1] = et.sum(-1)
-        a[:, i0:i1] = torch.bmm(cj, y)
-        if b is not None:
-            b[:, i0:i1] = ci.sum(-1)
-    return e, a, b
+            care = care & ~diag
+            skip = care | diag
+        else:
+            skip = care
+        et = torch.where(skip, 0.0, et)
+        c = torch.where(skip, 0.0, c)
+        e[:, i0:i1] = et.sum(-1, dtype=wide)
+        a[:, i0:i1] = torch.bmm(c.to(a.dtype), yj.zg)
+        if ci is not None:
+            b[:, i0:i1] = torch.where(skip, 0.0, ci).sum(-1, dtype=wide)
+        if torch.compiler.is_compiling():  # no data-dependent shapes in a graph: every pair, masked
+            ec, vec, rad = _careful_dense(xi, yj, i0, i1, care, p, cs)
+            e[:, i0:i1] += ec
+            a[:, i0:i1] += vec.to(a.dtype)
+            if rad is not None:
+                b[:, i0:i1] += rad
+        elif bool(care.any()):
+            bb, ii, jj = care.nonzero(as_tuple=True)
+            ii = ii + i0
+            ec, vec, rad = _careful(xi, yj, bb, ii, jj, p, cs)
+            e.index_put_((bb, ii), ec, accumulate=True)
+            flat = a.view(-1, d)
+            flat.index_add_(0, bb * n1 + ii, vec.to(a.dtype))
+            if rad is not None:
+                b.index_put_((bb, ii), rad, accumulate=True)
+    return e, a, b, None
 
 
-def row_grad(x, a, b, scale: float, p: EnergyParams) -> torch.Tensor:
-    """``dE/dw_i`` from the accumulators (the chain rule of docs/spec.md §6, or ``a + b w`` un-normalized).
+def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, tau: float):
+    """The Gaussian kind's pass: per row ``m_i = max_j (-t d2_ij)``, ``s_i = sum_j exp(-t d2_ij - m_i)`` and
+    the gradient sums with the same weights (the whole row is one block, so ``m_i`` is its exact maximum)."""
+    x, wide = xi.x, xi.xw.dtype
+    bsz, n1, d = x.shape
+    n2 = yj.x.shape[1]
+    s = torch.zeros(bsz, n1, dtype=wide, device=x.device)
+    m = torch.full((bsz, n1), -math.inf, dtype=wide, device=x.device)
+    a = torch.zeros(bsz, n1, d, dtype=yj.zg.dtype, device=x.device)
+    b = torch.zeros(bsz, n1, dtype=wide, device=x.device)
+    ygt = yj.geo.transpose(1, 2)
+    cols = torch.arange(n2, device=x.device)
+    tt = p.t
+    for i0 in range(0, n1, block):
+        i1 = min(i0 + block, n1)
+        gb = torch.bmm(xi.geo[:, i0:i1], ygt)
+        x1, x2, care = _log_block(gb, xi, yj, i0, i1, p, tau)
+        dead = torch.zeros_like(care)
+        if self_mode:
+            dead = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None].expand_as(care)
+            care = care & ~dead
+        dense = torch.compiler.is_compiling()  # no data-dependent shapes in a graph: every pair, masked
+        fix = None if dense or not bool(care.any()) else care.nonzero(as_tuple=True)
+        if dense:
+            if p.normalize:
+                sign, om, g = _dense_norm_geom(xi, yj, i0, i1)
+                cx1 = -tt * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+                cx2 = -tt * torch.where(g < 0, 2 * om, 2 + 2 * g)
+            else:
+                dm, dp = _dense_dist(xi, yj, i0, i1)
+                cx1, cx2 = -tt * dm, -tt * dp
+            x1, x2 = torch.where(care, cx1, x1), torch.where(care, cx2, x2)
+        elif fix is not None:
+            bb, ii, jj = fix
+            cx1, cx2, v1, v2 = _careful_logs(xi, yj, bb, ii + i0, jj, p)
+            x1 = x1.index_put(fix, cx1)
+            x2 = x2.index_put(fix, cx2)
+        x1 = torch.where(dead, -math.inf, x1)
+        x2 = torch.where(dead, -math.inf, x2) if p.half_space else None
+        mt = x1.amax(-1) if x2 is None else torch.maximum(x1.amax(-1), x2.amax(-1))
+        m[:, i0:i1] = mt
+        w1 = torch.exp(x1 - mt[..., None])
+        w2 = torch.exp(x2 - mt[..., None]) if x2 is not None else torch.zeros_like(w1)
+        s[:, i0:i1] = (w1 + w2).sum(-1)
+        if p.normalize:
+            c = 2 * tt * (w1 - w2)  # d/dg of exp(x1) + exp(x2), per unit weight
+            ci = None
+        else:
+            c, ci = 2 * tt * (w1 - w2), -2 * tt * (w1 + w2)
+        cm = torch.where(care, 0.0, c).to(a.dtype)
+        a[:, i0:i1] = torch.bmm(cm, yj.zg)
+        if ci is not None:
+            b[:, i0:i1] = torch.where(care, 0.0, ci).sum(-1)
+        if dense:
+            ui = xi.uw[:, i0:i1]
+            if p.normalize:
+                cf = torch.where(care, c, 0.0)
+                ks = (cf * sign).sum(-1)
+                a[:, i0:i1] += (torch.bmm(cf, yj.uw) - ks[..., None] * ui).to(a.dtype)
+                b[:, i0:i1] += ks * xi.a[:, i0:i1]
+            else:
+                k1, k2 = torch.where(care, -2 * tt * w1, 0.0), torch.where(care, -2 * tt * w2, 0.0)
+                a[:, i0:i1] += ((k1 + k2).sum(-1, keepdim=True) * ui + torch.bmm(k2 - k1, yj.uw)).to(a.dtype)
+        elif fix is not None:
+            bb, ii, jj = fix
+            fw1, fw2 = w1[fix], w2[fix]
+            if p.normalize:
+                cf = 2 * tt * (fw1 - fw2)
+                vec = cf[:, None] * v1
+                b.index_put_((bb, ii + i0), cf * v2 * xi.a[bb, ii + i0], accumulate=True)
+            else:
+                vec = (-2 * tt * fw1)[:, None] * v1 - (2 * tt * fw2)[:, None] * v2
+            a.view(-1, d).index_add_(0, bb * n1 + ii + i0, vec.to(a.dtype))
+    return s, a, b, m
 
-    Runs in float64 where the device has it: the two normalized terms cancel when a row's gradient is
-    nearly radial, and this is O(N D) work."""
-    if x.device.type != "mps":
-        x, a = x.double(), a.double()
-        b = b.double() if b is not None else None
-    sx = row_stats(x, p)
+
+def row_grad(xi: _Rows, a, b, scale, p: EnergyParams) -> torch.Tensor:
+    """``dE/dw_i`` from the accumulators, in the wide dtype (docs/spec.md §6): with ``G = scale a`` and
+    ``rad = scale b``, ``r (G - (G.u) u + rad u)`` normalized (``b``: the careful pairs' radial terms, already
+    times ``a_i``, since ``(I - u u^T) u = a u``), ``G + rad w`` un-normalized. ``scale`` is a number or a
+    per-row ``Tensor[B, N]``."""
+    wide = xi.xw.dtype
+    sc = torch.as_tensor(scale, dtype=wide, device=a.device)
+    sc = sc[..., None] if sc.dim() == 2 else sc.reshape(1, 1, 1)
+    g, rad = sc * a.to(wide), sc[..., 0] * b
     if p.normalize:
-        gu = scale * a
-        r = sx[..., None]
-        return r * gu - r * r * r * (gu * x).sum(-1, keepdim=True) * x
-    return scale * (a + b[..., None] * x)
+        u = xi.uw
+        return xi.r[..., None] * (g - (g * u).sum(-1, keepdim=True) * u + rad[..., None] * u)
+    return g + rad[..., None] * xi.xw
 
 
-def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK):
-    """``E = sum_{i<j} psi(w_i, w_j)`` per batch entry and its gradient, in one pass over row blocks."""
+def diag_terms(xi: _Rows, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The half-space self pair ``(w_i, -w_i)``: its energy (log term for the Gaussian kind) and the vector
+    ``v`` with ``d(term)/dw_i = v`` (for the Gaussian kind: the gradient of the log term)."""
+    if p.normalize:
+        a = xi.a
+        g = -(1 - a)  # -|u_i|^2, with 1 - |g| = a exactly
+        coef = -2 * a * xi.r  # d g_ii / dw_i = 2 a r u_i, and the pair's cosine is -g_ii
+        if p.kind == "gaussian":
+            return -p.t * (2 - 2 * g), (2 * p.t * coef)[..., None] * xi.uw
+        f, df = _phi_g(g, a, p)
+        df = torch.where(a == 0, 0.0, df)  # eps_norm = 0: g_ii = -1 exactly and its derivative is 0
+        return f, (df * coef)[..., None] * xi.uw
+    q = xi.q
+    if p.kind == "gaussian":
+        return -p.t * 4 * q, (-8 * p.t) * xi.xw
+    f, df = _phi_d2(4 * q, p)
+    return f, (8 * df)[..., None] * xi.xw
+
+
+def _coef_scale(scale: float) -> float:
+    """The part of ``scale`` applied to every pair coefficient before accumulation (so that a mean whose
+    sum would overflow still fits); the rest is applied in the epilogue."""
+    return min(1.0, max(scale, 2.0**-40))
+
+
+def _tau(geo: torch.dtype, dtype: torch.dtype) -> float:
+    if geo != torch.float64:
+        return CLOSE_F32
+    return CLOSE_F64 if dtype == torch.float64 else CLOSE_F64_OF_F32
+
+
+def _geo(x: torch.Tensor) -> torch.dtype:
+    return _wide(x.device) if x.shape[-1] <= PRECISE_MAX_D or x.dtype == torch.float64 else x.dtype
+
+
+def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, scale: float = 1.0):
+    """``E = scale * sum_{i<j} psi(w_i, w_j)`` per batch entry and its gradient, in one pass over row
+    blocks (Gaussian kind: ``E = log(scale * sum exp(-t d2))``)."""
     x = w.to(acc_dtype(w.dtype))
-    e, a, b = row_pass(x, x, p, True, block)
+    geo = _geo(x)
+    rows = _Rows(x, p, geo)
     pair_scale = 1.0 if p.half_space else 0.5
-    energy = pair_scale * e.sum(-1, dtype=torch.float64)
-    grad = row_grad(x, a, b, 2 * pair_scale, p)
+    gscale = 2 * pair_scale
+    if p.kind == "gaussian":
+        s, a, b, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo, x.dtype))
+        terms = [m + torch.log(pair_scale * s)]
+        if p.half_space:
+            xd, vd = diag_terms(rows, p)
+            terms.append(xd)
+        logz = torch.logsumexp(torch.stack(terms, -1), dim=(-1, -2))
+        grad = row_grad(rows, a, b, gscale * torch.exp(m - logz[:, None]), p)
+        if p.half_space:
+            grad = grad + torch.exp(xd - logz[:, None])[..., None] * vd
+        return (logz + math.log(scale)).to(x.dtype), grad.to(w.dtype)
+    cs = _coef_scale(scale)
+    e, a, b, _ = row_pass(rows, rows, p, True, block, cs, _tau(geo, x.dtype))
+    energy = pair_scale * e.sum(-1)
+    grad = row_grad(rows, a, b, gscale * scale / cs, p)
     if p.half_space:
-        xd = x.double() if x.device.type != "mps" else x
-        ed, k = diag_terms((xd * xd).sum(-1), p)
-        energy = energy + ed.sum(-1, dtype=torch.float64)
-        grad = grad + k[..., None] * xd
-    return energy.to(x.dtype), grad.to(w.dtype)
+        ed, vd = diag_terms(rows, p)
+        energy = energy + ed.sum(-1)
+        grad = grad + scale * vd
+    return (scale * energy).to(x.dtype), grad.to(w.dtype)
 
 
-def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK):
-    """``E = sum_i sum_j psi(x_i, y_j)`` and its gradients with respect to ``x`` and ``y``.
+def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK,
+                      scale: float = 1.0):
+    """``E = scale * sum_i sum_j psi(x_i, y_j)`` and its gradients with respect to ``x`` and ``y``
+    (Gaussian kind: ``E = log(scale * sum exp(-t d2))``).
 
     Two passes (rows of x against y, then rows of y against x), so each gradient is a plain per-row
     accumulation; the second pass repeats the transcendentals, which keeps both deterministic.
     """
     xa, ya = x.to(acc_dtype(x.dtype)), y.to(acc_dtype(y.dtype))
-    ex, ax, bx = row_pass(xa, ya, p, False, block)
-    _, ay, by = row_pass(ya, xa, p, False, block)
-    energy = ex.sum(-1, dtype=torch.float64).to(xa.dtype)
-    gx = row_grad(xa, ax, bx, 1.0, p)
-    gy = row_grad(ya, ay, by, 1.0, p)
-    return energy, gx.to(x.dtype), gy.to(y.dtype)
+    geo = _geo(xa)
+    rx, ry = _Rows(xa, p, geo), _Rows(ya, p, geo)
+    tau = _tau(geo, xa.dtype)
+    if p.kind == "gaussian":
+        sx, ax, bx, mx = row_pass(rx, ry, p, False, block, 1.0, tau)
+        _, ay, by, my = row_pass(ry, rx, p, False, block, 1.0, tau)
+        logz = torch.logsumexp(mx + torch.log(sx), -1)
+        gx = row_grad(rx, ax, bx, torch.exp(mx - logz[:, None]), p)
+        gy = row_grad(ry, ay, by, torch.exp(my - logz[:, None]), p)
+        return (logz + math.log(scale)).to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)
+    cs = _coef_scale(scale)
+    ex, ax, bx, _ = row_pass(rx, ry, p, False, block, cs, tau)
+    _, ay, by, _ = row_pass(ry, rx, p, False, block, cs, tau)
+    energy = scale * ex.sum(-1)
+    gx = row_grad(rx, ax, bx, scale / cs, p)
+    gy = row_grad(ry, ay, by, scale / cs, p)
+    return energy.to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)

@@ -104,4 +104,5 @@ def test_reference_check_does_not_depend_on_the_chosen_backends(backends, tmp_pa
                            for b in backends.split(",")}, text
     assert all(e is not None for e in errors.values()), text
     if backends == "cpu,reference":  # the case that used to fail: the first row's error makes a tighter bound
-        assert errors["reference (eager)"] > max(2 * errors["cpu (C++)"], 1e-4), errors
+        # (the reference now recomputes its close pairs in float64, issue 13, but stays less accurate)
+        assert errors["reference (eager)"] > 2 * errors["cpu (C++)"], errors

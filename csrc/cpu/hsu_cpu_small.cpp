@@ -9,16 +9,20 @@
 //  * precise: squared distances come from coordinate differences in float64, never from 2 - 2g, and the
 //    gradient is accumulated in float64 in terms of the same differences (csrc/hsu_small_pair.h), so nearly
 //    parallel and nearly antipodal rows keep their digits;
-//  * the per-pair terms phi, phi' are the shared ones of csrc/hsu_pair.h, in the input's precision (float
-//    for float32 inputs), vectorized by the compiler (omp simd) over a buffer of one row's distances.
+//  * the per-pair terms phi, phi' are the shared ones of csrc/hsu_pair.h, in float64 (so that a term or
+//    derivative beyond float32, e.g. angular s = 50 or Riesz duplicates with a tiny eps_norm, neither
+//    overflows nor turns the gradient into NaN), vectorized by the compiler (omp simd) over a buffer of one
+//    row's distances.
+//
+// It serves float32 (and half) inputs only: float64 inputs go to the general kernel, whose close-pair path
+// holds them to the float64 bar of the property suite (tests/test_properties.py), which this kernel's
+// differences of rounded float64 unit rows miss for nearly parallel or antipodal pairs.
 //
 // Per row i against a run of columns j (two rows at a time where they share the run), in three passes:
 //   geometry:  d2m = |u_i - u_j|^2 + a_i + a_j (and d2p = |u_i + u_j|^2 + a_i + a_j where needed);
 //   pair math: f (phi, plus phi(-g) in half-space mode) summed into e_i, and the coefficients cm, cp;
 //   update:    the gradient accumulators of row i (in registers) and of the columns j (in memory).
-//   normalized float32: G_i += c u_j, G_j += c u_i with c = cm + cp, so G = dE/du (hsu_pair.h's row_grad
-//   turns it into dE/dw; the radial part it cancels costs ~1e-16 / |u_i - u_j| relative, below float32
-//   rounding for any two distinct float32 rows). float64 and un-normalized: A and K of hsu_small_pair.h.
+//   the gradient as A and K of hsu_small_pair.h (normalized: dE/du = A + K u).
 //
 // Work split and determinism: rows in blocks (block_rows: 64, 128 or 256 by N), a tile is a pair of blocks
 // (I <= J) of one batch entry, and the tiles, in a fixed order, are cut into at most kMaxParts parts of about
@@ -151,9 +155,8 @@ void geometry(const Rows& r, int64_t i, int64_t j, int64_t m, double* __restrict
 }
 
 // Pair-math pass: the energy of m pairs (returned) and their coefficients cm[k], cp[k] (csrc/hsu_small_pair.h),
-// with phi and phi' in T. SPLIT (normalized float64) keeps cm and cp apart for the A, K accumulators; the
-// float path accumulates G = dE/du itself, with the single coefficient cm + cp of u_j.
-template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, bool SPLIT>
+// with phi and phi' in T (double: see the file's header), cm and cp apart for the A, K accumulators.
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double* cm, double* cp) {
   constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;  // whether d2p was computed
   double esum = 0.0;
@@ -162,12 +165,8 @@ double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double*
     T f, c, c2;
     small_pair<KIND, HS, NORM, MODE, T>(p.s, p.t, p.eps_ang, static_cast<T>(d2m[k]),
                                         static_cast<T>(kBoth ? d2p[k] : d2m[k]), f, c, c2);
-    if constexpr (NORM && !SPLIT) {
-      cm[k] = static_cast<double>(c + c2);
-    } else {
-      cm[k] = static_cast<double>(c);
-      if constexpr (HS) cp[k] = static_cast<double>(c2);
-    }
+    cm[k] = static_cast<double>(c);
+    if constexpr (HS) cp[k] = static_cast<double>(c2);
     esum += static_cast<double>(f);
   }
   return esum;
@@ -176,18 +175,16 @@ double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double*
 // Update pass for R consecutive rows i, i+1, ... against the same m columns j (their coefficients in
 // cm[rho], cp[rho]; a column a row must skip has coefficient 0): the columns' accumulators, loaded and
 // stored once for all R rows, and each row's own sums returned in gi[rho][D] (and ki[rho]).
-// SPLIT (normalized, float64): G = A + K u, with A_i += c_m (u_j - u_i) + c_p (u_i + u_j) and K_i += c_m - c_p,
-// so that a nearly parallel (or antipodal) pair adds its large coefficient to K, which the epilogue never
-// cancels against anything, and only c times a small difference to A. The float32 path accumulates G itself
-// (G_i += c u_j): the radial part that the epilogue cancels there costs ~1e-16 / |u_i - u_j| relative, far
-// below float32 rounding for any two distinct float32 rows.
-template <int D, bool HS, bool NORM, bool SPLIT, int R>
+// Normalized: G = A + K u, with A_i += c_m (u_j - u_i) + c_p (u_i + u_j) and K_i += c_m - c_p, so that a
+// nearly parallel (or antipodal) pair adds its large coefficient to K, which the epilogue never cancels
+// against anything, and only c times a small difference to A.
+template <int D, bool HS, bool NORM, int R>
 void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const* cm, const double* const* cp,
             double (*gi)[D], double* ki) {
   const int64_t n = r.n;
   const double* uc = r.u + j;
   double* gc = r.g + j;
-  double* kc = SPLIT ? r.k + j : nullptr;
+  double* kc = NORM ? r.k + j : nullptr;
   Vec ui[R][D], acc[R][D], kacc[R];
   static_for<R>([&](auto q) {
     static_for<D>([&](auto d) {
@@ -201,9 +198,9 @@ void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const*
     Vec c[R], c2[R];
     static_for<R>([&](auto q) {
       c[q] = load<F>(cm[q] + k, cnt);  // zero past cnt: those lanes add nothing
-      c2[q] = (HS && (SPLIT || !NORM)) ? load<F>(cp[q] + k, cnt) : Vec(0.0);
+      c2[q] = HS ? load<F>(cp[q] + k, cnt) : Vec(0.0);
     });
-    if constexpr (NORM && SPLIT) {
+    if constexpr (NORM) {
       Vec kj = load<F>(kc + k, cnt);
       static_for<R>([&](auto q) {
         const Vec kk = HS ? c[q] - c2[q] : c[q];
@@ -216,20 +213,15 @@ void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const*
       const Vec uj = load<F>(uc + d * n + k, cnt);
       Vec gj = load<F>(gc + d * n + k, cnt);
       static_for<R>([&](auto q) {
-        if constexpr (NORM && !SPLIT) {
-          acc[q][d] = at::vec::fmadd(c[q], uj, acc[q][d]);
-          gj = at::vec::fmadd(c[q], ui[q][d], gj);
-        } else {
-          // un-normalized: G_i += c (x_i - x_j) + c2 (x_i + x_j), G_j += c (x_j - x_i) + c2 (x_i + x_j);
-          // normalized, split: the same with the signs of c flipped (c_m multiplies u_j - u_i in A_i)
-          const Vec cdm = c[q] * (ui[q][d] - uj);
-          acc[q][d] = NORM ? acc[q][d] - cdm : acc[q][d] + cdm;
-          gj = NORM ? gj + cdm : gj - cdm;
-          if constexpr (HS) {
-            const Vec dp = ui[q][d] + uj;
-            acc[q][d] = at::vec::fmadd(c2[q], dp, acc[q][d]);
-            gj = at::vec::fmadd(c2[q], dp, gj);
-          }
+        // un-normalized: G_i += c (x_i - x_j) + c2 (x_i + x_j), G_j += c (x_j - x_i) + c2 (x_i + x_j);
+        // normalized: the same with the signs of c flipped (c_m multiplies u_j - u_i in A_i)
+        const Vec cdm = c[q] * (ui[q][d] - uj);
+        acc[q][d] = NORM ? acc[q][d] - cdm : acc[q][d] + cdm;
+        gj = NORM ? gj + cdm : gj - cdm;
+        if constexpr (HS) {
+          const Vec dp = ui[q][d] + uj;
+          acc[q][d] = at::vec::fmadd(c2[q], dp, acc[q][d]);
+          gj = at::vec::fmadd(c2[q], dp, gj);
         }
       });
       store<F>(gj, gc + d * n + k, cnt);
@@ -247,7 +239,7 @@ void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const*
 template <typename T, int D, int64_t KIND, bool HS, bool NORM, int MODE>
 void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;
-  constexpr bool kSplit = NORM && std::is_same_v<T, double>;
+  constexpr bool kSplit = NORM;
   constexpr int64_t kBuf = kMaxBlock + kLanes;  // room for the second row's runs shifted by one
   alignas(64) double d2m[2][kBuf], d2p[2][kBuf], cm[2][kBuf], cp[2][kBuf];
   const double* cms[2] = {cm[0], cm[1]};
@@ -266,14 +258,14 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t shift = diag ? 1 : 0;  // row i + 1 starts at column j + shift
     if (m - shift <= 0) break;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += pair_math<T, KIND, HS, NORM, MODE>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
     geometry<D, NORM, kBoth>(r, i + 1, j + shift, m - shift, d2m[1] + shift, d2p[1] + shift);
-    r.e[i + 1] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m - shift, d2m[1] + shift, d2p[1] + shift,
+    r.e[i + 1] += pair_math<T, KIND, HS, NORM, MODE>(p, m - shift, d2m[1] + shift, d2p[1] + shift,
                                                               cm[1] + shift, cp[1] + shift);
     cm[1][0] = shift ? 0.0 : cm[1][0];
     cp[1][0] = shift ? 0.0 : cp[1][0];
     double gi[2][D], ki[2];
-    update<D, HS, NORM, kSplit, 2>(r, i, j, m, cms, cps, gi, ki);
+    update<D, HS, NORM, 2>(r, i, j, m, cms, cps, gi, ki);
     finish(i, 2, gi, ki);
   }
   for (; i < i1; ++i) {
@@ -281,9 +273,9 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t m = j1 - j;
     if (m <= 0) continue;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += pair_math<T, KIND, HS, NORM, MODE, kSplit>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += pair_math<T, KIND, HS, NORM, MODE>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
     double gi[1][D], ki[1];
-    update<D, HS, NORM, kSplit, 1>(r, i, j, m, cms, cps, gi, ki);
+    update<D, HS, NORM, 1>(r, i, j, m, cms, cps, gi, ki);
     finish(i, 1, gi, ki);
   }
 }
@@ -428,37 +420,38 @@ void dispatch_dim(const Params<T>& p, const Plan& plan, const Work& wk) {
 
 template <typename T>
 void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, double eps_norm, double eps_ang,
-                       bool half_space, bool normalize, at::Tensor& energy, at::Tensor& grad) {
+                       bool half_space, bool normalize, double out_scale, at::Tensor& energy, at::Tensor& grad) {
   const int64_t B = w.size(0), n = w.size(1), D = w.size(2);
-  const Params<T> p = Params<T>{kind, static_cast<T>(s), static_cast<T>(t), static_cast<T>(eps_ang), half_space,
-                                normalize};
   const Params<double> pd{kind, s, t, eps_ang, half_space, normalize};
   const T* wp = w.data_ptr<T>();
-  // Per row: |w|^2 and the row statistic in float64; coordinates transposed to [B][D][n].
+  // Per row, in float64: the scale-safe statistics of hsu_pair.h's row_norm (normalized: r = 1 / sqrt(|w|^2 +
+  // eps_norm) and a = eps_norm r^2, for any finite row) or |w|^2; coordinates transposed to [B][D][n].
   std::vector<double> sq(B * n), st(B * n), u(B * D * n), a(normalize ? B * n : 0);
+  std::vector<char> finite(B * n);
   at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bb = r / n, i = r % n;
-      double acc = 0.0;
-      for (int64_t d = 0; d < D; ++d) acc += static_cast<double>(wp[r * D + d]) * static_cast<double>(wp[r * D + d]);
-      sq[r] = acc;
-      st[r] = row_stat(pd, acc, eps_norm);
+      bool fin = true;
+      for (int64_t d = 0; d < D; ++d) fin = fin && std::isfinite(static_cast<double>(wp[r * D + d]));
+      finite[r] = fin;
+      if (normalize) row_norm(wp + r * D, D, eps_norm, st[r], a[r]);
+      else st[r] = sq[r] = row_sq(wp + r * D, D);
       const double scale = normalize ? st[r] : 1.0;
       for (int64_t d = 0; d < D; ++d) u[(bb * D + d) * n + i] = static_cast<double>(wp[r * D + d]) * scale;
-      if (normalize) a[r] = eps_norm / (acc + eps_norm);
     }
   });
   for (int64_t r = 0; r < B * n; ++r) {
-    TORCH_CHECK_VALUE(std::isfinite(sq[r]), "w contains NaN or Inf (or a row whose squared norm overflows)");
-    TORCH_CHECK_VALUE(!(normalize && eps_norm == 0.0 && sq[r] == 0.0),
-                      "w has a zero row, which has no direction when eps_norm=0");
+    TORCH_CHECK_VALUE(finite[r] && (normalize || std::isfinite(sq[r])),
+                      "w contains NaN or Inf (or a row whose squared norm overflows)");
+    TORCH_CHECK_VALUE(!(normalize && eps_norm == 0.0 && !std::isfinite(st[r])),
+                      "w has a zero row (or one below 1e-300), which has no direction when eps_norm=0");
   }
   const Plan plan = make_plan(B, n);
   const int64_t parts = plan.parts();
-  const bool split = normalize && std::is_same_v<T, double>;
+  const bool split = normalize;  // the pass runs in double: normalized rows accumulate A and K
   std::vector<double> g(parts * B * D * n, 0.0), kacc(split ? parts * B * n : 0, 0.0), e(parts * B * n, 0.0);
   const Work wk{u.data(), normalize ? a.data() : nullptr, g.data(), split ? kacc.data() : nullptr, e.data(), B, D, n};
-  dispatch_dim<T>(p, plan, wk);
+  dispatch_dim<double>(pd, plan, wk);
   // The parts' sums, added in part order, into part 0's buffers.
   if (parts > 1)
     at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
@@ -471,8 +464,9 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
         }
     });
 
-  // Row epilogue in float64: dE/dw from G (hsu_pair.h's row_grad) plus the half-space self pair.
-  const double scale = grad_scale<double>(true, half_space);
+  // Row epilogue in float64: dE/dw from G (hsu_pair.h's row_grad) plus the half-space self pair; the output
+  // scale (1/pairs for a mean) applied here, to sums formed in float64.
+  const double scale = grad_scale<double>(true, half_space) * out_scale;
   std::vector<double> ediag(B * n, 0.0);
   T* gp = grad.data_ptr<T>();
   at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
@@ -484,15 +478,13 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
         gr[d] = g[(bb * D + d) * n + i];
       }
       double k = 0.0;
-      if (half_space) diag_term(pd, sq[r], eps_norm, ediag[r], k);
-      if (normalize && !split) {
-        row_grad<double, double>(pd, wr, st[r], gr, 0.0, scale, k, D, out);
-      } else {
-        double ur[kSmallMaxD];
-        for (int64_t d = 0; d < D; ++d) ur[d] = u[(bb * D + d) * n + i];
-        small_row_grad(normalize, wr, ur, normalize ? a[r] : 0.0, st[r], gr, split ? kacc[r] : 0.0, scale, k, D,
-                       out);
+      if (half_space) {
+        diag_term(pd, normalize ? a[r] : sq[r], ediag[r], k);
+        k *= out_scale;
       }
+      double ur[kSmallMaxD];
+      for (int64_t d = 0; d < D; ++d) ur[d] = u[(bb * D + d) * n + i];
+      small_row_grad(normalize, wr, ur, normalize ? a[r] : 0.0, st[r], gr, split ? kacc[r] : 0.0, scale, k, D, out);
       for (int64_t d = 0; d < D; ++d) gp[r * D + d] = static_cast<T>(out[d]);
     }
   });
@@ -505,26 +497,27 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
       pairs += e[bb * n + i];
       diag += ediag[bb * n + i];
     }
-    ep[bb] = pair_weight * pairs + diag;
+    ep[bb] = out_scale * (pair_weight * pairs + diag);
   }
 }
 
 }  // namespace
 
 bool small_d_serves(const at::Tensor& w, int64_t kind) {
-  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && kind != kGaussian;
+  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && kind != kGaussian &&
+         w.scalar_type() != at::kDouble;
 }
 
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
                                                          double eps_norm, double eps_ang, bool half_space,
-                                                         bool normalize) {
+                                                         bool normalize, double scale) {
   TORCH_CHECK(small_d_serves(w_in, kind), "energy_grad_small_cpu called for D = ", w_in.size(-1), ", kind ", kind);
   const auto dt = w_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor w = w_in.to(dt).contiguous();
   at::Tensor energy = at::empty({w.size(0)}, w.options().dtype(at::kDouble));
   at::Tensor grad = at::empty_like(w);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hsu_energy_grad_small_cpu", [&] {
-    energy_grad_small<scalar_t>(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, energy, grad);
+    energy_grad_small<scalar_t>(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale, energy, grad);
   });
   return {energy.to(dt), grad.to(w_in.scalar_type())};
 }

@@ -10,13 +10,14 @@ namespace hsu {
 
 constexpr int64_t kSmallMaxD = 4;
 
-// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the Gaussian).
+// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the Gaussian, inputs
+// other than float64: see hsu_cpu_small.cpp).
 bool small_d_serves(const at::Tensor& w, int64_t kind);
 
-// The op's self energy and gradient (same contract as hsu::energy_grad on CPU); the caller has run
-// check_common and the N >= 2 check.
+// The op's self energy and gradient (same contract as hsu::energy_grad on CPU: E = scale * the sum); the
+// caller has run check_common and the N >= 2 check.
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w, int64_t kind, double s, double t,
                                                          double eps_norm, double eps_ang, bool half_space,
-                                                         bool normalize);
+                                                         bool normalize, double scale);
 
 }  // namespace hsu

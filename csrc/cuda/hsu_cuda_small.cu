@@ -19,7 +19,7 @@ bool small_d_serves_cuda(const at::Tensor& w, int64_t kind) {
 
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cuda(const at::Tensor& w_in, int64_t kind, double s, double t,
                                                           double eps_norm, double eps_ang, bool half_space,
-                                                          bool normalize) {
+                                                          bool normalize, double scale) {
   TORCH_CHECK(small_d_serves_cuda(w_in, kind), "energy_grad_small_cuda called for D = ", w_in.size(-1));
   const c10::cuda::CUDAGuard guard(w_in.device());
   const auto dt = w_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -40,10 +40,13 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_small_cuda(const at::Tensor& w_in
                                                                     hi.data_ptr<T>(), lo.data_ptr<T>(),
                                                                     a.data_ptr<T>(), sq.data_ptr<double>()},
                                               stream));
-    TORCH_CHECK_VALUE(at::isfinite(sq).all().item<bool>(),
+    // sq: 1 / sqrt(|w|^2 + eps_norm) normalized (inf for a zero row with eps_norm = 0), |w|^2 otherwise;
+    // NaN for a row with NaN or Inf
+    TORCH_CHECK_VALUE(!at::isnan(sq).any().item<bool>() && (normalize || at::isfinite(sq).all().item<bool>()),
                       "w contains NaN or Inf (or a row whose squared norm overflows)");
     if (eps_norm == 0.0 && normalize) {
-      TORCH_CHECK_VALUE(!(sq == 0).any().item<bool>(), "w has a zero row, which has no direction when eps_norm=0");
+      TORCH_CHECK_VALUE(at::isfinite(sq).all().item<bool>(),
+                        "w has a zero row (or one below 1e-300), which has no direction when eps_norm=0");
     }
     const int splits = cuda::small_splits<T>(B, n, num_sms);
     at::Tensor part_e = at::empty({splits, rows}, w.options().dtype(at::kDouble));
@@ -59,12 +62,12 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_small_cuda(const at::Tensor& w_in
     const Params<double> pd{kind, s, t, eps_ang, half_space, normalize};
     C10_CUDA_CHECK(cuda::launch_small_finish<T>(
         cuda::SmallFinishArgs<T>{w.data_ptr<T>(), rows, D, splits, part_e.data_ptr<double>(), part_a.data_ptr<T>(),
-                                 part_k.data_ptr<T>(), pd, eps_norm, grad_scale<double>(true, half_space),
-                                 grad.data_ptr<T>(), e_row.data_ptr<double>(), e_diag.data_ptr<double>()},
+                                 part_k.data_ptr<T>(), pd, eps_norm, grad_scale<double>(true, half_space) * scale,
+                                 scale, grad.data_ptr<T>(), e_row.data_ptr<double>(), e_diag.data_ptr<double>()},
         stream));
     C10_CUDA_CHECK(cuda::launch_reduce_energy(e_row.data_ptr<double>(), e_diag.data_ptr<double>(), B, n,
-                                              pair_scale<double>(true, half_space), energy.data_ptr<double>(),
-                                              stream));
+                                              pair_scale<double>(true, half_space), scale, false,
+                                              energy.data_ptr<double>(), nullptr, stream));
   });
   return {energy.to(dt), grad.to(w_in.scalar_type())};
 }

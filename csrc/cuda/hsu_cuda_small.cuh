@@ -45,7 +45,8 @@ struct SmallRowsArgs {
   T* hi;       // [rows, 4]: u (normalized) or x
   T* lo;       // [rows, 4]: u - hi (float32 normalized; 0 otherwise)
   T* a;        // [rows]: eps_norm / (|w|^2 + eps_norm) (normalized; 0 otherwise)
-  double* sq;  // [rows]: |w|^2 in double (the caller's NaN/Inf and zero-row checks)
+  double* sq;  // [rows]: the caller's NaN/Inf and zero-row checks: normalized 1 / sqrt(|w|^2 + eps_norm), in
+               // double for any finite row (hsu_pair.h's row_norm), else |w|^2 in double
 };
 
 template <typename T>
@@ -53,17 +54,22 @@ __global__ void small_rows_kernel(const SmallRowsArgs<T> s) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= s.rows) return;
   const T* xr = s.x + r * s.D;
-  double acc = 0.0;
-  for (int64_t d = 0; d < s.D; ++d) acc += static_cast<double>(xr[d]) * static_cast<double>(xr[d]);
-  s.sq[r] = acc;
-  const double scale = s.normalize ? 1.0 / sqrt(acc + s.eps_norm) : 1.0;
+  double scale = 1.0, a = 0.0;
+  bool finite = true;
+  for (int64_t d = 0; d < s.D; ++d) finite = finite && is_finite(static_cast<double>(xr[d]));
+  if (s.normalize) {
+    row_norm(xr, s.D, s.eps_norm, scale, a);
+    s.sq[r] = finite ? scale : static_cast<double>(NAN);
+  } else {
+    s.sq[r] = finite ? row_sq(xr, s.D) : static_cast<double>(NAN);
+  }
   for (int64_t d = 0; d < kSmallDMax; ++d) {
     const double u = d < s.D ? static_cast<double>(xr[d]) * scale : 0.0;
     const T h = static_cast<T>(u);
     s.hi[r * kSmallDMax + d] = h;
     s.lo[r * kSmallDMax + d] = static_cast<T>(u - static_cast<double>(h));
   }
-  s.a[r] = s.normalize ? static_cast<T>(s.eps_norm / (acc + s.eps_norm)) : T(0);
+  s.a[r] = static_cast<T>(a);
 }
 
 // One pass over all pairs. Partials: part_e [splits, rows], part_a [splits, rows, 4], part_k [splits, rows].
@@ -190,7 +196,8 @@ struct SmallFinishArgs {
   const T* part_k;
   Params<double> p;
   double eps_norm;
-  double scale;    // grad_scale(true, half_space)
+  double scale;      // grad_scale(true, half_space) times out_scale
+  double out_scale;  // the op's output scale (1/pairs for a mean)
   T* grad;         // [rows, D]
   double* e_row;   // [rows]
   double* e_diag;  // [rows]
@@ -208,16 +215,15 @@ __global__ void small_finish_kernel(const SmallFinishArgs<T> f) {
     K += static_cast<double>(f.part_k[q]);
     for (int d = 0; d < kSmallDMax; ++d) A[d] += static_cast<double>(f.part_a[q * kSmallDMax + d]);
   }
-  double sq = 0.0;
-  for (int64_t d = 0; d < f.D; ++d) {
-    w[d] = static_cast<double>(f.x[r * f.D + d]);
-    sq += w[d] * w[d];
-  }
-  const double rr = f.p.normalize ? 1.0 / sqrt(sq + f.eps_norm) : 1.0;
+  for (int64_t d = 0; d < f.D; ++d) w[d] = static_cast<double>(f.x[r * f.D + d]);
+  // scale-safe row statistics (hsu_pair.h's row_norm), so rows of any finite norm get the 1/|w| gradient
+  double rr = 1.0, a = 0.0, sq = 0.0;
+  if (f.p.normalize) row_norm(f.x + r * f.D, f.D, f.eps_norm, rr, a);
+  else sq = row_sq(f.x + r * f.D, f.D);
   for (int64_t d = 0; d < f.D; ++d) u[d] = w[d] * rr;
   double ed = 0.0, k = 0.0;
-  if (f.p.half_space) diag_term(f.p, sq, f.eps_norm, ed, k);
-  small_row_grad(f.p.normalize, w, u, f.eps_norm / (sq + f.eps_norm), rr, A, K, f.scale, k, f.D, out);
+  if (f.p.half_space) diag_term(f.p, f.p.normalize ? a : sq, ed, k);
+  small_row_grad(f.p.normalize, w, u, a, rr, A, K, f.scale, k * f.out_scale, f.D, out);
   for (int64_t d = 0; d < f.D; ++d) f.grad[r * f.D + d] = static_cast<T>(out[d]);
   f.e_row[r] = e;
   f.e_diag[r] = ed;

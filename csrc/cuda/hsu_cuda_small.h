@@ -11,9 +11,10 @@ namespace hsu {
 // Whether the small-D CUDA kernel computes this self energy (D <= 4, every kind but the Gaussian).
 bool small_d_serves_cuda(const at::Tensor& w, int64_t kind);
 
-// Same contract as hsu::energy_grad on CUDA; the caller has run check_common and the N >= 2 check.
+// Same contract as hsu::energy_grad on CUDA (E = scale * the sum); the caller has run check_common and the
+// N >= 2 check.
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cuda(const at::Tensor& w, int64_t kind, double s, double t,
                                                           double eps_norm, double eps_ang, bool half_space,
-                                                          bool normalize);
+                                                          bool normalize, double scale);
 
 }  // namespace hsu

@@ -1,0 +1,284 @@
+"""Numerics without cliffs (issue 13): close pairs, scale-free uniformity, extreme norms, infinite true
+values, and the validation gaps, each on every CPU backend against a high-precision oracle
+(tests/oracle.py: float64 from coordinate differences for float32 inputs, mpmath for float64 inputs).
+
+The tolerances here are fixed and tight (relative to the true value); the property-based suite
+(tests/test_properties.py) holds the same backends to the error model of oracle.error_bars on drawn inputs.
+"""
+
+import math
+
+import pytest
+import torch
+from oracle import Problem, truth64, truth_mp
+
+import hsu_kernels as hk
+from hsu_kernels import _ext
+from hsu_kernels.testing import energy_and_grad, fast_backends, rand_rows, rel_err
+
+BACKENDS = hk.available_backends("cpu")  # the reference included: it is held to the same bars
+FAST = fast_backends("cpu")
+
+
+def _call(backend, pb: Problem):
+    """The public function a user would call for ``pb``: its value and gradient."""
+    kw = dict(kind=pb.kind, s=pb.s, t=pb.t, eps_norm=pb.eps_norm, eps_ang=pb.eps_ang, half_space=pb.half_space,
+              normalize=pb.normalize, reduction=pb.reduction, backend=backend)
+    if pb.kind == "gaussian":
+        return energy_and_grad(lambda x: torch.log(hk.energy(x, **kw)), pb.w)
+    return energy_and_grad(lambda x: hk.energy(x, **kw), pb.w)
+
+
+def _check(backend, pb: Problem, e_tol: float, g_tol: float, what: str):
+    """Energy within ``e_tol`` relative (absolute for the Gaussian log-sum, which may be ~0) and the
+    gradient within ``g_tol`` of its largest entry, against the oracle of ``pb``'s dtype."""
+    e_true, g_true = truth_mp(pb) if pb.w.dtype == torch.float64 else truth64(pb)
+    e, g = _call(backend, pb)
+    assert torch.isfinite(e).all() and torch.isfinite(g).all(), f"{what} {backend}: non-finite {e} / grad"
+    e_scale = 1.0 if pb.kind == "gaussian" else float(e_true.abs().max())
+    e_err = float((e.double() - e_true).abs().max()) / e_scale
+    g_err = rel_err(g, g_true)
+    assert e_err <= e_tol, f"{what} {backend}: energy {e.tolist()} vs {e_true.tolist()} (error {e_err:.3g})"
+    assert g_err <= g_tol, f"{what} {backend}: gradient error {g_err:.3g} > {g_tol:.3g}"
+
+
+def _duplicates(d: int, norm: float, seed: int, dtype=torch.float32) -> torch.Tensor:
+    w = torch.nn.functional.normalize(rand_rows(1, 6, d, seed=seed), dim=-1) * norm
+    w[0, 1] = w[0, 0]
+    w[0, 4] = -w[0, 2]  # an exact antipode too (half-space)
+    return w.to(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [3, 40, 200])
+@pytest.mark.parametrize("kind,s,hs", [("riesz", 1.0, False), ("riesz", 2.0, True), ("log", 0.0, False),
+                                       ("angular", 1.0, True), ("angular_log", 0.0, False), ("gaussian", 0.0, True)])
+def test_float32_duplicates_of_norm_100(backend, d, kind, s, hs):
+    """Exact duplicates of norm 100: eps_norm keeps 2 - 2g = 2e-8, which a float32 dot product rounds
+    to 0 (an infinite energy at D = 40, 4x too small at D = 200, a gradient 2.7x off at D = 3)."""
+    pb = Problem(_duplicates(d, 100.0, seed=d), kind, s, half_space=hs)
+    _check(backend, pb, 2e-6, 2e-5, f"duplicates D={d} {kind}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [3, 40])
+def test_float32_near_duplicates(backend, d):
+    """Rows 1e-5 apart (relative) at norm 10: 2 - 2g ~ 1e-10, below float32's resolution of g."""
+    base = torch.nn.functional.normalize(rand_rows(1, 8, d, seed=7 + d), dim=-1) * 10
+    base[0, 3] = base[0, 0] * (1 + 1e-5 * rand_rows(d, seed=d))
+    pb = Problem(base.float(), "riesz", 1.0, half_space=True)
+    _check(backend, pb, 2e-6, 2e-5, f"near duplicates D={d}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1e3])
+def test_uniformity_of_unnormalized_float32_features(backend, scale):
+    """log mean exp(-t d2) of features of norm 10: every term underflows float32; as a log-sum-exp it is
+    finite and accurate, and so is its gradient."""
+    x = torch.nn.functional.normalize(rand_rows(2, 64, 16, seed=int(scale)), dim=-1).float() * scale
+    pb = Problem(x, "gaussian", t=2.0, normalize=False)
+    e_true, g_true = truth64(pb)
+    e, g = energy_and_grad(lambda z: hk.uniformity_loss(z, t=2.0, backend=backend), x)
+    assert torch.isfinite(e).all() and torch.isfinite(g).all()
+    # the reference forms -t d2 in float32: its log terms, and so its weights exp(-t d2 - L), carry ~1 ulp
+    # of |t d2| (up to ~1e7 here); the kernels form them in float64
+    loose = backend == "reference"
+    assert float((e.double() - e_true).abs().max()) <= (4e-6 if loose else 4e-7) * max(1.0, float(e_true.abs().max()))
+    assert rel_err(g, g_true) <= (1e-4 if loose else 2e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uniformity_gradient_of_collapsed_features(backend):
+    """Features within 1e-3 of each other: the expanded |x_i|^2 + |x_j|^2 - 2 x_i.x_j cancels; the
+    gradient must be at least as accurate as the direct pdist formula in float32 (the issue measured the
+    expanded one ~50x worse)."""
+    x = torch.nn.functional.normalize(rand_rows(64, 16, seed=3), dim=-1)
+    x = (x[:1] + 1e-3 * x).float()
+    pb = Problem(x[None], "gaussian", t=2.0, normalize=False)
+    _, g_true = truth64(pb)
+
+    def pdist_form(z):
+        return torch.log(torch.pdist(z).pow(2).mul(-2.0).exp().mean())
+
+    _, g_pdist = energy_and_grad(pdist_form, x)
+    _, g = energy_and_grad(lambda z: hk.uniformity_loss(z, backend=backend), x)
+    assert rel_err(g, g_true[0]) <= 2 * rel_err(g_pdist, g_true[0]) + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm", [1e104, 1e160, 1e300])
+def test_float64_huge_rows(backend, norm):
+    """Rows of norm 1e104 (r^3 underflows) and beyond (|w|^2 overflows float64): the energy is
+    scale-free, the gradient scales as 1/|w|; against mpmath. (Exactly parallel rows at such norms are out
+    of reach: 2 - 2g ~ eps_norm / |w|^2 ~ 1e-212 and the per-pair derivative overflows double; README.)"""
+    w = rand_rows(1, 7, 5, seed=11) * norm
+    w[0, 2] = w[0, 1] * (1 + 1e-6 * rand_rows(5, seed=12))  # nearly parallel: 2 - 2g ~ 1e-12
+    for kind, s in (("riesz", 1.0), ("angular", 2.0)):
+        if backend == "reference" and kind == "angular" and norm > 1e150:
+            continue  # a = eps/|w|^2 underflows: the reference's autograd meets 1/sin(pi) (reference.py)
+        _check(backend, Problem(w, kind, s, half_space=True), 1e-12, 1e-10, f"norm {norm:g} {kind}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [5, 40])
+@pytest.mark.parametrize("norm", [1e20, 1e30])
+def test_float32_rows_whose_square_overflows(backend, d, norm):
+    """float32 rows of norm 1e20: |w|^2 overflows float32 (the torch path gave NaN for D > 32)."""
+    w = (rand_rows(1, 9, d, seed=d) * norm).float()
+    assert not torch.isfinite((w * w).sum(-1)).all()
+    _check(backend, Problem(w, "riesz", 1.0), 2e-6, 2e-5, f"norm {norm:g} D={d}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,norm", [(torch.float32, 1e-30), (torch.float32, 1e-40), (torch.float64, 1e-200)])
+def test_eps_norm_zero_tiny_rows(backend, dtype, norm):
+    """eps_norm = 0 with tiny non-zero rows (|w|^2 underflows): exact unit directions, finite gradient
+    ~1/|w| (1e30-1e40: still finite in float32 where 1/|w| is), the same as for the rows at scale 1."""
+    w1 = rand_rows(1, 8, 5, seed=5)
+    w = (w1 * norm).to(dtype)
+    if not torch.isfinite(1 / w.abs().amax(-1)).all():
+        pytest.skip("1/|w| overflows this dtype: the true gradient is not finite")
+    e, g = energy_and_grad(lambda x: hk.energy(x, eps_norm=0.0, half_space=True, backend=backend), w)
+    e1, g1 = energy_and_grad(lambda x: hk.energy(x, eps_norm=0.0, half_space=True, backend=backend),
+                             (w.double() / norm))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert torch.isfinite(e).all() and torch.isfinite(g).all()
+    assert rel_err(e, e1) <= tol
+    assert rel_err(g.double() * norm, g1) <= 10 * tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_angular_s50_float32(backend):
+    """Angular s = 50: terms of 1e38 and derivatives beyond float32's range in the sum, while the mean and
+    its gradient fit. The kernels recompute such pairs in double and apply the mean's scale inside."""
+    w = rand_rows(1, 8, 5, seed=2).float()
+    pb = Problem(w, "angular", 50.0)
+    e_true, g_true = truth64(pb)
+    assert float(g_true.abs().max()) < 1e36, "the case must have a true gradient that fits in float32"
+    if backend == "reference":
+        pytest.skip("the reference has no overflow care (see reference.py): its float32 sum overflows")
+    _check(backend, pb, 2e-5, 2e-4, "angular s=50")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coincident_rows_normalize_false(backend):
+    """normalize=False with coincident rows (and eps_norm=0 duplicates): the same on every backend. Riesz
+    and log energies are +inf; the rows of a coincident pair have no derivative (NaN gradient rows); every
+    other row's gradient is finite and exact. The Gaussian kind is smooth there: everything finite."""
+    x = rand_rows(1, 6, 4, seed=9).float()
+    x[0, 3] = x[0, 1]
+    for kind, normalize, eps in (("riesz", False, 1e-4), ("log", False, 1e-4), ("riesz", True, 0.0),
+                                 ("log", True, 0.0), ("angular", True, 0.0), ("gaussian", False, 1e-4),
+                                 ("gaussian", True, 0.0)):
+        pb = Problem(x, kind, 1.0, eps_norm=eps, normalize=normalize, reduction="sum")
+        e_true, g_true = truth64(pb)
+        e, g = _call(backend, pb)
+        what = f"{backend} {kind} normalize={normalize} eps_norm={eps}"
+        if kind in ("riesz", "log"):
+            assert torch.isinf(e).all() and (e > 0).all(), what
+        else:
+            assert torch.isfinite(e).all(), what
+        nan_rows = torch.isnan(g).any(-1)
+        assert torch.equal(nan_rows, torch.isnan(g_true).any(-1)), what
+        if kind != "gaussian":
+            assert nan_rows[0, 1] and nan_rows[0, 3] and nan_rows.sum() == 2, what
+        assert torch.isfinite(g[~nan_rows]).all(), what
+        ok = ~nan_rows
+        assert rel_err(g[ok], g_true[ok]) <= 2e-5, what
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_space_exact_antipodes_eps_norm_zero(backend):
+    """eps_norm = 0, half-space, w_j = -w_i: the pair (u_i, -u_j) coincides: +inf."""
+    w = rand_rows(5, 3, seed=4)
+    w[2] = -w[0]
+    assert hk.energy(w, eps_norm=0.0, half_space=True, backend=backend) == float("inf")
+    assert torch.isfinite(hk.energy(w, eps_norm=0.0, backend=backend))
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+def test_close_pair_switch_changes_only_close_pairs():
+    """The benchmark's switch (_set_close_pair_check): without the check the duplicates come out wrong,
+    with it right; on rows without close pairs both agree bitwise. The switch is restored."""
+    from hsu_kernels import _C
+
+    dup = _duplicates(40, 100.0, seed=1)[0]
+    far = rand_rows(300, 40, dtype=torch.float32)
+    try:
+        assert _C._set_close_pair_check(False) is True
+        off_dup = hk.energy(dup, backend="cpu")
+        off_far = torch.ops.hsu.energy_grad(far[None], 0, 1.0, 2.0, 1e-4, 1e-4, False, True)
+    finally:
+        assert _C._set_close_pair_check(True) is False
+    on_dup = hk.energy(dup, backend="cpu")
+    on_far = torch.ops.hsu.energy_grad(far[None], 0, 1.0, 2.0, 1e-4, 1e-4, False, True)
+    e_true = truth64(Problem(dup[None], "riesz"))[0]
+    assert rel_err(on_dup, e_true[0]) < 1e-6 < rel_err(off_dup, e_true[0])
+    assert torch.equal(off_far[0], on_far[0]) and torch.equal(off_far[1], on_far[1])
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+def test_op_scale_argument():
+    """The ops' trailing ``scale``: the energy scaled inside (the Gaussian kind: a log shift)."""
+    w = rand_rows(2, 30, 6)
+    e1, g1 = torch.ops.hsu.energy_grad(w, 0, 1.0, 2.0, 1e-4, 1e-4, True, True)
+    e2, g2 = torch.ops.hsu.energy_grad(w, 0, 1.0, 2.0, 1e-4, 1e-4, True, True, 0.125)
+    assert torch.allclose(e2, e1 * 0.125, rtol=1e-14) and torch.allclose(g2, g1 * 0.125, rtol=1e-12)
+    l1, h1 = torch.ops.hsu.energy_grad(w, 4, 0.0, 2.0, 1e-4, 1e-4, False, False)
+    l2, h2 = torch.ops.hsu.energy_grad(w, 4, 0.0, 2.0, 1e-4, 1e-4, False, False, 0.125)
+    assert torch.allclose(l2, l1 + math.log(0.125), rtol=1e-14) and torch.allclose(h1, h2, rtol=1e-14)
+
+
+# ---- validation gaps --------------------------------------------------------------------------------------
+
+W = rand_rows(8, 5)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: hk.align_loss(W, W, alpha=float("nan")), ValueError, r"alpha must be a finite number > 0"),
+        (lambda: hk.align_loss(W, W, alpha=float("inf")), ValueError, r"alpha must be a finite number > 0"),
+        (lambda: hk.min_separation(W, block=0), ValueError, r"block must be >= 1, got 0"),
+        (lambda: hk.min_separation(W, block=-3), ValueError, r"block must be >= 1"),
+        (lambda: hk.min_separation(W, block=2.7), TypeError, r"block must be an int, got float"),
+        (lambda: hk.min_separation(W, block=True), TypeError, r"block must be an int, got bool"),
+        (lambda: hk.energy(W.to_sparse()), TypeError, r"w must be a dense \(strided\) tensor.*sparse_coo"),
+        (lambda: hk.energy(W.to_sparse_csr()), TypeError, r"w must be a dense \(strided\) tensor.*sparse_csr"),
+        (lambda: hk.cross_energy(W, W.to_sparse()), TypeError, r"y must be a dense \(strided\) tensor"),
+        (lambda: hk.uniformity_loss(W.to_sparse()), TypeError, r"x must be a dense \(strided\) tensor"),
+        (lambda: hk.energy_many([W, W.to_sparse()]), TypeError, r"ws\[1\] must be a dense \(strided\) tensor"),
+        (lambda: hk.min_separation(W.to_sparse()), TypeError, r"w must be a dense \(strided\) tensor"),
+        (lambda: hk.align_loss(W, W.to_sparse()), TypeError, r"y must be a dense \(strided\) tensor"),
+        (lambda: hk.energy(torch.nested.nested_tensor([W, W[:3]])), TypeError, r"w must be a dense .*nested"),
+        (lambda: hk.energy(W, eps_ang=-1.0), ValueError, r"eps_ang must be >= 0"),
+        (lambda: hk.energy(W, "gaussian", t=float("nan")), ValueError, r"t must be finite"),
+    ],
+)
+def test_validation_gaps(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((0, 1.0, 2.0, 1e-4, -1.0, False, True), r"eps_ang must be finite and >= 0, got -1"),
+        ((0, 1.0, 2.0, 1e-4, float("nan"), False, True), r"eps_ang must be finite"),
+        ((0, float("nan"), 2.0, 1e-4, 1e-4, False, True), r"s must be finite"),
+        ((1, float("inf"), 2.0, 1e-4, 1e-4, False, True), r"s must be finite"),
+        ((0, 1.0, float("nan"), 1e-4, 1e-4, False, True), r"t must be finite and > 0"),
+        ((0, 1.0, -2.0, 1e-4, 1e-4, False, True), r"t must be finite and > 0"),
+        ((0, 1.0, 2.0, float("nan"), 1e-4, False, True), r"eps_norm must be finite and >= 0"),
+        ((0, 1.0, 2.0, -1e-4, 1e-4, False, True), r"eps_norm must be finite and >= 0"),
+        ((0, 1.0, 2.0, 1e-4, 1e-4, False, True, 0.0), r"scale must be finite and > 0"),
+        ((0, 1.0, 2.0, 1e-4, 1e-4, False, True, float("nan")), r"scale must be finite and > 0"),
+    ],
+)
+def test_op_refuses_bad_parameters(args, match):
+    """The compiled op checks its own parameters (a compiled graph calls it without the Python checks)."""
+    with pytest.raises(ValueError, match=match):
+        torch.ops.hsu.energy_grad(rand_rows(1, 5, 3), *args)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.hsu.cross_energy_grad(rand_rows(1, 5, 3), rand_rows(1, 4, 3), *args)
