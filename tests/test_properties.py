@@ -8,7 +8,6 @@ reference's own error. ``make test`` runs the ``ci`` profile (400 derandomized e
 each); ``HSU_HYPOTHESIS_PROFILE=long`` runs 10,000 (see README, "Precision").
 """
 
-import torch
 from hypothesis import given
 from properties import check, oracle, problems, reference_holds
 
