@@ -203,6 +203,24 @@ def test_hard_rows(d):
                     _check(x, dtype, what, **kw)
 
 
+@pytest.mark.parametrize("s, eps_norm, n", [(8.0, 1e-8, 70), (6.0, 1e-10, 70), (40.0, 1e-4, 6)])
+def test_float_terms_beyond_float32(s, eps_norm, n):
+    """float32 Riesz rows with exact duplicates: with a tiny eps_norm the duplicates' derivatives pass
+    float32's range (s = 8: d^2 ~ 2e-8 gives phi' ~ 1e39) while the energy and gradient fit, so the kernel's
+    float pair terms of those runs are evaluated again in double; s = 40 is past the float terms' exponent
+    limit and runs in double. Finite, and as accurate as a float32 result of the float64 oracle can be."""
+    gen = torch.Generator().manual_seed(int(s))
+    w = torch.randn(1, n, 3, generator=gen)
+    if n > 40:
+        w[0, 40:] = w[0, : n - 40]  # duplicated rows
+    e_ref, g_ref = precise_energy(w.double(), kind="riesz", s=s, eps_norm=eps_norm)
+    fmax = torch.finfo(torch.float32).max
+    assert e_ref.abs().max() < fmax / 4 and g_ref.abs().max() < fmax / 4  # the true values fit in float32
+    e, g = _kernel(w, kind="riesz", s=s, eps_norm=eps_norm)
+    assert torch.isfinite(e).all() and torch.isfinite(g).all()
+    assert rel_err(e, e_ref) < 1e-5 and rel_err(g, g_ref) < 1e-5, (rel_err(e, e_ref), rel_err(g, g_ref))
+
+
 def test_close_pair_float64():
     """Two float64 rows whose directions differ by ~1e-7 (and a third row), Riesz s = 1 with eps_norm = 0,
     against the exact energy and gradient in 50-digit arithmetic: the kernel keeps ~1e-16 / 1e-7 relative,

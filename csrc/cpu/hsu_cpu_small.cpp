@@ -9,10 +9,13 @@
 //  * precise: squared distances come from coordinate differences in float64, never from 2 - 2g, and the
 //    gradient is accumulated in float64 in terms of the same differences (csrc/hsu_small_pair.h), so nearly
 //    parallel and nearly antipodal rows keep their digits;
-//  * the per-pair terms phi, phi' are the shared ones of csrc/hsu_pair.h, in float64 (so that a term or
-//    derivative beyond float32, e.g. angular s = 50 or Riesz duplicates with a tiny eps_norm, neither
-//    overflows nor turns the gradient into NaN), vectorized by the compiler (omp simd) over a buffer of one
-//    row's distances.
+//  * the per-pair terms phi, phi' are the shared ones of csrc/hsu_pair.h, vectorized by the compiler (omp
+//    simd) over a buffer of one row's distances. For float32 inputs of normalized rows, Riesz (s <= 32) and
+//    log kinds, they are evaluated in float (twice the lanes of double: this pass sets the speed), where no
+//    term can underflow (d^2 <= 6); a run of pairs whose float terms are not all finite (a term or derivative
+//    beyond float32, e.g. Riesz duplicates with a tiny eps_norm) is evaluated again in float64. Otherwise in
+//    float64 (the angular kinds' float terms lose a few ulps more than the general kernel on nearly parallel
+//    rows).
 //
 // It serves float32 (and half) inputs only: float64 inputs go to the general kernel, whose close-pair path
 // holds them to the float64 bar of the property suite (tests/test_properties.py), which this kernel's
@@ -80,6 +83,7 @@ struct Rows {
   double* k;        // [n]: accumulators K (normalized float64 only, see update)
   double* e;        // [n]: energy of the pairs attributed to row i
   int64_t n;
+  const Params<double>* pd;  // the parameters in double, for runs whose float terms are not finite
 };
 
 // Calls f(integral_constant<int, 0>), ..., f(integral_constant<int, N - 1>). The loops over coordinates and
@@ -245,6 +249,16 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
   const double* cms[2] = {cm[0], cm[1]};
   const double* cps[2] = {cp[0], cp[1]};
   const bool diag = i0 == j0;
+  // The pair terms of a run in T; in float, a run with a term that is not finite is evaluated in double.
+  auto terms = [&](int64_t m, const double* dm, const double* dp, double* c1, double* c2) -> double {
+    const double es = pair_math<T, KIND, HS, NORM, MODE>(p, m, dm, dp, c1, c2);
+    if constexpr (!std::is_same_v<T, double>) {
+      bool ok = std::isfinite(es);
+      for (int64_t k = 0; k < m; ++k) ok = ok && std::isfinite(c1[k]) && (!HS || std::isfinite(c2[k]));
+      if (!ok) return pair_math<double, KIND, HS, NORM, MODE>(*r.pd, m, dm, dp, c1, c2);
+    }
+    return es;
+  };
   auto finish = [&](int64_t i, int R, const double (*gi)[D], const double* ki) {
     for (int q = 0; q < R; ++q) {
       for (int d = 0; d < D; ++d) r.g[d * r.n + i + q] += gi[q][d];
@@ -258,10 +272,9 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t shift = diag ? 1 : 0;  // row i + 1 starts at column j + shift
     if (m - shift <= 0) break;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += pair_math<T, KIND, HS, NORM, MODE>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0]);
     geometry<D, NORM, kBoth>(r, i + 1, j + shift, m - shift, d2m[1] + shift, d2p[1] + shift);
-    r.e[i + 1] += pair_math<T, KIND, HS, NORM, MODE>(p, m - shift, d2m[1] + shift, d2p[1] + shift,
-                                                              cm[1] + shift, cp[1] + shift);
+    r.e[i + 1] += terms(m - shift, d2m[1] + shift, d2p[1] + shift, cm[1] + shift, cp[1] + shift);
     cm[1][0] = shift ? 0.0 : cm[1][0];
     cp[1][0] = shift ? 0.0 : cp[1][0];
     double gi[2][D], ki[2];
@@ -273,7 +286,7 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t m = j1 - j;
     if (m <= 0) continue;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += pair_math<T, KIND, HS, NORM, MODE>(p, m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0]);
     double gi[1][D], ki[1];
     update<D, HS, NORM, 1>(r, i, j, m, cms, cps, gi, ki);
     finish(i, 1, gi, ki);
@@ -298,6 +311,9 @@ struct Plan {
 // Rows per task of the O(N) loops (statistics, sums of the parts, epilogue): tens of nanoseconds per row,
 // so below this many rows a fork would cost more than the loop.
 constexpr int64_t kRowGrain = 1 << 14;
+// Float pair terms (see the file's header) up to this exponent: a normalized pair has d^2 <= 6, and 6^(-16)
+// and pi^(-32) stay far above float32's smallest normal number, so no term underflows.
+constexpr double kFloatTermsMaxS = 32.0;
 
 // At most this many parts (their buffers cost (D + 2) doubles per row each), and at least this many pairs
 // per part (about a millisecond of work: below that, forking costs more than it saves, and far more on a
@@ -342,11 +358,12 @@ struct Work {
   double* k;        // [parts][B][n] (normalized float64) or nullptr
   double* e;        // [parts][B][n]
   int64_t B, D, n;
+  const Params<double>* pd;
 
   Rows rows(int64_t q, int64_t bb) const {
     const int64_t part_rows = q * B * n + bb * n;
     return Rows{u + bb * D * n, a ? a + bb * n : nullptr, g + D * part_rows, k ? k + part_rows : nullptr,
-                e + part_rows, n};
+                e + part_rows, n, pd};
   }
 };
 
@@ -450,8 +467,15 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   const int64_t parts = plan.parts();
   const bool split = normalize;  // the pass runs in double: normalized rows accumulate A and K
   std::vector<double> g(parts * B * D * n, 0.0), kacc(split ? parts * B * n : 0, 0.0), e(parts * B * n, 0.0);
-  const Work wk{u.data(), normalize ? a.data() : nullptr, g.data(), split ? kacc.data() : nullptr, e.data(), B, D, n};
-  dispatch_dim<double>(pd, plan, wk);
+  const Work wk{u.data(), normalize ? a.data() : nullptr, g.data(), split ? kacc.data() : nullptr, e.data(), B, D, n,
+                &pd};
+  if (std::is_same_v<T, float> && normalize && (kind == kRiesz || kind == kLog) && s <= kFloatTermsMaxS) {
+    const Params<float> pf{kind, static_cast<float>(s), static_cast<float>(t), static_cast<float>(eps_ang), half_space,
+                           normalize};
+    dispatch_dim<float>(pf, plan, wk);
+  } else {
+    dispatch_dim<double>(pd, plan, wk);
+  }
   // The parts' sums, added in part order, into part 0's buffers.
   if (parts > 1)
     at::parallel_for(0, B * n, kRowGrain, [&](int64_t r0, int64_t r1) {
