@@ -14,6 +14,8 @@
 #   HSU_HYPOTHESIS_PROFILE=long make test    the property suites (tests/test_properties.py,
 #                             tests/test_triton_properties.py) with 10,000 examples per backend instead of the
 #                             ci profile's 400 (hours on 2 cores; `make test` runs ci, under a minute).
+#   make triton-aot-check     every Triton autotuning config compiled for sm_80/sm_90 with ptxas (no GPU),
+#                             failing on any register spill (the committed table: bench/results/triton-ptxas-*).
 #   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
 #                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
 #                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
@@ -85,6 +87,12 @@ cmake-check:
 .PHONY: cuda-check
 cuda-check:
 	bash .ci/cuda_check.sh
+
+# Every Triton autotuning config compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one spills
+# registers (~3-5 min on 2 cores; `make test` compiles one small config per kernel).
+.PHONY: triton-aot-check
+triton-aot-check: build
+	$(PY) -m hsu_kernels.triton._aot --fail-on-spill --no-write
 
 bench: build
 	$(PY) -m bench

@@ -168,6 +168,8 @@ PLANS = [
                 "nvcc is present"),
     Plan(r"bash bench/gpu_check\.sh", reason="needs a GPU"),
     Plan(r"bash bench/gpu_check\.sh --dry-run", reason="make cuda-check runs it (after building the CUDA extension)"),
+    Plan(r"make triton-aot-check",
+         reason=".ci/run runs it after make test (every Triton config through ptxas, minutes on 2 cores)"),
     Plan(r"make cuda-check", reason=".ci/run runs it after make test: it installs a CUDA torch in its own venv"),
 ]
 

@@ -37,18 +37,18 @@ def test_every_selectable_config_is_compiled():
     for arch in (80, 90):
         for mode in ("ieee", "tf32", "bf16"):
             prec = "ieee" if mode == "ieee" else "tf32"
-            for bd in (16, 64, 128, 256):
+            for bd in (16, 32, 64, 128, 256):
                 kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt[mode])
                 got = [(t["consts"]["BLOCK_M"], t["consts"]["BLOCK_N"], t["warps"], t["stages"]) for t in todo
                        if t["kernel"] == "fused_kernel" and t["arch"] == arch and t["mode"] == mode
                        and t["consts"]["BLOCK_D"] == bd]
                 assert got == [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
-            for kernel, configs in (("coef_kernel", K._strip_configs(interpret=False)),
-                                    ("gemm_kernel", K._gemm_configs(interpret=False))):
+            gemm = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt[mode])
+            for kernel, configs in (("coef_kernel", K._strip_configs(interpret=False)), ("gemm_kernel", gemm)):
                 n = sum(1 for t in todo if t["kernel"] == kernel and t["arch"] == arch and t["mode"] == mode)
                 assert n == len(configs), (kernel, arch, mode)
     fused_ds = {t["D"] for t in todo if t["kernel"] == "fused_kernel"}
-    assert fused_ds == {"3,16", "64", "128", "256"}
+    assert fused_ds == {"3,16", "32", "64", "128", "256"}
 
 
 def test_summary_and_row():
@@ -62,3 +62,21 @@ def test_summary_and_row():
                      "128x64, BLOCK_D 64, 8 warps), max 255 registers, 1 FAILED to compile"]
     assert _aot._row(ok)[-2:] == ["8", "registers"]
     assert _aot._row(failed)[7] == "FAILED"
+
+
+def test_select_filters_tasks():
+    """--kernels, --ds and --match pick a subset of the full run (what one iterates on), nothing else."""
+    todo = _aot.tasks(modes=("bf16",), archs=(90,))
+    fused_256 = _aot.select(todo, kernels="fused", ds="256")
+    assert fused_256 and all(t["kernel"] == "fused_kernel" and t["D"] == "256" for t in fused_256)
+    assert len(fused_256) == sum(1 for t in todo if t["kernel"] == "fused_kernel" and t["D"] == "256")
+    # D = 3 is served by BLOCK_D = 16 (the task labelled "3,16")
+    assert {t["D"] for t in _aot.select(todo, ds="3")} == {"3,16"}
+    strip = _aot.select(todo, ds="strip")
+    assert {t["kernel"] for t in strip} == {"coef_kernel", "gemm_kernel", "epilogue_kernel"}
+    assert _aot.select(todo, kernels="coef_kernel") == [t for t in todo if t["kernel"] == "coef_kernel"]
+    eight = _aot.select(todo, kernels="gemm", match="8 warps")
+    assert eight and all(t["warps"] == 8 and t["kernel"] == "gemm_kernel" for t in eight)
+    assert _aot.select(todo) == todo
+    with pytest.raises(SystemExit, match="unknown kernel"):
+        _aot.select(todo, kernels="fuse")

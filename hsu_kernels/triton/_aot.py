@@ -6,15 +6,18 @@ real frontend, layouts, and register spills (``ptxas -v``). It cannot check the 
 GPU does. Run it without ``TRITON_INTERPRET``::
 
     python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
-    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills
+    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills (the CI gate,
+                                                       # `make triton-aot-check`; ~3-5 min on 2 cores)
     python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
+    python -m hsu_kernels.triton._aot --kernels fused --ds 256 --modes ieee --no-write   # a subset
 
 What is compiled (the default): every autotuning config the launcher can select, per kernel:
 
-* ``fused_kernel`` for the padded row lengths of D in {3, 16, 64, 128, 256} (``BLOCK_D`` 16, 64, 128, 256;
-  D = 3 and D = 16 share ``BLOCK_D = 16``), keeping the configs ``kernels._prune_fused`` keeps for that
-  ``BLOCK_D`` and product mode;
-* the strip path (D > 256): every ``coef_kernel`` and ``gemm_kernel`` config, and ``epilogue_kernel``;
+* ``fused_kernel`` for the padded row lengths of D in {3, 16, 32, 64, 128, 256} (``BLOCK_D`` 16, 32, 64,
+  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``), keeping the configs ``kernels._prune_fused`` keeps for
+  that ``BLOCK_D`` and product mode (``kernels.FUSED_TABLE``);
+* the strip path (D > 256): every ``coef_kernel`` config, the ``gemm_kernel`` configs ``kernels._prune_gemm``
+  keeps for the mode (``kernels.GEMM_TABLE``), and ``epilogue_kernel``;
 
 each in three product modes: float32 inputs with exact products (``ieee``), float32 with tensor-core
 products (``tf32``), and bfloat16 inputs. The kind flags are the ones with the most live values: the
@@ -43,7 +46,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 #: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
-FUSED_DS = (3, 16, 64, 128, 256)
+FUSED_DS = (3, 16, 32, 64, 128, 256)
 MODES = ("ieee", "tf32", "bf16")
 KINDS = {"riesz": 0, "log": 1, "angular": 2, "angular_log": 3, "gaussian": 4}
 
@@ -125,7 +128,9 @@ def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = Fals
                                       "b_ptr": "fp32", "tab_ptr": "i64"},
                                 consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
                                 warps=c.num_warps, stages=c.num_stages))
-            for c in K._gemm_configs(interpret=False)[-1:] if quick else K._gemm_configs(interpret=False):
+            gemm_kept = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prod["PREC2"],
+                                      C_DTYPE=tl_dtype[prod["C_DTYPE"]])
+            for c in gemm_kept[-1:] if quick else gemm_kept:
                 gflags = {k: v for k, v in flags.items() if k not in ("POW",)}
                 out.append(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
@@ -144,6 +149,27 @@ def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = Fals
         if quick:
             break
     return out
+
+
+def select(todo: List[dict], kernels: Optional[str] = None, ds: Optional[str] = None,
+           match: Optional[str] = None) -> List[dict]:
+    """The tasks of ``todo`` to compile: only the listed kernels (``"fused"`` or ``"fused_kernel"``), only
+    the listed Ds (a fused task serves several Ds and is kept when one of them is listed; ``"strip"`` keeps
+    the strip path's kernels), only configs whose label (``"<tile>, <warps> warps"``) matches ``match``.
+    None keeps everything; iterating on one kernel's configs then compiles a few instead of hundreds."""
+    if kernels:
+        names = {k.strip() if k.strip().endswith("_kernel") else k.strip() + "_kernel" for k in kernels.split(",")}
+        unknown = names - {"fused_kernel", "coef_kernel", "gemm_kernel", "epilogue_kernel"}
+        if unknown:
+            raise SystemExit(f"--kernels: unknown kernel(s) {sorted(unknown)}")
+        todo = [t for t in todo if t["kernel"] in names]
+    if ds:
+        want = {d.strip() for d in ds.split(",")}
+        todo = [t for t in todo if (t["D"] == ">256" and "strip" in want) or (set(t["D"].split(",")) & want)]
+    if match:
+        pat = re.compile(match)
+        todo = [t for t in todo if pat.search(f"{_config_str(t)}, {t['warps']} warps")]
+    return todo
 
 
 def compile_one(task: dict) -> dict:
@@ -237,7 +263,8 @@ def _worker_init():
 def _config_str(t: dict) -> str:
     c = t["consts"]
     if t["kernel"] == "fused_kernel":
-        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_D {c['BLOCK_D']}"
+        chunk = f", BLOCK_K {c['BLOCK_K']}" if c.get("BLOCK_K", c["BLOCK_D"]) < c["BLOCK_D"] else ""
+        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_D {c['BLOCK_D']}{chunk}"
     if t["kernel"] == "coef_kernel":
         return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_K {c['BLOCK_K']}"
     if t["kernel"] == "gemm_kernel":
@@ -367,8 +394,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--jobs", type=int, default=None,
                     help="parallel compiles (default: the number of cores; 1 with --quick)")
     ap.add_argument("--out", default=None, help="the markdown table (default bench/results/triton-ptxas-<date>.md)")
-    ap.add_argument("--no-write", action="store_true", help="print only (the default with --quick)")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print only (the default with --quick, --kernels, --ds or --match)")
     ap.add_argument("--fail-on-spill", action="store_true", help="exit 1 if any config spills registers")
+    ap.add_argument("--kernels", default=None,
+                    help="comma list of kernels to compile (fused, coef, gemm, epilogue; default all)")
+    ap.add_argument("--ds", default=None,
+                    help="comma list of the D values of the fused kernel (3, 16, 64, 128, 256) and 'strip' for the "
+                         "strip path's kernels (default all)")
+    ap.add_argument("--match", default=None,
+                    help="a regular expression the config's label must match, e.g. '16x32, BLOCK_D 256' or "
+                         "'8 warps' (the label is the tile as in the table, then '<warps> warps')")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter replaces the compiler", file=sys.stderr)
@@ -381,7 +417,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")
     _worker_init()
     modes = ["bf16"] if args.quick else [m.strip() for m in args.modes.split(",") if m.strip()]
-    todo = tasks(modes, args.arch, args.kind, args.quick)
+    todo = select(tasks(modes, args.arch, args.kind, args.quick), args.kernels, args.ds, args.match)
+    if not todo:
+        print("no config matches --kernels/--ds/--match", file=sys.stderr)
+        return 2
     print(f"compiling {len(todo)} kernel configs for {', '.join(f'sm_{a}' for a in args.arch)} "
           f"with {jobs} jobs", flush=True)
     t0 = time.perf_counter()
@@ -402,7 +441,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     for line in summarize(results):
         print(line)
-    if not (args.quick or args.no_write) or args.out:
+    subset = args.quick or args.kernels or args.ds or args.match  # never overwrites the full table by default
+    if not (subset or args.no_write) or args.out:
         path = args.out or _default_out()
         write_table(path, results, argv, seconds, args.kind, commit)
         print(f"table written to {path}")

@@ -228,55 +228,121 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # tests fast.
 
 
+#: The fused kernel's GPU configs per product mode and padded row length ``BLOCK_D``:
+#: ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``. ``BLOCK_K < BLOCK_D`` takes the first product in chunks of
+#: ``BLOCK_K`` columns; ``BLOCK_K = 256`` (``FUSED_MAX_D``) never chunks. Each compiles for sm_80 and sm_90
+#: with no register spills in the variant with the most live values (angular kind, general exponent,
+#: half-space, normalized, ragged): ``python -m hsu_kernels.triton._aot --fail-on-spill`` checks every one.
+#: The tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
+#: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles (e.g.
+#: 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 4-warp tiles at BLOCK_D >= 64 with tensor
+#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). Modes: ``ieee`` is
+#: float32 with exact products (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs
+#: and coefficients.
+FUSED_TABLE = {
+    "ieee": {
+        16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2)),
+        32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
+        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
+        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
+        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
+    },
+    "tf32": {
+        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
+        32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
+        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
+        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
+        256: ((16, 32, 64, 8, 2), (16, 16, 64, 8, 2)),
+    },
+    "bf16": {
+        16: ((128, 32, 256, 8, 2), (64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
+        32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
+        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
+        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
+        256: ((16, 32, 256, 8, 2), (16, 16, 256, 8, 2)),
+    },
+}
+
+
 def _fused_configs(interpret: bool = INTERPRET):
+    """The fused kernel's autotuning list: every config of :data:`FUSED_TABLE` once (the pruner picks a
+    launch's own); under the interpreter one small config."""
     if interpret:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-        for bm, bn, w, st in (
-            (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (32, 32, 4, 2),
-            (32, 32, 8, 2), (16, 32, 4, 2), (16, 32, 8, 2), (16, 64, 8, 2),
-        )
-    ]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=1)]
+    seen = []
+    for per_d in FUSED_TABLE.values():
+        for rows in per_d.values():
+            seen += [r for r in rows if r not in seen]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in seen]
+
+
+def product_mode(prec, c_dtype) -> str:
+    """The :data:`FUSED_TABLE` / :data:`GEMM_TABLE` mode of a launch's product precision and coefficient
+    dtype: ``ieee`` (exact fp32 products), ``bf16`` (bfloat16 coefficients), else ``tf32``."""
+    if c_dtype == tl.bfloat16:
+        return "bf16"
+    return "ieee" if prec == "ieee" and c_dtype == tl.float32 else "tf32"
 
 
 def _prune_fused(configs, named_args, **kwargs):
-    """Drop configs whose register tiles do not fit the padded D. The live fp32 values per thread are about
-    ``(2 BLOCK_M + BLOCK_N) BLOCK_D / threads`` (rows, accumulator, column tile). Compiled for sm_90 with
-    ptxas -v (no GPU needed): exact fp32 products (``ieee``, FMA, no tensor cores) spill tens of KB beyond
-    ~96 per thread (e.g. 32 x 256 rows with 4 warps), tensor-core tiles spill under 2 KB up to ~192."""
+    """The configs of :data:`FUSED_TABLE` for the launch's product mode and padded D, in the table's order
+    (configs outside it may spill registers: they are never autotuned on a GPU). A list that holds none of
+    them (a test's pinned config) is kept as it is."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
-    fma = kwargs.get("PREC", "ieee") == "ieee" and kwargs.get("C_DTYPE", None) == tl.float32
-    limit = 96 if fma else 192
+    mode = product_mode(kwargs.get("PREC", "ieee"), kwargs.get("C_DTYPE", tl.float32))
+    rows = FUSED_TABLE[mode][bd]
 
-    def live(c):
-        return (2 * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * bd / (32 * c.num_warps)
+    def key(c):
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_K", 256), c.num_warps, c.num_stages)
 
-    keep = [c for c in configs if live(c) <= limit]
-    return keep or [min(configs, key=live)]
+    keep = sorted((c for c in configs if key(c) in rows), key=lambda c: rows.index(key(c)))
+    return keep or list(configs)
 
 
 def _strip_configs(interpret: bool = INTERPRET):
+    """The coefficient kernel's configs. Its tile evaluates the per-pair terms on ``BLOCK_M x BLOCK_N``
+    values; every one listed compiles without spills for sm_80 and sm_90 in every mode (64 x 64 tiles with
+    8 warps spill 8-48 bytes, 128 x 128 kilobytes)."""
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-        for bm, bn, bk, w, st in (
-            (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3), (128, 128, 64, 8, 3),
-            (64, 64, 32, 8, 3), (64, 64, 32, 4, 3),
-        )
+        for bm, bn, bk, w, st in ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 4, 3))
     ]
+
+
+#: The GEMM kernel's configs per mode, ``(BLOCK_M, BLOCK_D, BLOCK_K, warps, stages)``: exact fp32 products
+#: (FMA) hold a ``BLOCK_K`` slice of both operands per output, so they take a shorter ``BLOCK_K``; 128 x 128
+#: output tiles spill in every mode.
+GEMM_TABLE = {
+    "ieee": ((128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (64, 64, 8, 4, 3)),
+    "tf32": ((128, 64, 32, 8, 3), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3)),
+    "bf16": ((128, 64, 32, 8, 3), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3)),
+}
 
 
 def _gemm_configs(interpret: bool = INTERPRET):
+    """The GEMM kernel's autotuning list: every config of :data:`GEMM_TABLE` once."""
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_D": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-        for bm, bd, bk, w, st in (
-            (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
-        )
-    ]
+    seen = []
+    for rows in GEMM_TABLE.values():
+        seen += [r for r in rows if r not in seen]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bm, bd, bk, w, st in seen]
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    """The configs of :data:`GEMM_TABLE` for the launch's product mode (a list holding none of them, a
+    test's pinned config, is kept)."""
+    rows = GEMM_TABLE[product_mode(kwargs.get("PREC2", "ieee"), kwargs.get("C_DTYPE", tl.float32))]
+
+    def key(c):
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+
+    keep = sorted((c for c in configs if key(c) in rows), key=lambda c: rows.index(key(c)))
+    return keep or list(configs)
 
 
 _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
@@ -301,7 +367,7 @@ def fused_kernel(
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
     C_DTYPE: tl.constexpr, UPCAST: tl.constexpr, EPI: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
 
@@ -329,11 +395,23 @@ def fused_kernel(
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < ny
-        yj = tl.load(y_ptr + yoff + cols[:, None].to(tl.int64) * D + offs_d[None, :],
-                     mask=cmask[:, None] & dmask[None, :], other=0.0)
+        y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
+        yj = tl.load(y_rows + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
         yj32 = yj.to(tl.float32)
         sj = _row_stat(tl.sum(yj32 * yj32, 1), eps_norm, NORM)
-        dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
+        if BLOCK_K < BLOCK_D:
+            # Long rows: the product x_I y_J^T over D in chunks re-read from L1/L2, so that neither operand is
+            # held whole in the product's register layout (those copies of the two row tiles spill).
+            dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for d0 in tl.static_range(0, BLOCK_D, BLOCK_K):
+                offs_c = d0 + tl.arange(0, BLOCK_K)
+                cm = offs_c < D
+                xc = tl.load(x_ptr + xoff + rows[:, None].to(tl.int64) * D + offs_c[None, :],
+                             mask=rmask[:, None] & cm[None, :], other=0.0)
+                yc = tl.load(y_rows + offs_c[None, :], mask=cmask[:, None] & cm[None, :], other=0.0)
+                dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
+        else:
+            dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
@@ -345,6 +423,8 @@ def fused_kernel(
         cj = tl.where(valid, cj, 0.0)
         acc = _mma(cj.to(C_DTYPE), yj.to(C_DTYPE), acc, PREC2, UPCAST)
 
+    if BLOCK_K < BLOCK_D:  # reloaded rather than kept live through the loop
+        xi32 = tl.load(x_ptr + xi_off, mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     # Row epilogue (docs/spec.md §6) in EPI precision: its two normalized terms cancel when a row's gradient is
     # nearly radial.
     e_row = pair_scale * e_acc
@@ -434,7 +514,8 @@ def coef_kernel(
     tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
 
 
-@triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"])
+@triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def gemm_kernel(
     c_ptr, y_ptr, a_ptr, tab_ptr, K,

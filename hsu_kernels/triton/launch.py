@@ -52,7 +52,7 @@ STRIP_BYTES = 1 << 30
 #: in every case measured (the fp32 accumulator's own error dominates), and would double the epilogue's
 #: registers next to a BLOCK_M x BLOCK_D accumulator. The strip path's epilogue streams D and uses float64.
 EPILOGUE_DTYPE = tl.float32
-_EPILOGUE_BLOCK_M = 32
+_EPILOGUE_BLOCK_M = 16  # 32 rows x 64 columns in float64 spill 8-16 bytes on sm_90 (ptxas)
 _EPILOGUE_BLOCK_D = 64
 #: CUDA's limits on a grid: x (the row blocks of a launch) up to 2^31 - 1, y and z (the matrix index, and
 #: the D blocks of the strip path's GEMM) up to 65,535. A batch of more matrices is launched in chunks.
