@@ -147,6 +147,64 @@ def _pair_terms(dot, si, sj, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexp
 
 
 @triton.jit
+def _finite(v):
+    """Whether ``v`` is finite (NaN compares false)."""
+    return tl.abs(v) < 3.4028234663852886e38
+
+
+@triton.jit
+def _close(dot, si, sj, tau, HS: tl.constexpr, NORM: tl.constexpr):
+    """The pairs of a tile that the fused path cannot get right from a float32 product (docs/spec.md §5):
+    ``1 - |g| < tau`` (normalized), or an expanded distance (to ``y_j``, and to ``-y_j`` in half-space mode)
+    below ``tau (|x_i|^2 + |y_j|^2)`` or not a number (un-normalized). Their rows are recomputed by the
+    host's fix-up (``launch.py``), so the fast path needs no branch of its own for them."""
+    if NORM:
+        g = dot * si * sj
+        close = (1.0 - tl.abs(g)) < tau
+    else:
+        sm = si + sj
+        close = ~((sm - 2.0 * dot) >= tau * sm)
+        if HS:
+            close = close | ~((sm + 2.0 * dot) >= tau * sm)
+    return close
+
+
+@triton.jit
+def _gauss_logs(dot, si, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+    """The Gaussian kind's log terms ``x1 = -t d2`` (to ``y_j``) and ``x2`` (to ``-y_j``; half-space only,
+    else unused) of a tile (docs/spec.md §4: the kind is reduced as a log-sum-exp)."""
+    if NORM:
+        g = tl.minimum(tl.maximum(dot * si * sj, -1.0), 1.0)
+        x1 = -t * (2.0 - 2.0 * g)
+        x2 = -t * (2.0 + 2.0 * g)
+    else:
+        sm = si + sj
+        x1 = -t * tl.maximum(sm - 2.0 * dot, 0.0)
+        x2 = -t * tl.maximum(sm + 2.0 * dot, 0.0)
+    return x1, x2
+
+
+@triton.jit
+def _gauss_coefs(w1, w2, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+    """``(e, cj, ci)`` of a Gaussian tile from its weights ``w1 = exp(x1 - m)``, ``w2`` (the row's shift
+    ``m``): the same coefficients as :func:`_pair_terms` with ``exp(-t d2)`` replaced by the weights."""
+    if HS:
+        e = w1 + w2
+        c = 2.0 * t * (w1 - w2)
+        ci = -2.0 * t * (w1 + w2)
+    else:
+        e = w1
+        c = 2.0 * t * w1
+        ci = -2.0 * t * w1
+    if NORM:
+        cj = c * sj
+        ci = cj
+    else:
+        cj = c
+    return e, cj, ci
+
+
+@triton.jit
 def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr):
     """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``.
 
@@ -360,9 +418,9 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 )
 @triton.jit
 def fused_kernel(
-    x_ptr, y_ptr, g_ptr, e_ptr, tab_ptr, K,
+    x_ptr, y_ptr, g_ptr, e_ptr, f_ptr, tab_ptr, K,
     nx_u, ny_u, d_u,
-    s, t, eps_norm, eps_ang, pair_scale, grad_scale,
+    s, t, eps_norm, eps_ang, pair_scale, grad_scale, tau,
     N_KEY, D_KEY,
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
@@ -371,7 +429,10 @@ def fused_kernel(
 ):
     """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
 
-    Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32) and ``g[x_i] = dE/dx_i``.
+    Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32), ``g[x_i] = dE/dx_i`` and
+    ``f[xrow + i]``, the row's count of pairs the host must recompute (:func:`_close`, or a term that is not
+    finite). The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
+    ``e`` is the row's ``log sum_j exp(-t d2_ij)`` and ``g`` the gradient of that row sum divided by the sum.
     """
     pid = tl.program_id(0)
     k = tl.program_id(1)
@@ -392,6 +453,8 @@ def fused_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_close = tl.zeros([BLOCK_M], dtype=tl.int32)
+    m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < ny
@@ -412,10 +475,32 @@ def fused_kernel(
                 dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
         else:
             dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
-        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
+        close = _close(dot, si[:, None], sj[None, :], tau, HS, NORM)
+        if KIND == 4:
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1 = tl.where(valid, x1, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(x1, 1))
+            if HS:
+                x2 = tl.where(valid, x2, float("-inf"))
+                m_new = tl.maximum(m_new, tl.max(x2, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)  # the earlier tiles' weights, moved to the new maximum
+            acc = acc * alpha[:, None]
+            e_acc = e_acc * alpha
+            b_acc = b_acc * alpha
+            m_run = m_new
+            w1 = tl.exp(x1 - m_safe[:, None])
+            w2 = w1
+            if HS:
+                w2 = tl.exp(x2 - m_safe[:, None])
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
+        else:
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+            close = close | ~_finite(e) | ~_finite(cj)
+        n_close += tl.sum(tl.where(valid & close, 1, 0), 1)
         # where, never a product with the mask: masked lanes may hold inf/NaN (zero rows of the padding).
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
@@ -427,7 +512,13 @@ def fused_kernel(
         xi32 = tl.load(x_ptr + xi_off, mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     # Row epilogue (docs/spec.md §6) in EPI precision: its two normalized terms cancel when a row's gradient is
     # nearly radial.
-    e_row = pair_scale * e_acc
+    if KIND == 4:  # the row's log-sum; its gradient relative to the row sum (0 for a row without pairs)
+        e_row = m_run + tl.log(e_acc)
+        inv_s = tl.where(e_acc > 0, 1.0 / e_acc, 0.0)
+        acc = acc * inv_s[:, None]
+        b_acc = b_acc * inv_s
+    else:
+        e_row = pair_scale * e_acc
     xe = xi32.to(EPI)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
     acc_e = acc.to(EPI)
     kd = tl.zeros([BLOCK_M], dtype=EPI)
@@ -446,6 +537,7 @@ def fused_kernel(
     grad = ca[:, None] * acc_e + cx[:, None] * xe
     tl.store(g_ptr + xi_off, grad.to(tl.float32).to(g_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
     tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
+    tl.store(f_ptr + xrow + rows, n_close, mask=rmask)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,22 +545,45 @@ def fused_kernel(
 # --------------------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM: tl.constexpr, PREC: tl.constexpr,
+                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The raw products of a tile of the strip path and the row statistics of both sides, over D in chunks
+    of ``BLOCK_K`` (so nothing is precomputed on the host)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    sq_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_K):
+        dm = (d0 + offs_k) < D
+        xc = tl.load(x_rows + d0 + offs_k[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+        yc = tl.load(y_rows + d0 + offs_k[None, :], mask=cmask[:, None] & dm[None, :], other=0.0)
+        dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
+        xc32 = xc.to(tl.float32)
+        yc32 = yc.to(tl.float32)
+        sq_i += tl.sum(xc32 * xc32, 1)
+        sq_j += tl.sum(yc32 * yc32, 1)
+    return dot, _row_stat(sq_i, eps_norm, NORM), _row_stat(sq_j, eps_norm, NORM)
+
+
 @triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"])
 @triton.jit
 def coef_kernel(
-    x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, tab_ptr, K,
+    x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, f_ptr, tab_ptr, K,
     nx_u, ny_u, d_u, row_lo, row_hi,
-    s, t, eps_norm, eps_ang, pair_scale,
+    s, t, eps_norm, eps_ang, pair_scale, tau,
     N_KEY, D_KEY,
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     UNIFORM: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Rows ``[row_lo, row_hi)`` (of every matrix): the coefficient matrix ``C[i - row_lo, j] = cj_ij``
-    (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e`` and (un-normalized) ``b``.
+    (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e``, (un-normalized) ``b``, and ``f``, the
+    rows' counts of pairs the host recomputes (as :func:`fused_kernel`).
 
-    The cosine tile is accumulated over D in chunks of BLOCK_K; the row statistics are accumulated in the
-    same loop, so nothing is precomputed on the host."""
+    The Gaussian kind takes two sweeps over the columns: the first finds each row's maximum log term and
+    its sum of weights, the second stores the coefficients relative to that sum (``e`` is the row's
+    log-sum, as in :func:`fused_kernel`)."""
     pid = tl.program_id(0)
     k = tl.program_id(1)
     nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
@@ -478,40 +593,71 @@ def coef_kernel(
         return
     rows = row0 + tl.arange(0, BLOCK_M)
     rmask = rows < row_end
-    offs_k = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + xoff + rows[:, None].to(tl.int64) * D
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_close = tl.zeros([BLOCK_M], dtype=tl.int32)
     c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
+    shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if KIND == 4:
+        m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        s_run = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for c0 in range(0, ny, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            cmask = cols < ny
+            y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
+            dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
+                                      BLOCK_M, BLOCK_N, BLOCK_K)
+            valid = rmask[:, None] & cmask[None, :]
+            if SELF:
+                valid = valid & (rows[:, None] != cols[None, :])
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1 = tl.where(valid, x1, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(x1, 1))
+            if HS:
+                x2 = tl.where(valid, x2, float("-inf"))
+                m_new = tl.maximum(m_new, tl.max(x2, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s_run = s_run * tl.exp(m_run - m_safe) + tl.sum(tl.exp(x1 - m_safe[:, None]), 1)
+            if HS:
+                s_run += tl.sum(tl.exp(x2 - m_safe[:, None]), 1)
+            m_run = m_new
+        # weights relative to the row sum: exp(x - m - log s); a row without pairs gets weights 0
+        shift = tl.where(s_run > 0, tl.where(m_run == float("-inf"), 0.0, m_run) + tl.log(s_run),
+                         float("inf"))
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < ny
         y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
-        dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        sq_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_K):
-            dm = (d0 + offs_k) < D
-            xc = tl.load(x_rows + d0 + offs_k[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-            yc = tl.load(y_rows + d0 + offs_k[None, :], mask=cmask[:, None] & dm[None, :], other=0.0)
-            dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
-            xc32 = xc.to(tl.float32)
-            yc32 = yc.to(tl.float32)
-            sq_i += tl.sum(xc32 * xc32, 1)
-            sq_j += tl.sum(yc32 * yc32, 1)
-        si = _row_stat(sq_i, eps_norm, NORM)
-        sj = _row_stat(sq_j, eps_norm, NORM)
-        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+        dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
+        close = _close(dot, si[:, None], sj[None, :], tau, HS, NORM)
+        if KIND == 4:
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            w1 = tl.exp(x1 - shift[:, None])
+            w2 = w1
+            if HS:
+                w2 = tl.exp(x2 - shift[:, None])
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
+        else:
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+            close = close | ~_finite(e) | ~_finite(cj)
+        n_close += tl.sum(tl.where(valid & close, 1, 0), 1)
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
             b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
         tl.store(c_rows + cols[None, :], tl.where(valid, cj, 0.0).to(c_ptr.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])
-    tl.store(e_ptr + xrow + rows, pair_scale * e_acc, mask=rmask)
+    if KIND == 4:
+        e_row = tl.where(e_acc > 0, shift + tl.log(e_acc), float("-inf"))
+    else:
+        e_row = pair_scale * e_acc
+    tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
     tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
+    tl.store(f_ptr + xrow + rows, n_close, mask=rmask)
 
 
 @triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"],
