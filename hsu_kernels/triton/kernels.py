@@ -18,6 +18,10 @@ of ``x`` and row ``j`` of ``y`` with raw dot product ``dot`` and row statistics 
 and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (docs/spec.md §6):
 ``r G - r^3 (G . x_i) x_i`` with ``G = scale * a_i`` (normalized) or ``scale * (a_i + b_i x_i)``.
 
+Every kernel that evaluates pairs also writes a per-row count of the pairs the host must recompute
+(:func:`_close`, or a term that is not finite; ``launch.row_pass``), and takes the Gaussian kind as a
+log-sum-exp with a running maximum per row.
+
 Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
 (Abramowitz & Stegun 4.4.46, |error| <= 2.2e-8 measured), so the same code runs on GPUs and in the CPU
 interpreter (``TRITON_INTERPRET=1``).

@@ -30,6 +30,14 @@ each unordered pair is evaluated from both of its rows. Visiting only tiles with
 transcendentals but must add the column side's gradient into rows owned by other programs (atomics, or a
 partial-gradient buffer of ``N^2 D / BLOCK_M`` elements); it is not implemented, since whether it wins can
 only be measured on a GPU.
+
+Numerics (docs/spec.md §5, README "Precision"; issue 13), in :func:`row_pass`: the kernels count, per row, the
+pairs they cannot be trusted with (float32 ``1 - |g|`` below :data:`CLOSE_TAU`, an expanded distance below
+that fraction of ``|x_i|^2 + |x_j|^2``, a term that is not finite) in an int32 per row written by the row's
+own program; rows with a count, and normalized rows the power-of-two rescaling could not make safe (see
+:data:`SAFE_EXP`), are recomputed whole in float64 by the torch backend's row pass (:func:`_fix_rows`: close
+pairs from coordinate differences). A pass costs one host sync (the ``any`` of the counts). The Gaussian kind
+is an online log-sum-exp (per row in the kernels; rows and matrices combined in float64 here).
 """
 
 from __future__ import annotations
