@@ -18,8 +18,9 @@ of ``x`` and row ``j`` of ``y`` with raw dot product ``dot`` and row statistics 
 and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (docs/spec.md §6):
 ``r G - r^3 (G . x_i) x_i`` with ``G = scale * a_i`` (normalized) or ``scale * (a_i + b_i x_i)``.
 
-Every kernel that evaluates pairs also writes a per-row count of the pairs the host must recompute
-(:func:`_close`, or a term that is not finite; ``launch.row_pass``), and takes the Gaussian kind as a
+Every kernel that evaluates pairs also writes a per-row flag of the rows the host must recompute
+(a close pair, :func:`_close`, whose energy is made NaN, or a term that is not finite; ``launch.row_pass``),
+and takes the Gaussian kind as a
 log-sum-exp with a running maximum per row.
 
 Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
@@ -88,9 +89,12 @@ def _pow_neg(x, p, MODE: tl.constexpr):
 
 
 @triton.jit
-def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
-    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0."""
-    d2 = tl.maximum(d2, 0.0)
+def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, POW: tl.constexpr):
+    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0. ``f`` is NaN
+    where ``d2 < lim`` (or d2 is NaN): a close pair (:func:`_close`), which poisons its row's energy so that
+    the host recomputes the row; the check poisons the input, where ``d2`` is live anyway (no value is kept
+    alive through the transcendentals for it)."""
+    d2 = tl.where(d2 >= lim, tl.maximum(d2, 0.0), float("nan"))
     if KIND == 0:
         half = 0.5 * s
         f = _pow_neg(d2, half, POW)
@@ -105,11 +109,12 @@ def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
 
 
 @triton.jit
-def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3)."""
+def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr):
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3); ``phi`` is NaN where
+    ``1 - |g| < tau`` (see :func:`_phi_d2`)."""
     if KIND == 2 or KIND == 3:
         gc = tl.minimum(tl.maximum(g, -1.0), 1.0)
-        a = _acos(gc) * 0.3183098861837907 + eps_ang
+        a = tl.where(1.0 - tl.abs(gc) >= tau, _acos(gc) * 0.3183098861837907 + eps_ang, float("nan"))
         # (1-g)(1+g) keeps its relative accuracy near |g| = 1, where 1 - g*g cancels.
         sin_t = tl.sqrt(tl.maximum((1.0 - gc) * (1.0 + gc), 0.0))
         dtheta = -0.3183098861837907 / sin_t
@@ -120,30 +125,35 @@ def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
             f = -tl.log(a)
             df = -dtheta / a
     else:
-        f, dfd = _phi_d2(2.0 - 2.0 * g, s, t, KIND, POW)
+        # both sides, as the angular kinds: near g = -1 the row's gradient is nearly radial and the float32
+        # epilogue cannot resolve it (two antipodes at D = 1)
+        gq = tl.where(1.0 - tl.abs(g) >= tau, g, float("nan"))
+        f, dfd = _phi_d2(2.0 - 2.0 * gq, s, t, 0.0, KIND, POW)
         df = -2.0 * dfd
     return f, df
 
 
 @triton.jit
-def _pair_terms(dot, si, sj, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
+def _pair_terms(dot, si, sj, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
                 NORM: tl.constexpr):
-    """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``."""
+    """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``.
+    ``e`` is NaN for the pairs :func:`_close` names (the host recomputes their rows)."""
     if NORM:
         g = dot * si * sj
-        e, c = _phi_g(g, s, t, eps_ang, KIND, POW)
+        e, c = _phi_g(g, s, t, eps_ang, tau, KIND, POW)
         if HS:
-            e2, c2 = _phi_g(-g, s, t, eps_ang, KIND, POW)
+            e2, c2 = _phi_g(-g, s, t, eps_ang, tau, KIND, POW)
             e = e + e2
             c = c - c2
         cj = c * sj
         ci = cj
     else:
-        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, KIND, POW)
+        lim = tau * (si + sj)
+        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, lim, KIND, POW)
         cj = -2.0 * df
         ci = 2.0 * df
         if HS:
-            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, KIND, POW)
+            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, lim, KIND, POW)
             e = e + e2
             cj = cj + 2.0 * df2
             ci = ci + 2.0 * df2
@@ -229,11 +239,11 @@ def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constex
                 f = -tl.log(a)
                 df = -dtheta / a
         else:
-            f, df = _phi_g(-(sq / n2), s, t, eps_ang, KIND, POW)
+            f, df = _phi_g(-(sq / n2), s, t, eps_ang, 0.0, KIND, POW)
         # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
         k = tl.where(eps_norm > 0, -df * 2.0 * eps_norm / (n2 * n2), 0.0)
     else:
-        f, df = _phi_d2(4.0 * sq, s, t, KIND, POW)
+        f, df = _phi_d2(4.0 * sq, s, t, 0.0, KIND, POW)
         k = 8.0 * df
     return f, k
 
@@ -298,30 +308,33 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 #: The tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
 #: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles (e.g.
 #: 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 4-warp tiles at BLOCK_D >= 64 with tensor
-#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). Modes: ``ieee`` is
+#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). The close-pair flag
+#: (issue 13) tipped five configs into spills of 12-60 bytes, now left out: ieee 32 x 32 rows at BLOCK_D 64
+#: (sm_80), tf32 64 x 32 at BLOCK_D 16 (4 warps, sm_90), bf16 128 x 32 at BLOCK_D 16 (sm_80), bf16 16 x 32 at
+#: BLOCK_D 32 (8 warps, sm_90) and at BLOCK_D 256 (in its place 16 x 16 with one stage). Modes: ``ieee`` is
 #: float32 with exact products (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs
 #: and coefficients.
 FUSED_TABLE = {
     "ieee": {
         16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2)),
         32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
+        64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
         256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
     },
     "tf32": {
-        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
+        16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
         32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
         256: ((16, 32, 64, 8, 2), (16, 16, 64, 8, 2)),
     },
     "bf16": {
-        16: ((128, 32, 256, 8, 2), (64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
-        32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
+        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
+        32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
-        256: ((16, 32, 256, 8, 2), (16, 16, 256, 8, 2)),
+        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
     },
 }
 
@@ -434,8 +447,8 @@ def fused_kernel(
     """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
 
     Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32), ``g[x_i] = dE/dx_i`` and
-    ``f[xrow + i]``, the row's count of pairs the host must recompute (:func:`_close`, or a term that is not
-    finite). The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
+    ``f[xrow + i]``, 1 where the row's energy is not finite: a close pair (:func:`_close`; its energy is
+    NaN) or a term that overflowed; the host recomputes such rows, and those whose gradient is not finite. The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
     ``e`` is the row's ``log sum_j exp(-t d2_ij)`` and ``g`` the gradient of that row sum divided by the sum.
     """
     pid = tl.program_id(0)
@@ -457,7 +470,6 @@ def fused_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    n_close = tl.zeros([BLOCK_M], dtype=tl.int32)
     m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
@@ -482,7 +494,6 @@ def fused_kernel(
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
-        close = _close(dot, si[:, None], sj[None, :], tau, HS, NORM)
         if KIND == 4:
             x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
             x1 = tl.where(valid, x1, float("-inf"))
@@ -501,10 +512,12 @@ def fused_kernel(
             if HS:
                 w2 = tl.exp(x2 - m_safe[:, None])
             e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
         else:
-            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
-            close = close | ~_finite(e) | ~_finite(cj)
-        n_close += tl.sum(tl.where(valid & close, 1, 0), 1)
+            # A close pair's energy is NaN (_phi_d2, _phi_g), which flags its row at the end, with no count
+            # per tile (the tiles of the angular variant are at the register limit); a term or coefficient
+            # that is not finite shows in the row's energy or gradient.
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
         # where, never a product with the mask: masked lanes may hold inf/NaN (zero rows of the padding).
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
@@ -541,7 +554,7 @@ def fused_kernel(
     grad = ca[:, None] * acc_e + cx[:, None] * xe
     tl.store(g_ptr + xi_off, grad.to(tl.float32).to(g_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
     tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
-    tl.store(f_ptr + xrow + rows, n_close, mask=rmask)
+    tl.store(f_ptr + xrow + rows, tl.where(_finite(e_row), 0, 1), mask=rmask)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -583,7 +596,7 @@ def coef_kernel(
 ):
     """Rows ``[row_lo, row_hi)`` (of every matrix): the coefficient matrix ``C[i - row_lo, j] = cj_ij``
     (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e``, (un-normalized) ``b``, and ``f``, the
-    rows' counts of pairs the host recomputes (as :func:`fused_kernel`).
+    rows' flags (as :func:`fused_kernel`).
 
     The Gaussian kind takes two sweeps over the columns: the first finds each row's maximum log term and
     its sum of weights, the second stores the coefficients relative to that sum (``e`` is the row's
@@ -600,7 +613,6 @@ def coef_kernel(
     x_rows = x_ptr + xoff + rows[:, None].to(tl.int64) * D
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    n_close = tl.zeros([BLOCK_M], dtype=tl.int32)
     c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
     shift = tl.zeros([BLOCK_M], dtype=tl.float32)
     if KIND == 4:
@@ -638,7 +650,6 @@ def coef_kernel(
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
-        close = _close(dot, si[:, None], sj[None, :], tau, HS, NORM)
         if KIND == 4:
             x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
             w1 = tl.exp(x1 - shift[:, None])
@@ -646,10 +657,9 @@ def coef_kernel(
             if HS:
                 w2 = tl.exp(x2 - shift[:, None])
             e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
-        else:
-            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
-            close = close | ~_finite(e) | ~_finite(cj)
-        n_close += tl.sum(tl.where(valid & close, 1, 0), 1)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
+        else:  # close pairs: NaN energies, as in fused_kernel
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
             b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
@@ -661,7 +671,7 @@ def coef_kernel(
         e_row = pair_scale * e_acc
     tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
     tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
-    tl.store(f_ptr + xrow + rows, n_close, mask=rmask)
+    tl.store(f_ptr + xrow + rows, tl.where(_finite(e_row), 0, 1), mask=rmask)
 
 
 @triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"],

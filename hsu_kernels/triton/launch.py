@@ -31,12 +31,13 @@ transcendentals but must add the column side's gradient into rows owned by other
 partial-gradient buffer of ``N^2 D / BLOCK_M`` elements); it is not implemented, since whether it wins can
 only be measured on a GPU.
 
-Numerics (docs/spec.md §5, README "Precision"; issue 13), in :func:`row_pass`: the kernels count, per row, the
-pairs they cannot be trusted with (float32 ``1 - |g|`` below :data:`CLOSE_TAU`, an expanded distance below
-that fraction of ``|x_i|^2 + |x_j|^2``, a term that is not finite) in an int32 per row written by the row's
-own program; rows with a count, and normalized rows the power-of-two rescaling could not make safe (see
-:data:`SAFE_EXP`), are recomputed whole in float64 by the torch backend's row pass (:func:`_fix_rows`: close
-pairs from coordinate differences). A pass costs one host sync (the ``any`` of the counts). The Gaussian kind
+Numerics (docs/spec.md §5, README "Precision"; issue 13), in :func:`row_pass`: the kernels flag the rows
+they cannot be trusted with (a pair whose float32 ``1 - |g|`` is below :data:`CLOSE_TAU`, or whose expanded
+distance is below that fraction of ``|x_i|^2 + |x_j|^2``: its energy is made NaN; an energy that is not
+finite) in an int32 per row written by the row's own program; those rows, rows whose gradient is not finite,
+and normalized rows the power-of-two rescaling could not make safe (see :data:`SAFE_EXP`), are recomputed
+whole in float64 by the torch backend's row pass (:func:`_fix_rows`: close pairs from coordinate
+differences). A pass costs one host sync (the ``any`` of the flags). The Gaussian kind
 is an online log-sum-exp (per row in the kernels; rows and matrices combined in float64 here).
 """
 
@@ -219,8 +220,8 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         ``(e, g, f)``: ``Tensor[total_rows]`` fp32 per-row energies (pair-scaled; summing a matrix's rows gives
         its energy; the Gaussian kind: the row's ``log sum_j exp(-t d2_ij)``, not pair-scaled, without the
         half-space self pair), ``g`` with ``x``'s shape and dtype, ``dE/dx`` (Gaussian: the gradient of the
-        row sums divided by each row's sum), and ``f``, int32 per row: how many of its pairs the kernels
-        cannot be trusted with (close or not finite).
+        row sums divided by each row's sum), and ``f``, int32 per row: non-zero where the kernels
+        cannot be trusted with the row (a close pair, or an energy that is not finite).
     """
     dev = x.device
     gauss = p.kind == "gaussian"
@@ -311,6 +312,15 @@ def _by_row(v: torch.Tensor, lay: _Layout, rows: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32) * rows[_row_ids(lay, v.device)]
 
 
+def _rows_finite(g: torch.Tensor, lay: _Layout) -> torch.Tensor:
+    """Whether every entry of each row of the flat buffer ``g`` is finite (bool per row)."""
+    fin = torch.isfinite(g)
+    if lay.uniform:
+        return fin.view(-1, lay.d[0]).all(1)
+    bad = torch.zeros(lay.total_rows, dtype=torch.int32, device=g.device)
+    return bad.index_add_(0, _row_ids(lay, g.device), (~fin).to(torch.int32)) == 0
+
+
 def _safe_rows(x: torch.Tensor, lay: _Layout, p: EnergyParams):
     """Normalized rows rescaled by powers of two for the kernels (see :data:`SAFE_EXP`).
 
@@ -396,7 +406,7 @@ def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, se
     e, g, f = run(xs, ys, lay, p, self_mode, precision)
     if fac is not None:
         g = _by_row(g, lay, fac).to(g.dtype)
-    redo = f > 0
+    redo = (f > 0) | ~_rows_finite(g, lay)
     if bad is not None:
         redo = redo | bad
     if bool(redo.any()):  # the one host sync of a pass
