@@ -11,8 +11,8 @@ solver's N = 100.)
 
 Every pass takes the output ``scale`` (1, or ``1/pairs`` for a mean): the energy is ``scale * sum`` over
 pairs, and for the Gaussian kind the log-sum ``log(scale * sum exp(-t d2))`` (docs/spec.md §4), with the
-gradient of that. The Triton kernels compute plain sums; their operators apply the scale (and the log) in
-Python.
+gradient of that. The Triton backend computes plain sums (the Gaussian kind: log-sums, by an online
+log-sum-exp); its operators apply the scale in Python.
 
 First derivatives: the forward pass returns the gradient with the energy; the backward scales it by
 ``grad_output``.
@@ -65,10 +65,10 @@ def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half
 
 
 def _scaled(e: torch.Tensor, grads, p: EnergyParams, scale: float):
-    """A plain sum ``E`` and its gradients (the Triton kernels' outputs) as the ops return them: ``scale * E``,
-    or for the Gaussian kind ``log(scale * E)`` with the gradients divided by ``E``."""
+    """A sum ``E`` and its gradients (the Triton backend's outputs) as the ops return them: ``scale * E``, or for
+    the Gaussian kind, whose ``E`` is already the log-sum ``log sum exp(-t d2)``, ``E + log(scale)``."""
     if p.kind == "gaussian":
-        return torch.log(e) + math.log(scale), [g / e.to(g.dtype)[:, None, None] for g in grads]
+        return e + math.log(scale), list(grads)
     return scale * e, [scale * g for g in grads]
 
 
@@ -149,8 +149,6 @@ def triton_energy_many_grad(ws: List[torch.Tensor], kind: int, s: float, t: floa
     the log-sums ``log sum exp(-t d2)``, with their gradients)."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
     e, grads = _triton().energy_many_grad(ws, p, precision=precision)
-    if p.kind == "gaussian":
-        return torch.log(e), [g / e[k].to(g.dtype) for k, g in enumerate(grads)]
     # the launch returns views of one buffer; an operator's outputs may not alias each other
     return e, [g.clone() for g in grads]
 

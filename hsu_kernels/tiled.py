@@ -308,13 +308,16 @@ def _careful_logs(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams):
     return -p.t * (diff * diff).sum(-1), -p.t * (summ * summ).sum(-1), diff, summ
 
 
-def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, cs: float, tau: float):
-    """Per-row sums for the rows of ``xi`` against every row of ``yj`` (``j != i`` when ``self_mode``):
+def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, cs: float, tau: float,
+             row_ids=None):
+    """Per-row sums for the rows of ``xi`` against every row of ``yj`` (``j != i`` when ``self_mode``; the
+    rows of ``xi`` are rows ``row_ids`` of ``yj``, default ``0, 1, ...``: the Triton backend's fix-up of
+    some rows):
     ``e_i = sum_j psi_ij`` (wide), ``a_i = sum_j c_ij z_j`` (compute dtype, plus the careful pairs' vectors),
     ``b_i`` (wide: ``sum_j ci_ij`` un-normalized, the careful pairs' radial coefficients normalized).
     For the Gaussian kind ``e_i`` is the row's log-sum and ``a_i``, ``b_i`` are relative to its maximum."""
     if p.kind == "gaussian":
-        return _row_pass_lse(xi, yj, p, self_mode, block, tau)
+        return _row_pass_lse(xi, yj, p, self_mode, block, tau, row_ids)
     x, wide = xi.x, xi.xw.dtype
     bsz, n1, d = x.shape
     n2 = yj.x.shape[1]
@@ -328,7 +331,7 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
         gb = torch.bmm(xi.geo[:, i0:i1], ygt)
         et, c, ci, care = _pair_block(gb, xi, yj, i0, i1, p, tau, cs)
         if self_mode:
-            diag = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None]
+            diag = (_ids(row_ids, i0, i1, x.device)[:, None] == cols[None, :])[None]
             care = care & ~diag
             skip = care | diag
         else:
@@ -357,7 +360,13 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
     return e, a, b, None
 
 
-def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, tau: float):
+def _ids(row_ids, i0: int, i1: int, device) -> torch.Tensor:
+    """The indices in ``yj`` of rows ``[i0, i1)`` of ``xi`` (see :func:`row_pass`)."""
+    return torch.arange(i0, i1, device=device) if row_ids is None else row_ids[i0:i1]
+
+
+def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, tau: float,
+                  row_ids=None):
     """The Gaussian kind's pass: per row ``m_i = max_j (-t d2_ij)``, ``s_i = sum_j exp(-t d2_ij - m_i)`` and
     the gradient sums with the same weights (the whole row is one block, so ``m_i`` is its exact maximum)."""
     x, wide = xi.x, xi.xw.dtype
@@ -376,7 +385,7 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
         x1, x2, care = _log_block(gb, xi, yj, i0, i1, p, tau)
         dead = torch.zeros_like(care)
         if self_mode:
-            dead = (torch.arange(i0, i1, device=x.device)[:, None] == cols[None, :])[None].expand_as(care)
+            dead = (_ids(row_ids, i0, i1, x.device)[:, None] == cols[None, :])[None].expand_as(care)
             care = care & ~dead
         dense = torch.compiler.is_compiling()  # no data-dependent shapes in a graph: every pair, masked
         fix = None if dense or not bool(care.any()) else care.nonzero(as_tuple=True)

@@ -180,11 +180,20 @@ def check_energy(w, p, name, floor=FLOOR, factor=2.0, precision=None):
     compare_energy(e, g, w, p, name, floor, factor)
 
 
+def _as_log(e, g):
+    """A sum ``S: [B]`` and its gradient as ``log S`` and ``dS / S`` (in their own dtype)."""
+    return torch.log(e), g / e.reshape((-1,) + (1,) * (g.dim() - 1))
+
+
 def compare_energy(e, g, w, p, name, floor=FLOOR, factor=2.0):
     """A kernel's energy ``e`` and gradient ``g`` of ``w: [B, N, D]`` against the float64 reference, with
     the reference in ``w``'s dtype as the yardstick (see :func:`check_energy`)."""
     e64, g64 = _ref_energy_grad(w, p, torch.float64)
     e_low, g_low = _low_precision_error(w, p, e64, g64)
+    if p.kind == "gaussian":  # the backend returns the log-sum (docs/spec.md §4) and its gradient
+        e64, g64 = _as_log(e64, g64)
+        if e_low is not None:
+            e_low, g_low = _as_log(e_low, g_low)
     if e_low is None:
         be, bg = FALLBACK_REL[w.dtype]
         assert_rel_rms(f"{name} energy", e, e64, be)
@@ -223,17 +232,9 @@ def test_large_d(n, d):
     check_energy(_rand((1, n, d), n + d), p, f"large D N={n} D={d}")
 
 
-#: Cases whose yardstick, the float32 reference, now recomputes close pairs in float64 (issue 13): at
-#: D = 3 the Triton kernel's expanded distance of close un-normalized pairs is well outside twice its error.
-_CLOSE_RAW_PAIRS = {("riesz", 1.0, False), ("riesz", 1.0, True), ("riesz", 2.5, True)}
-PENDING = "Triton numerics port pending (issue 13)"
-
-
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("kind,s", [("riesz", 1.0), ("riesz", 2.5), ("log", 0.0), ("gaussian", 0.0)])
-def test_normalize_off(kind, s, half_space, request):
-    if (kind, s, half_space) in _CLOSE_RAW_PAIRS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=PENDING))
+def test_normalize_off(kind, s, half_space):
     d = 3 if kind != "log" else 300
     x = _rand((2, 23, d), 7 + int(10 * s) + half_space) * (0.5 if kind == "gaussian" else 1.0)
     p = make_params(kind, s, half_space=half_space, normalize=False, t=1.5)
@@ -580,50 +581,24 @@ def test_config_lists_are_covered():
         assert keys(tk.gemm_kernel.configs) == keys(GEMM_CONFIGS)
 
 
-#: Configs whose ragged case meets a float32 reference that now recomputes its close pairs in float64 (issue
-#: 13): on the D = 2 member (a row tail of BLOCK_N + 1 points on a circle, many close pairs) the Triton kernel's
-#: error is 1.3-4x past twice the reference's own (strict under the interpreter, whose data are these).
-_FUSED_CLOSE_PAIRS = {"M64-N32-w4s3", "M32-N32-w4s2", "M16-N32-w4s2", "M16-N32-w8s2", "M16-N64-w8s2"}
-
-
 @pytest.mark.parametrize("config", FUSED_CONFIGS, ids=_cfg_id)
-def test_every_fused_config(monkeypatch, config, request):
+def test_every_fused_config(monkeypatch, config):
     """The fused kernel with each config: ragged groups at BLOCK_D = 16 (three kinds per config), a uniform
     batch at BLOCK_D = 64 and a cross energy at BLOCK_D = 256 (on a GPU only where the pruner keeps it)."""
-    if _cfg_id(config) in _FUSED_CLOSE_PAIRS:
-        request.applymarker(pytest.mark.xfail(strict=INTERPRET, reason=PENDING))
     _pin(monkeypatch, tk.fused_kernel, config)
     with _fits_this_gpu(f"fused config {_cfg_id(config)}"):
         _fused_config_cases(config)
-
-
-#: Ragged cases (config id, seed) where the fused kernel misses the gradient bound for a reason that is not
-#: the tile's: 33 random points in D = 2 with half-space Riesz s = 1 hold a near-coincident pair, and the
-#: kernel's 1 - g from the dot product cancels there (rms error 2.5x the bound; the same with the
-#: interpreter's own 32 x 32 config and with the kernels before the config tables). The close-pair numerics
-#: is being reworked separately. The case still runs: its failure marks the test xfail after every other
-#: case passed, and a pass fails the test, so the entry goes once the kernel handles close pairs.
-KNOWN_CLOSE_PAIR_MISSES = {("M128-N32-K256-w8s2", 3000)}
 
 
 def _fused_config_cases(config):
     bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     idx = FUSED_CONFIGS.index(config)
     seed = 3000 + 100 * idx
-    known_miss = None
     for i, (kind, s, hs, norm) in enumerate(_cases(idx, 3)):
         p = make_params(kind, s, half_space=hs, normalize=norm)
         # one ragged launch at BLOCK_D = 16: a row tail and a column tail of this tile, N = 2, D = 2 and 5
         ws = _case_inputs([(bm + 3, 12), (2, 5), (bn + 1, 2)], seed + 10 * i, norm)
-        known = (_cfg_id(config), seed + 10 * i) in KNOWN_CLOSE_PAIR_MISSES
-        try:
-            _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
-        except AssertionError as exc:
-            if not known:
-                raise
-            known_miss = str(exc)
-        else:
-            assert not known, f"{_cfg_id(config)} seed {seed + 10 * i} passes now: drop it from KNOWN_CLOSE_PAIR_MISSES"
+        _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
     if _selectable(config, 64):
         p = make_params("angular", 1.0, half_space=True)
         w = _rand((3, bm + 1, 40), seed + 80)  # uniform batch, BLOCK_D = 64
@@ -632,8 +607,6 @@ def _fused_config_cases(config):
         x, y = _rand((2, 7, 200), seed + 81), _rand((2, bn + 3, 200), seed + 82)  # cross, BLOCK_D = 256
         p = make_params("riesz", 1.0, half_space=True)
         compare_cross(*ht.cross_energy_grad(x, y, p), x, y, p, f"fused {_cfg_id(config)} cross D=200")
-    if known_miss:
-        pytest.xfail(f"known close-pair miss (KNOWN_CLOSE_PAIR_MISSES): {known_miss[:300]}")
 
 
 @pytest.mark.parametrize("i", range(max(len(STRIP_CONFIGS), len(GEMM_CONFIGS))),
@@ -704,15 +677,16 @@ def test_batch_over_grid_limit_is_chunked(monkeypatch, strip):
         calls = rec[name].calls
         assert [c[0][-1] for c in calls] == [65_535, 4_465], (name, [c[0] for c in calls])
         assert all(v <= launch.MAX_GRID_YZ for c in calls for v in c[0][1:])
-        k_arg = {"fused_kernel": 5, "coef_kernel": 6, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
+        k_arg = {"fused_kernel": 6, "coef_kernel": 7, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
         assert [c[1][k_arg] for c in calls] == [65_535, 4_465], name  # K: the matrices of this launch
     if not strip:
         (_, a0), (_, a1) = rec["fused_kernel"].calls
         esz = w.element_size()
-        assert a0[0].data_ptr() == w.data_ptr() and a1[0].data_ptr() == w.data_ptr() + 65_535 * n * d * esz
+        # (the rows enter rescaled, a copy of w: see launch._safe_rows)
+        assert a1[0].data_ptr() == a0[0].data_ptr() + 65_535 * n * d * esz
         assert a1[0].numel() == 4_465 * n * d and a1[3].numel() == 4_465 * n  # x slice, per-row energies
     else:  # ragged tables: the chunk's columns of the [7, K] table, offsets still absolute
-        tab1 = rec["coef_kernel"].calls[1][1][5]
+        tab1 = rec["coef_kernel"].calls[1][1][6]
         assert tuple(tab1.shape) == (7, 4_465) and int(tab1[3, 0]) == 65_535 * n * d
 
 
@@ -735,3 +709,65 @@ def test_chunked_launches_match(monkeypatch, case):
     for a, b in zip(whole, chunked):
         for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
             assert torch.equal(u, v)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Numerics without cliffs (issue 13): the cases of tests/test_numerics.py on the Triton backend (that file's
+# CPU process has no interpreter), float32 inputs (the backend refuses float64)
+# ----------------------------------------------------------------------------------------------------
+
+ISSUE13_CASES = (
+    [("duplicates_of_norm_100", (d, kind, s, hs)) for d in (3, 40, 200)
+     for kind, s, hs in (("riesz", 1.0, False), ("riesz", 2.0, True), ("log", 0.0, False), ("angular", 1.0, True),
+                         ("angular_log", 0.0, False), ("gaussian", 0.0, True))]
+    + [("near_duplicates", (d,)) for d in (3, 40)]
+    + [("uniformity_of_unnormalized_float32_features", (sc,)) for sc in (1.0, 10.0, 100.0, 1e3)]
+    + [("uniformity_gradient_of_collapsed_features", ())]
+    + [("rows_whose_square_overflows", (d, nm)) for d in (5, 40) for nm in (1e20, 1e30)]
+    + [("angular_s50_float32", ()), ("coincident_rows_normalize_false", ())]
+)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's CPU tensors are the inputs of tests/test_numerics.py")
+@pytest.mark.parametrize("name,args", ISSUE13_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_issue13_numerics(name, args):
+    """Duplicates and near duplicates of norm 10-100, Gaussian uniformity of features of norm up to 1e3 and
+    of collapsed features, rows whose |w|^2 overflows float32, angular s = 50, coincident rows."""
+    import test_numerics as numerics
+
+    renamed = {"near_duplicates": "float32_near_duplicates", "duplicates_of_norm_100": "float32_duplicates_of_norm_100",
+               "rows_whose_square_overflows": "float32_rows_whose_square_overflows"}
+    getattr(numerics, f"test_{renamed.get(name, name)}")("triton", *args)
+
+
+@pytest.mark.parametrize("norm", [1e14, 1e20, 1e-30])
+@pytest.mark.parametrize("eps_norm", [1e-4, 0.0])
+def test_extreme_row_scales(norm, eps_norm):
+    """Rows of norm 1e14-1e20 (``r^3`` underflows float32, ``|w|^2`` overflows it) and 1e-30 (``|w|^2``
+    underflows; with ``eps_norm = 0`` the rows are exact unit directions), next to rows of norm 1: the
+    energy is the float64 reference's and so is the gradient (which scales as ``1/|w|``). Half-space only
+    for the large norms: for tiny rows ``phi'(g) - phi'(-g)`` cancels to ~1e-28 in every row's gradient, below
+    the reference's own float64 noise; and the angular half-space self pair at ``eps_norm = 0`` has no
+    derivative (the reference's autograd gives NaN)."""
+    w = _rand((1, 9, 5), 13)
+    w[0, 2:5] *= norm
+    hs = norm > 1
+    for kind, s, hs in (("riesz", 1.0, hs), ("angular", 2.0, hs and eps_norm > 0), ("log", 0.0, False)):
+        p = make_params(kind, s, half_space=hs, eps_norm=eps_norm)
+        e, g = ht.energy_grad(w, p)
+        e64, g64 = _ref_energy_grad(w, p, torch.float64)
+        what = f"norm {norm:g} eps_norm {eps_norm} {kind}"
+        assert torch.isfinite(e).all() and torch.isfinite(g).all(), what
+        assert float((e.double() - e64).abs().max() / e64.abs().max()) <= 2e-6, what
+        # per row: the rows' gradients differ in scale by the norm
+        err = ((g.double() - g64).norm(dim=-1) / g64.norm(dim=-1)).max()
+        assert float(err) <= 2e-5, f"{what}: gradient rows off by {float(err):.3g} relative"
+
+
+def test_half_space_exact_antipodes_eps_norm_zero():
+    """eps_norm = 0, half-space, w_j = -w_i: the pair (u_i, -u_j) coincides: +inf (finite without
+    half-space)."""
+    w = _rand((1, 5, 3), 4)
+    w[0, 2] = -w[0, 0]
+    assert hsu_kernels.energy(w, eps_norm=0.0, half_space=True, backend="triton") == float("inf")
+    assert torch.isfinite(hsu_kernels.energy(w, eps_norm=0.0, backend="triton"))

@@ -2,14 +2,13 @@
 interpreter in its own process (``TRITON_INTERPRET=1 python -m pytest tests/test_triton_properties.py``) or
 on a GPU.
 
-The Triton kernels do not have the close-pair care, the log-sum-exp of the Gaussian kind or the scale-safe
-epilogue yet (issue 13 brought them to the C++, torch and CUDA backends; the Triton port follows). So:
-
-- ``test_triton_well_spread`` holds Triton to the same oracle and error model on what it handles today:
-  float32 rows drawn as they come (no structure, no extreme scale), every pair at least 1/16 away from
-  ``+-1`` (un-normalized: ``d2 >= (|x_i|^2 + |x_j|^2) / 16``), Gaussian log terms above -60;
-- ``test_triton_structured`` draws the full suite's problems and is a strict expected failure until the
-  port: it starts from the issue's duplicates of norm 100 at D = 40 (an infinite energy on Triton today).
+- ``test_triton_well_spread`` holds Triton to the oracle and error model on float32 rows drawn as they come
+  (no structure, no extreme scale), every pair at least 1/16 away from ``+-1``: the kernels' own fast path,
+  with no row sent to the host's fix-up;
+- ``test_triton_structured`` draws the full suite's problems (duplicates, antipodes, near-parallel rows,
+  huge and tiny norms, the Gaussian kind at any scale): the fix-up of close pairs, the power-of-two
+  rescaling of rows and the online log-sum-exp (issue 13). It starts from the issue's duplicates of norm
+  100 at D = 40 (an infinite energy before the port).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ if not ht.available():
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
 
-PENDING = "Triton numerics port pending (issue 13)"
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 
@@ -64,7 +62,6 @@ def _duplicates_of_norm_100() -> Problem:
     return Problem(w.float(), "riesz", 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 @example(pb=_duplicates_of_norm_100())
 @given(pb=problems(dtypes=(torch.float32,)))
 def test_triton_structured(pb):

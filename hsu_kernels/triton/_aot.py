@@ -118,14 +118,14 @@ def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = Fals
                 for c in kept[-1:] if quick else kept:
                     out.append(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
                                     ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
-                                          "tab_ptr": "i64"},
+                                          "f_ptr": "i32", "tab_ptr": "i64"},
                                     consts=dict(flags, DIAG=True, **prod, EPI="fp32", BLOCK_D=bd,
                                                 **c.kwargs),
                                     warps=c.num_warps, stages=c.num_stages))
             for c in K._strip_configs(interpret=False)[-1:] if quick else K._strip_configs(interpret=False):
                 out.append(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
                                 ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
-                                      "b_ptr": "fp32", "tab_ptr": "i64"},
+                                      "b_ptr": "fp32", "f_ptr": "i32", "tab_ptr": "i64"},
                                 consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
                                 warps=c.num_warps, stages=c.num_stages))
             gemm_kept = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prod["PREC2"],
@@ -189,7 +189,7 @@ def compile_one(task: dict) -> dict:
     kern = getattr(K, task["kernel"])
     jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern  # unwrap autotuning
     consts = {k: tl_dtype[v] if k in ("C_DTYPE", "EPI") else v for k, v in task["consts"].items()}
-    floats = {"s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale"}
+    floats = {"s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale", "tau"}
     sig = {a: ("constexpr" if a in consts else task["ptrs"].get(a, "fp32" if a in floats else "i32"))
            for a in jit.arg_names}
     sig = {a: ("*" + v if a.endswith("_ptr") else v) for a, v in sig.items()}

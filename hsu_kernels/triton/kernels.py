@@ -18,6 +18,11 @@ of ``x`` and row ``j`` of ``y`` with raw dot product ``dot`` and row statistics 
 and the row epilogue turns ``(a_i, b_i)`` into ``dE/dx_i`` (docs/spec.md §6):
 ``r G - r^3 (G . x_i) x_i`` with ``G = scale * a_i`` (normalized) or ``scale * (a_i + b_i x_i)``.
 
+Every kernel that evaluates pairs also writes a per-row flag of the rows the host must recompute
+(a close pair, :func:`_close`, whose energy is made NaN, or a term that is not finite; ``launch.row_pass``),
+and takes the Gaussian kind as a
+log-sum-exp with a running maximum per row.
+
 Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
 (Abramowitz & Stegun 4.4.46, |error| <= 2.2e-8 measured), so the same code runs on GPUs and in the CPU
 interpreter (``TRITON_INTERPRET=1``).
@@ -84,9 +89,12 @@ def _pow_neg(x, p, MODE: tl.constexpr):
 
 
 @triton.jit
-def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
-    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0."""
-    d2 = tl.maximum(d2, 0.0)
+def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, POW: tl.constexpr):
+    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0. ``f`` is NaN
+    where ``d2 < lim`` (or d2 is NaN): a close pair (:func:`_close`), which poisons its row's energy so that
+    the host recomputes the row; the check poisons the input, where ``d2`` is live anyway (no value is kept
+    alive through the transcendentals for it)."""
+    d2 = tl.where(d2 >= lim, tl.maximum(d2, 0.0), float("nan"))
     if KIND == 0:
         half = 0.5 * s
         f = _pow_neg(d2, half, POW)
@@ -101,11 +109,12 @@ def _phi_d2(d2, s, t, KIND: tl.constexpr, POW: tl.constexpr):
 
 
 @triton.jit
-def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
-    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3)."""
+def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr):
+    """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3); ``phi`` is NaN where
+    ``1 - |g| < tau`` (see :func:`_phi_d2`)."""
     if KIND == 2 or KIND == 3:
         gc = tl.minimum(tl.maximum(g, -1.0), 1.0)
-        a = _acos(gc) * 0.3183098861837907 + eps_ang
+        a = tl.where(1.0 - tl.abs(gc) >= tau, _acos(gc) * 0.3183098861837907 + eps_ang, float("nan"))
         # (1-g)(1+g) keeps its relative accuracy near |g| = 1, where 1 - g*g cancels.
         sin_t = tl.sqrt(tl.maximum((1.0 - gc) * (1.0 + gc), 0.0))
         dtheta = -0.3183098861837907 / sin_t
@@ -116,33 +125,96 @@ def _phi_g(g, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr):
             f = -tl.log(a)
             df = -dtheta / a
     else:
-        f, dfd = _phi_d2(2.0 - 2.0 * g, s, t, KIND, POW)
+        # both sides, as the angular kinds: near g = -1 the row's gradient is nearly radial and the float32
+        # epilogue cannot resolve it (two antipodes at D = 1)
+        gq = tl.where(1.0 - tl.abs(g) >= tau, g, float("nan"))
+        f, dfd = _phi_d2(2.0 - 2.0 * gq, s, t, 0.0, KIND, POW)
         df = -2.0 * dfd
     return f, df
 
 
 @triton.jit
-def _pair_terms(dot, si, sj, s, t, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
+def _pair_terms(dot, si, sj, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
                 NORM: tl.constexpr):
-    """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``."""
+    """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``.
+    ``e`` is NaN for the pairs :func:`_close` names (the host recomputes their rows)."""
     if NORM:
         g = dot * si * sj
-        e, c = _phi_g(g, s, t, eps_ang, KIND, POW)
+        e, c = _phi_g(g, s, t, eps_ang, tau, KIND, POW)
         if HS:
-            e2, c2 = _phi_g(-g, s, t, eps_ang, KIND, POW)
+            e2, c2 = _phi_g(-g, s, t, eps_ang, tau, KIND, POW)
             e = e + e2
             c = c - c2
         cj = c * sj
         ci = cj
     else:
-        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, KIND, POW)
+        lim = tau * (si + sj)
+        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, lim, KIND, POW)
         cj = -2.0 * df
         ci = 2.0 * df
         if HS:
-            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, KIND, POW)
+            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, lim, KIND, POW)
             e = e + e2
             cj = cj + 2.0 * df2
             ci = ci + 2.0 * df2
+    return e, cj, ci
+
+
+@triton.jit
+def _finite(v):
+    """Whether ``v`` is finite (NaN compares false)."""
+    return tl.abs(v) < 3.4028234663852886e38
+
+
+@triton.jit
+def _close(dot, si, sj, tau, HS: tl.constexpr, NORM: tl.constexpr):
+    """The pairs of a tile that the fused path cannot get right from a float32 product (docs/spec.md §5):
+    ``1 - |g| < tau`` (normalized), or an expanded distance (to ``y_j``, and to ``-y_j`` in half-space mode)
+    below ``tau (|x_i|^2 + |y_j|^2)`` or not a number (un-normalized). Their rows are recomputed by the
+    host's fix-up (``launch.py``), so the fast path needs no branch of its own for them."""
+    if NORM:
+        g = dot * si * sj
+        close = (1.0 - tl.abs(g)) < tau
+    else:
+        sm = si + sj
+        close = ~((sm - 2.0 * dot) >= tau * sm)
+        if HS:
+            close = close | ~((sm + 2.0 * dot) >= tau * sm)
+    return close
+
+
+@triton.jit
+def _gauss_logs(dot, si, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+    """The Gaussian kind's log terms ``x1 = -t d2`` (to ``y_j``) and ``x2`` (to ``-y_j``; half-space only,
+    else unused) of a tile (docs/spec.md §4: the kind is reduced as a log-sum-exp)."""
+    if NORM:
+        g = tl.minimum(tl.maximum(dot * si * sj, -1.0), 1.0)
+        x1 = -t * (2.0 - 2.0 * g)
+        x2 = -t * (2.0 + 2.0 * g)
+    else:
+        sm = si + sj
+        x1 = -t * tl.maximum(sm - 2.0 * dot, 0.0)
+        x2 = -t * tl.maximum(sm + 2.0 * dot, 0.0)
+    return x1, x2
+
+
+@triton.jit
+def _gauss_coefs(w1, w2, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+    """``(e, cj, ci)`` of a Gaussian tile from its weights ``w1 = exp(x1 - m)``, ``w2`` (the row's shift
+    ``m``): the same coefficients as :func:`_pair_terms` with ``exp(-t d2)`` replaced by the weights."""
+    if HS:
+        e = w1 + w2
+        c = 2.0 * t * (w1 - w2)
+        ci = -2.0 * t * (w1 + w2)
+    else:
+        e = w1
+        c = 2.0 * t * w1
+        ci = -2.0 * t * w1
+    if NORM:
+        cj = c * sj
+        ci = cj
+    else:
+        cj = c
     return e, cj, ci
 
 
@@ -167,11 +239,11 @@ def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constex
                 f = -tl.log(a)
                 df = -dtheta / a
         else:
-            f, df = _phi_g(-(sq / n2), s, t, eps_ang, KIND, POW)
+            f, df = _phi_g(-(sq / n2), s, t, eps_ang, 0.0, KIND, POW)
         # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
         k = tl.where(eps_norm > 0, -df * 2.0 * eps_norm / (n2 * n2), 0.0)
     else:
-        f, df = _phi_d2(4.0 * sq, s, t, KIND, POW)
+        f, df = _phi_d2(4.0 * sq, s, t, 0.0, KIND, POW)
         k = 8.0 * df
     return f, k
 
@@ -236,30 +308,33 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 #: The tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
 #: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles (e.g.
 #: 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 4-warp tiles at BLOCK_D >= 64 with tensor
-#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). Modes: ``ieee`` is
+#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). The close-pair flag
+#: (issue 13) tipped five configs into spills of 12-60 bytes, now left out: ieee 32 x 32 rows at BLOCK_D 64
+#: (sm_80), tf32 64 x 32 at BLOCK_D 16 (4 warps, sm_90), bf16 128 x 32 at BLOCK_D 16 (sm_80), bf16 16 x 32 at
+#: BLOCK_D 32 (8 warps, sm_90) and at BLOCK_D 256 (in its place 16 x 16 with one stage). Modes: ``ieee`` is
 #: float32 with exact products (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs
 #: and coefficients.
 FUSED_TABLE = {
     "ieee": {
         16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2)),
         32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
+        64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
         256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
     },
     "tf32": {
-        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
+        16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
         32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
         256: ((16, 32, 64, 8, 2), (16, 16, 64, 8, 2)),
     },
     "bf16": {
-        16: ((128, 32, 256, 8, 2), (64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
-        32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
+        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
+        32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
-        256: ((16, 32, 256, 8, 2), (16, 16, 256, 8, 2)),
+        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
     },
 }
 
@@ -360,9 +435,9 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 )
 @triton.jit
 def fused_kernel(
-    x_ptr, y_ptr, g_ptr, e_ptr, tab_ptr, K,
+    x_ptr, y_ptr, g_ptr, e_ptr, f_ptr, tab_ptr, K,
     nx_u, ny_u, d_u,
-    s, t, eps_norm, eps_ang, pair_scale, grad_scale,
+    s, t, eps_norm, eps_ang, pair_scale, grad_scale, tau,
     N_KEY, D_KEY,
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
@@ -371,7 +446,10 @@ def fused_kernel(
 ):
     """One program: rows ``[row0, row0 + BLOCK_M)`` of matrix ``k`` against every row of its ``y``.
 
-    Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32) and ``g[x_i] = dE/dx_i``.
+    Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32), ``g[x_i] = dE/dx_i`` and
+    ``f[xrow + i]``, 1 where the row's energy is not finite: a close pair (:func:`_close`; its energy is
+    NaN) or a term that overflowed; the host recomputes such rows, and those whose gradient is not finite. The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
+    ``e`` is the row's ``log sum_j exp(-t d2_ij)`` and ``g`` the gradient of that row sum divided by the sum.
     """
     pid = tl.program_id(0)
     k = tl.program_id(1)
@@ -392,6 +470,7 @@ def fused_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < ny
@@ -412,10 +491,33 @@ def fused_kernel(
                 dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
         else:
             dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
-        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
+        if KIND == 4:
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1 = tl.where(valid, x1, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(x1, 1))
+            if HS:
+                x2 = tl.where(valid, x2, float("-inf"))
+                m_new = tl.maximum(m_new, tl.max(x2, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)  # the earlier tiles' weights, moved to the new maximum
+            acc = acc * alpha[:, None]
+            e_acc = e_acc * alpha
+            b_acc = b_acc * alpha
+            m_run = m_new
+            w1 = tl.exp(x1 - m_safe[:, None])
+            w2 = w1
+            if HS:
+                w2 = tl.exp(x2 - m_safe[:, None])
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
+        else:
+            # A close pair's energy is NaN (_phi_d2, _phi_g), which flags its row at the end, with no count
+            # per tile (the tiles of the angular variant are at the register limit); a term or coefficient
+            # that is not finite shows in the row's energy or gradient.
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
         # where, never a product with the mask: masked lanes may hold inf/NaN (zero rows of the padding).
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
@@ -427,7 +529,13 @@ def fused_kernel(
         xi32 = tl.load(x_ptr + xi_off, mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     # Row epilogue (docs/spec.md §6) in EPI precision: its two normalized terms cancel when a row's gradient is
     # nearly radial.
-    e_row = pair_scale * e_acc
+    if KIND == 4:  # the row's log-sum; its gradient relative to the row sum (0 for a row without pairs)
+        e_row = m_run + tl.log(e_acc)
+        inv_s = tl.where(e_acc > 0, 1.0 / e_acc, 0.0)
+        acc = acc * inv_s[:, None]
+        b_acc = b_acc * inv_s
+    else:
+        e_row = pair_scale * e_acc
     xe = xi32.to(EPI)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
     acc_e = acc.to(EPI)
     kd = tl.zeros([BLOCK_M], dtype=EPI)
@@ -446,6 +554,7 @@ def fused_kernel(
     grad = ca[:, None] * acc_e + cx[:, None] * xe
     tl.store(g_ptr + xi_off, grad.to(tl.float32).to(g_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
     tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
+    tl.store(f_ptr + xrow + rows, tl.where(_finite(e_row), 0, 1), mask=rmask)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,22 +562,45 @@ def fused_kernel(
 # --------------------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM: tl.constexpr, PREC: tl.constexpr,
+                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The raw products of a tile of the strip path and the row statistics of both sides, over D in chunks
+    of ``BLOCK_K`` (so nothing is precomputed on the host)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    sq_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_K):
+        dm = (d0 + offs_k) < D
+        xc = tl.load(x_rows + d0 + offs_k[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+        yc = tl.load(y_rows + d0 + offs_k[None, :], mask=cmask[:, None] & dm[None, :], other=0.0)
+        dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
+        xc32 = xc.to(tl.float32)
+        yc32 = yc.to(tl.float32)
+        sq_i += tl.sum(xc32 * xc32, 1)
+        sq_j += tl.sum(yc32 * yc32, 1)
+    return dot, _row_stat(sq_i, eps_norm, NORM), _row_stat(sq_j, eps_norm, NORM)
+
+
 @triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"])
 @triton.jit
 def coef_kernel(
-    x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, tab_ptr, K,
+    x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, f_ptr, tab_ptr, K,
     nx_u, ny_u, d_u, row_lo, row_hi,
-    s, t, eps_norm, eps_ang, pair_scale,
+    s, t, eps_norm, eps_ang, pair_scale, tau,
     N_KEY, D_KEY,
     KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
     UNIFORM: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Rows ``[row_lo, row_hi)`` (of every matrix): the coefficient matrix ``C[i - row_lo, j] = cj_ij``
-    (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e`` and (un-normalized) ``b``.
+    (stored in ``c_ptr``'s dtype at ``cbase``), row energies ``e``, (un-normalized) ``b``, and ``f``, the
+    rows' flags (as :func:`fused_kernel`).
 
-    The cosine tile is accumulated over D in chunks of BLOCK_K; the row statistics are accumulated in the
-    same loop, so nothing is precomputed on the host."""
+    The Gaussian kind takes two sweeps over the columns: the first finds each row's maximum log term and
+    its sum of weights, the second stores the coefficients relative to that sum (``e`` is the row's
+    log-sum, as in :func:`fused_kernel`)."""
     pid = tl.program_id(0)
     k = tl.program_id(1)
     nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
@@ -478,40 +610,68 @@ def coef_kernel(
         return
     rows = row0 + tl.arange(0, BLOCK_M)
     rmask = rows < row_end
-    offs_k = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + xoff + rows[:, None].to(tl.int64) * D
     e_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
+    shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if KIND == 4:
+        m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        s_run = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for c0 in range(0, ny, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            cmask = cols < ny
+            y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
+            dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
+                                      BLOCK_M, BLOCK_N, BLOCK_K)
+            valid = rmask[:, None] & cmask[None, :]
+            if SELF:
+                valid = valid & (rows[:, None] != cols[None, :])
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1 = tl.where(valid, x1, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(x1, 1))
+            if HS:
+                x2 = tl.where(valid, x2, float("-inf"))
+                m_new = tl.maximum(m_new, tl.max(x2, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s_run = s_run * tl.exp(m_run - m_safe) + tl.sum(tl.exp(x1 - m_safe[:, None]), 1)
+            if HS:
+                s_run += tl.sum(tl.exp(x2 - m_safe[:, None]), 1)
+            m_run = m_new
+        # weights relative to the row sum: exp(x - m - log s); a row without pairs gets weights 0
+        shift = tl.where(s_run > 0, tl.where(m_run == float("-inf"), 0.0, m_run) + tl.log(s_run),
+                         float("inf"))
     for c0 in range(0, ny, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < ny
         y_rows = y_ptr + yoff + cols[:, None].to(tl.int64) * D
-        dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        sq_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_K):
-            dm = (d0 + offs_k) < D
-            xc = tl.load(x_rows + d0 + offs_k[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-            yc = tl.load(y_rows + d0 + offs_k[None, :], mask=cmask[:, None] & dm[None, :], other=0.0)
-            dot = _mma(xc, tl.trans(yc), dot, PREC, UPCAST)
-            xc32 = xc.to(tl.float32)
-            yc32 = yc.to(tl.float32)
-            sq_i += tl.sum(xc32 * xc32, 1)
-            sq_j += tl.sum(yc32 * yc32, 1)
-        si = _row_stat(sq_i, eps_norm, NORM)
-        sj = _row_stat(sq_j, eps_norm, NORM)
-        e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, KIND, POW, HS, NORM)
+        dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
         valid = rmask[:, None] & cmask[None, :]
         if SELF:
             valid = valid & (rows[:, None] != cols[None, :])
+        if KIND == 4:
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            w1 = tl.exp(x1 - shift[:, None])
+            w2 = w1
+            if HS:
+                w2 = tl.exp(x2 - shift[:, None])
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
+        else:  # close pairs: NaN energies, as in fused_kernel
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
             b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
         tl.store(c_rows + cols[None, :], tl.where(valid, cj, 0.0).to(c_ptr.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])
-    tl.store(e_ptr + xrow + rows, pair_scale * e_acc, mask=rmask)
+    if KIND == 4:
+        e_row = tl.where(e_acc > 0, shift + tl.log(e_acc), float("-inf"))
+    else:
+        e_row = pair_scale * e_acc
+    tl.store(e_ptr + xrow + rows, e_row, mask=rmask)
     tl.store(b_ptr + xrow + rows, b_acc, mask=rmask)
+    tl.store(f_ptr + xrow + rows, tl.where(_finite(e_row), 0, 1), mask=rmask)
 
 
 @triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"],

@@ -30,6 +30,15 @@ each unordered pair is evaluated from both of its rows. Visiting only tiles with
 transcendentals but must add the column side's gradient into rows owned by other programs (atomics, or a
 partial-gradient buffer of ``N^2 D / BLOCK_M`` elements); it is not implemented, since whether it wins can
 only be measured on a GPU.
+
+Numerics (docs/spec.md §5, README "Precision"; issue 13), in :func:`row_pass`: the kernels flag the rows
+they cannot be trusted with (a pair whose float32 ``1 - |g|`` is below :data:`CLOSE_TAU`, or whose expanded
+distance is below that fraction of ``|x_i|^2 + |x_j|^2``: its energy is made NaN; an energy that is not
+finite) in an int32 per row written by the row's own program; those rows, rows whose gradient is not finite,
+and normalized rows the power-of-two rescaling could not make safe (see :data:`SAFE_EXP`), are recomputed
+whole in float64 by the torch backend's row pass (:func:`_fix_rows`: close pairs from coordinate
+differences). A pass costs one host sync (the ``any`` of the flags). The Gaussian kind
+is an online log-sum-exp (per row in the kernels; rows and matrices combined in float64 here).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import tiled
 from .._params import EnergyParams
 from . import kernels as K
 
@@ -60,6 +70,21 @@ MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 #: Matrices per launch (the grid's y or z size).
 MAX_MATRICES_PER_LAUNCH = MAX_GRID_YZ
+
+#: Pairs whose float32 ``1 - |g|`` (or expanded distance relative to ``|x_i|^2 + |x_j|^2``) is below this
+#: are not trusted to the kernels: their rows are recomputed by :func:`_fix_rows` (``close_tau<float,
+#: float>`` of csrc/hsu_pair.h: the fast path's ``2 - 2g`` then keeps ~8 sqrt(D) ulp).
+CLOSE_TAU = 2.0**-4
+#: Normalized rows whose largest ``|w_d|`` is at least ``2^SAFE_EXP`` enter the kernels divided by a power of
+#: two (so ``|w|^2``, the products and ``r^3`` neither overflow nor underflow) and are recomputed by
+#: :func:`_fix_rows` (the kernels' half-space self pair needs ``eps_norm / |w|^2``); ``eps_norm`` is then
+#: below ``2^-36`` of ``|w|^2`` before and after, so the other rows' pairs with them keep their value.
+SAFE_EXP = 20
+#: Normalized rows whose largest ``|w_d|`` is below ``2^TINY_EXP`` (products in float32 subnormals) are
+#: recomputed by :func:`_fix_rows`.
+TINY_EXP = -60
+#: Rows per block of the fix-up (float64, ``O(block * N)`` memory).
+FIX_BLOCK = 256
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -181,8 +206,9 @@ def _cumsum0(v: Sequence[int]) -> List[int]:
 
 
 def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool,
-        precision: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One pass of rows of ``x`` against rows of ``y`` for every matrix of ``lay``.
+        precision: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass of the kernels, rows of ``x`` against rows of ``y`` for every matrix of ``lay`` (no fix-up:
+    see :func:`row_pass`).
 
     Args:
         x, y: flat contiguous buffers holding the matrices back to back (``y is x`` for a self energy).
@@ -191,13 +217,17 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         self_mode: skip ``j == i``, halve the pair sums (``sum_{i<j}``), add the half-space diagonal.
 
     Returns:
-        ``(e, g)``: ``Tensor[total_rows]`` fp32 per-row energies (pair-scaled; summing a matrix's rows gives
-        its energy) and ``g`` with ``x``'s shape and dtype, ``dE/dx``.
+        ``(e, g, f)``: ``Tensor[total_rows]`` fp32 per-row energies (pair-scaled; summing a matrix's rows gives
+        its energy; the Gaussian kind: the row's ``log sum_j exp(-t d2_ij)``, not pair-scaled, without the
+        half-space self pair), ``g`` with ``x``'s shape and dtype, ``dE/dx`` (Gaussian: the gradient of the
+        row sums divided by each row's sum), and ``f``, int32 per row: non-zero where the kernels
+        cannot be trusted with the row (a close pair, or an energy that is not finite).
     """
     dev = x.device
-    pair_scale = 1.0 if (p.half_space or not self_mode) else 0.5
-    grad_scale = 2.0 * pair_scale if self_mode else 1.0
-    diag = self_mode and p.half_space
+    gauss = p.kind == "gaussian"
+    pair_scale = 1.0 if (p.half_space or not self_mode or gauss) else 0.5
+    grad_scale = 2.0 * (1.0 if (p.half_space or not self_mode) else 0.5) if self_mode else 1.0
+    diag = self_mode and p.half_space and not gauss
     max_nx, max_ny, max_d = max(lay.nx), max(lay.ny), max(lay.d)
     prec, prec2, c_dtype, upcast, c_torch = _modes(x.dtype, max_d, precision)
     kind = _kind_args(p)
@@ -205,6 +235,7 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
     scal = dict(s=p.s, t=p.t, eps_norm=p.eps_norm, eps_ang=p.eps_ang)
     keys = dict(N_KEY=_bucket(max(max_nx, max_ny)), D_KEY=_bucket(max_d))
     e = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
+    f = torch.zeros(lay.total_rows, dtype=torch.int32, device=dev)
     g = torch.empty_like(x)
     with torch.cuda.device(dev) if dev.type == "cuda" else _nullctx():
         if max_d <= FUSED_MAX_D:
@@ -215,16 +246,17 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
                 if lay.uniform:  # sizes are scalars: the chunk is a slice of the buffers
                     xs, ys = _span(x, nx_u * d_u, k0, k1), _span(y, ny_u * d_u, k0, k1)
                     gs, es, tab = _span(g, nx_u * d_u, k0, k1), _span(e, nx_u, k0, k1), _placeholder(dev)
+                    fs = _span(f, nx_u, k0, k1)
                 else:
-                    xs, ys, gs, es, tab = x, y, g, e, lay.tab_of(k0, k1)
+                    xs, ys, gs, es, fs, tab = x, y, g, e, f, lay.tab_of(k0, k1)
                 K.fused_kernel[grid](
-                    xs, ys, gs, es, tab, kk, nx_u, ny_u, d_u,
-                    scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale,
+                    xs, ys, gs, es, fs, tab, kk, nx_u, ny_u, d_u,
+                    scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale, CLOSE_TAU,
                     keys["N_KEY"], keys["D_KEY"],
                     SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
                     UPCAST=upcast, EPI=EPILOGUE_DTYPE, BLOCK_D=block_d, **kind,
                 )
-            return e, g
+            return e, g, f
         a = torch.empty(x.shape, dtype=torch.float32, device=dev)
         b = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
         elt = torch.empty((), dtype=c_torch).element_size()
@@ -245,8 +277,8 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
             span = hi - lo
             grid = lambda meta: grid_of(triton.cdiv(span, meta["BLOCK_M"]), kk)  # noqa: E731
             K.coef_kernel[grid](
-                x, y, c, e, b, tab, kk, 1, 1, 1, lo, hi,
-                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale,
+                x, y, c, e, b, f, tab, kk, 1, 1, 1, lo, hi,
+                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, CLOSE_TAU,
                 keys["N_KEY"], keys["D_KEY"],
                 POW=kind["POW"], UNIFORM=False, PREC=prec, UPCAST=upcast, **flags,
             )
@@ -263,7 +295,164 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
                 KIND=kind["KIND"], POW=kind["POW"], NORM=p.normalize, DIAG=diag, UNIFORM=False,
                 BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
             )
+    return e, g, f
+
+
+def _row_ids(lay: _Layout, device) -> torch.Tensor:
+    """The row (of the flat per-row outputs) of every element of a flat buffer of ``lay``'s ``x`` rows."""
+    per_row = torch.repeat_interleave(torch.tensor(lay.d, device=device), torch.tensor(lay.nx, device=device))
+    return torch.repeat_interleave(torch.arange(lay.total_rows, device=device), per_row)
+
+
+def _by_row(v: torch.Tensor, lay: _Layout, rows: torch.Tensor) -> torch.Tensor:
+    """``v * rows[i]`` for every element of row ``i`` of the flat buffer ``v`` (of ``lay``'s ``x`` rows), in
+    float32 (a uniform batch as a ``[rows, D]`` view; a ragged one through :func:`_row_ids`)."""
+    if lay.uniform:
+        return (v.view(-1, lay.d[0]).to(torch.float32) * rows[:, None]).view(-1)
+    return v.to(torch.float32) * rows[_row_ids(lay, v.device)]
+
+
+def _rows_finite(g: torch.Tensor, lay: _Layout) -> torch.Tensor:
+    """Whether every entry of each row of the flat buffer ``g`` is finite (bool per row)."""
+    fin = torch.isfinite(g)
+    if lay.uniform:
+        return fin.view(-1, lay.d[0]).all(1)
+    bad = torch.zeros(lay.total_rows, dtype=torch.int32, device=g.device)
+    return bad.index_add_(0, _row_ids(lay, g.device), (~fin).to(torch.int32)) == 0
+
+
+def _safe_rows(x: torch.Tensor, lay: _Layout, p: EnergyParams):
+    """Normalized rows rescaled by powers of two for the kernels (see :data:`SAFE_EXP`).
+
+    Args:
+        x: a flat buffer of the rows of ``lay``'s ``x``.
+
+    Returns:
+        ``(xs, fac, bad)``: the rescaled buffer (``x`` itself un-normalized), the per-row float32 factors
+        (None: all 1) and the bool per-row mask of rows the host must recompute (None: none). With
+        ``eps_norm = 0`` every row is brought to a largest entry in ``[1/2, 1)`` (exact: ``u`` does not change).
+    """
+    if not p.normalize:
+        return x, None, None
+    if lay.uniform:
+        big = x.detach().view(-1, lay.d[0]).abs().amax(1).to(torch.float32)
+    else:
+        big = torch.zeros(lay.total_rows, dtype=torch.float32, device=x.device)
+        big = big.scatter_reduce(0, _row_ids(lay, x.device), x.detach().abs().to(torch.float32), "amax")
+    ex = torch.frexp(big).exponent  # big < 2^ex
+    if p.eps_norm == 0:
+        k = torch.where(big > 0, ex, torch.zeros_like(ex))
+        bad = None
+    else:
+        k = torch.where(ex > SAFE_EXP, ex - SAFE_EXP, torch.zeros_like(ex))
+        bad = (k > 0) | ((big > 0) & (ex < TINY_EXP))
+    fac = torch.ldexp(torch.ones_like(big), -k)
+    return _by_row(x, lay, fac).to(x.dtype), fac, bad
+
+
+def _fix_rows(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool, rows: torch.Tensor,
+              e: torch.Tensor, g: torch.Tensor) -> None:
+    """Recomputes rows ``rows`` (indices into the per-row outputs) of ``e`` and ``g`` as :func:`run` defines
+    them, in float64 from the original rows, in place: every pair of those rows on the torch backend's path
+    (``tiled.row_pass``: float64 cosines, close pairs from coordinate differences, scale-safe statistics),
+    in blocks of :data:`FIX_BLOCK` rows (``O(block * N)`` memory), one matrix at a time."""
+    gauss = p.kind == "gaussian"
+    pair_scale = 1.0 if (p.half_space or not self_mode) else 0.5
+    grad_scale = 2.0 * pair_scale if self_mode else 1.0
+    starts = torch.tensor(lay.xrow, device=rows.device)
+    mats = torch.searchsorted(starts, rows, right=True) - 1
+    tau = tiled.CLOSE_F64_OF_F32
+    for k in torch.unique(mats).tolist():
+        sel = rows[mats == k]
+        nx, ny, d = lay.nx[k], lay.ny[k], lay.d[k]
+        local = sel - lay.xrow[k]
+        xm = x[lay.xoff[k]: lay.xoff[k] + nx * d].view(1, nx, d).to(torch.float32)
+        ym = xm if self_mode else y[lay.yoff[k]: lay.yoff[k] + ny * d].view(1, ny, d).to(torch.float32)
+        xi = tiled._Rows(xm[:, local], p, torch.float64)
+        yj = tiled._Rows(ym, p, torch.float64)
+        ids = local if self_mode else None
+        if gauss:
+            sm, a, b, m = tiled.row_pass(xi, yj, p, self_mode, FIX_BLOCK, 1.0, tau, row_ids=ids)
+            e_row = m + torch.log(sm)
+            grad = tiled.row_grad(xi, a, b, torch.where(sm > 0, grad_scale / sm, 0.0), p)
+        else:
+            es, a, b, _ = tiled.row_pass(xi, yj, p, self_mode, FIX_BLOCK, 1.0, tau, row_ids=ids)
+            e_row = pair_scale * es
+            grad = tiled.row_grad(xi, a, b, grad_scale, p)
+            if self_mode and p.half_space:
+                ed, vd = tiled.diag_terms(xi, p)
+                e_row, grad = e_row + ed, grad + vd
+        e[sel] = e_row[0].to(e.dtype)
+        elems = lay.xoff[k] + local[:, None] * d + torch.arange(d, device=rows.device)[None, :]
+        g.view(-1)[elems.reshape(-1)] = grad[0].reshape(-1).to(g.dtype)
+
+
+def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool,
+             precision: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`run` with the numerics of docs/spec.md §5 (issue 13): normalized rows enter the kernels rescaled
+    by powers of two (:func:`_safe_rows`), and the rows the kernels flag (a close or non-finite pair) or
+    that the rescaling could not make safe are recomputed by :func:`_fix_rows`. On well-spread rows of
+    ordinary scale the cost over :func:`run` is one elementwise pass over the rows and one host sync (the
+    ``any`` of the per-row flags).
+
+    Returns:
+        ``(e, g)`` as :func:`run` defines them.
+    """
+    xs, fac, bad = _safe_rows(x, lay, p)
+    if y is x:
+        ys = xs
+    else:
+        ys = _safe_rows(y, _Layout(lay.ny, lay.nx, lay.d, y.device, uniform=lay.uniform), p)[0]
+    e, g, f = run(xs, ys, lay, p, self_mode, precision)
+    if fac is not None:
+        g = _by_row(g, lay, fac).to(g.dtype)
+    redo = (f > 0) | ~_rows_finite(g, lay)
+    if bad is not None:
+        redo = redo | bad
+    if bool(redo.any()):  # the one host sync of a pass
+        _fix_rows(x, y, lay, p, self_mode, redo.nonzero().view(-1), e, g)
     return e, g
+
+
+def _segment_lse(v: torch.Tensor, lay: _Layout) -> torch.Tensor:
+    """Per-matrix ``log sum exp`` of per-row values (float64)."""
+    v = v.to(torch.float64)
+    if lay.uniform:
+        return v.view(lay.k, lay.nx[0]).logsumexp(-1)
+    seg = torch.repeat_interleave(torch.arange(lay.k, device=v.device), torch.tensor(lay.nx, device=v.device))
+    m = torch.full((lay.k,), -math.inf, dtype=v.dtype, device=v.device).scatter_reduce(0, seg, v, "amax")
+    m = torch.where(torch.isinf(m), 0.0, m)
+    tot = torch.zeros_like(m).index_add_(0, seg, torch.exp(v - m[seg]))
+    return m + torch.log(tot)
+
+
+def _gauss_diag(x: torch.Tensor, rid: torch.Tensor, n_rows: int, p: EnergyParams):
+    """The Gaussian half-space self pairs ``(w_i, -w_i)`` (docs/spec.md §4) in float64: their log terms
+    ``Tensor[rows]`` and the gradients of those terms, flat like ``x`` (csrc/hsu_pair.h ``diag_term``)."""
+    xw = x.detach().to(torch.float64)
+    sq = torch.zeros(n_rows, dtype=torch.float64, device=x.device).index_add_(0, rid, xw * xw)
+    if p.normalize:
+        n2 = sq + p.eps_norm
+        a = p.eps_norm / n2
+        return -p.t * (4.0 - 2.0 * a), (-4.0 * p.t * a / n2)[rid] * xw
+    return -4.0 * p.t * sq, -8.0 * p.t * xw
+
+
+def _gauss_self(x: torch.Tensor, lay: _Layout, p: EnergyParams, e: torch.Tensor, g: torch.Tensor):
+    """A self pass of the Gaussian kind reduced to ``L = log sum_{i<j} exp(-t d2_ij)`` per matrix (plus the
+    half-space self pairs) and ``dL/dx`` (float64 reductions of the rows' log-sums, :func:`_segment_lse`)."""
+    rid = _row_ids(lay, x.device)
+    seg = torch.repeat_interleave(torch.arange(lay.k, device=x.device), torch.tensor(lay.nx, device=x.device))
+    terms = e.to(torch.float64) + (0.0 if p.half_space else math.log(0.5))
+    big_l = _segment_lse(terms, lay)
+    if p.half_space:
+        xd, vd = _gauss_diag(x, rid, lay.total_rows, p)
+        big_l = torch.logaddexp(big_l, _segment_lse(xd, lay))
+    w = torch.exp(e.to(torch.float64) - big_l[seg])
+    grad = g.to(torch.float64) * w[rid]
+    if p.half_space:
+        grad = grad + torch.exp(xd - big_l[seg])[rid] * vd
+    return big_l, grad.to(g.dtype)
 
 
 _PLACEHOLDERS = {}
@@ -304,8 +493,8 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = Non
         precision: ``"ieee"``, ``"tf32"`` or None (the default of the module docstring); float32 only.
 
     Returns:
-        ``(E, G)``: ``E`` float32 ``Tensor[B]`` (the sum over unordered pairs), ``G = dE/dw`` with ``w``'s
-        shape and dtype.
+        ``(E, G)``: ``E`` float32 ``Tensor[B]`` (the sum over unordered pairs; the Gaussian kind: the log-sum
+        ``log sum_{i<j} exp(-t d2_ij)``, docs/spec.md §4), ``G = dE/dw`` with ``w``'s shape and dtype.
     """
     check_input(w, "w")
     if w.dim() != 3:
@@ -313,8 +502,11 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = Non
     bsz, n, d = w.shape
     x = w.contiguous()
     lay = _Layout([n] * bsz, [n] * bsz, [d] * bsz, x.device, uniform=True)
-    e, g = run(x, x, lay, p, True, precision)
-    return _segment_sums(e, lay).to(torch.float32), g
+    e, g = row_pass(x.view(-1), x.view(-1), lay, p, True, precision)
+    if p.kind == "gaussian":
+        big_l, g = _gauss_self(x.view(-1), lay, p, e, g)
+        return big_l.to(torch.float32), g.view(x.shape)
+    return _segment_sums(e, lay).to(torch.float32), g.view(x.shape)
 
 
 def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str] = None):
@@ -327,7 +519,8 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
         precision: as in :func:`energy_grad`.
 
     Returns:
-        ``(E, Gx, Gy)``: float32 ``Tensor[B]`` and the gradients in the inputs' shapes and dtype.
+        ``(E, Gx, Gy)``: float32 ``Tensor[B]`` (Gaussian: the log-sum) and the gradients in the inputs'
+        shapes and dtype.
     """
     check_input(x, "x")
     check_input(y, "y")
@@ -340,9 +533,16 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
     xc, yc = x.contiguous(), y.contiguous()
     lay_x = _Layout([nx] * bsz, [ny] * bsz, [d] * bsz, x.device, uniform=True)
     lay_y = _Layout([ny] * bsz, [nx] * bsz, [d] * bsz, x.device, uniform=True)
-    ex, gx = run(xc, yc, lay_x, p, False, precision)
-    _, gy = run(yc, xc, lay_y, p, False, precision)
-    return _segment_sums(ex, lay_x).to(torch.float32), gx, gy
+    ex, gx = row_pass(xc.view(-1), yc.view(-1), lay_x, p, False, precision)
+    ey, gy = row_pass(yc.view(-1), xc.view(-1), lay_y, p, False, precision)
+    if p.kind == "gaussian":  # both passes' rows sum to the same S: scale each row by its share of it
+        big_l = _segment_lse(ex, lay_x)
+        sx = torch.repeat_interleave(torch.exp(ex.double().view(bsz, nx) - big_l[:, None]).view(-1), d)
+        sy = torch.repeat_interleave(torch.exp(ey.double().view(bsz, ny) - big_l[:, None]).view(-1), d)
+        gx = (gx.double() * sx).to(gx.dtype)
+        gy = (gy.double() * sy).to(gy.dtype)
+        return big_l.to(torch.float32), gx.view(x.shape), gy.view(y.shape)
+    return _segment_sums(ex, lay_x).to(torch.float32), gx.view(x.shape), gy.view(y.shape)
 
 
 def _groups(ws: Sequence[torch.Tensor]) -> List[List[int]]:
@@ -359,7 +559,8 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
     """Energies and gradients of a list of matrices of different shapes, one ragged launch per group.
 
     Returns:
-        ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs) and the list of ``dE_k/dw_k``.
+        ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs; Gaussian: log-sums) and the list of
+        ``dE_k/dw_k``.
     """
     for k, w in enumerate(ws):
         check_input(w, f"ws[{k}]")
@@ -372,8 +573,12 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
         ns = [ws[k].shape[0] for k in grp]
         ds = [ws[k].shape[1] for k in grp]
         lay = _Layout(ns, ns, ds, flat.device, uniform=False)
-        e, g = run(flat, flat, lay, p, True, precision)
-        energies[grp] = _segment_sums(e, lay)
+        e, g = row_pass(flat, flat, lay, p, True, precision)
+        if p.kind == "gaussian":
+            big_l, g = _gauss_self(flat, lay, p, e, g)
+            energies[grp] = big_l
+        else:
+            energies[grp] = _segment_sums(e, lay)
         for j, k in enumerate(grp):
             grads[k] = g[lay.xoff[j]: lay.xoff[j] + ns[j] * ds[j]].view(ns[j], ds[j])
     return energies.to(torch.float32), grads
