@@ -27,7 +27,7 @@ if not (INTERPRET or torch.cuda.is_available()):
     )
 pytest.importorskip("triton", reason="triton is not installed (pip install hsu-kernels[triton])")
 
-from hypothesis import assume, example, given  # noqa: E402
+from hypothesis import assume, example, given, settings  # noqa: E402
 from oracle import Problem  # noqa: E402
 from properties import check, closest, oracle, problems  # noqa: E402
 
@@ -40,6 +40,9 @@ if not ht.available():
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on masked lanes
 
 DEVICE = "cpu" if INTERPRET else "cuda"
+# Under the interpreter every example runs the kernels in Python (seconds each): `make test` (the ci
+# profile) draws 60 per test there; on a GPU, and with HSU_HYPOTHESIS_PROFILE=long, the profile's count.
+EXAMPLES = 60 if INTERPRET and os.environ.get("HSU_HYPOTHESIS_PROFILE", "ci") == "ci" else settings().max_examples
 
 
 def _on_device(pb: Problem) -> Problem:
@@ -47,6 +50,7 @@ def _on_device(pb: Problem) -> Problem:
                    pb.reduction)
 
 
+@settings(max_examples=EXAMPLES)
 @given(pb=problems(dtypes=(torch.float32,), structured=False, dims=(16, 24, 33, 40, 64), max_s=6.0))
 def test_triton_well_spread(pb):
     assume(closest(pb) >= 1 / 16)
@@ -62,6 +66,7 @@ def _duplicates_of_norm_100() -> Problem:
     return Problem(w.float(), "riesz", 1.0)
 
 
+@settings(max_examples=EXAMPLES)
 @example(pb=_duplicates_of_norm_100())
 @given(pb=problems(dtypes=(torch.float32,)))
 def test_triton_structured(pb):

@@ -448,7 +448,8 @@ def fused_kernel(
 
     Writes ``e[xrow + i] = pair_scale * sum_j psi_ij (+ diagonal term)`` (fp32), ``g[x_i] = dE/dx_i`` and
     ``f[xrow + i]``, 1 where the row's energy is not finite: a close pair (:func:`_close`; its energy is
-    NaN) or a term that overflowed; the host recomputes such rows, and those whose gradient is not finite. The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
+    NaN) or a term that overflowed; the host recomputes such rows, and those whose gradient is not finite.
+    The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
     ``e`` is the row's ``log sum_j exp(-t d2_ij)`` and ``g`` the gradient of that row sum divided by the sum.
     """
     pid = tl.program_id(0)
