@@ -50,17 +50,18 @@ HSU_HD void small_pair(T s, T t, T eps_ang, T d2m, T d2p, T& f, T& cm, T& cp) {
 }
 
 // The row epilogue: dE/dw_i from A_i, K_i (see above), all in double. `u` is u_i (normalized) or unused,
-// `a` is a_i, `r` = 1 / sqrt(|w_i|^2 + eps_norm), `scale` the self energy's grad_scale (times the output
-// scale) and k_diag the half-space self pair's coefficient as diag_term gives it (its term's derivative is
-// k_diag r u_i normalized, k_diag x_i un-normalized). Through u = r w:
-//   dE/dw_i = r (scale (A - (A.u) u + K a u) + k_diag u)       (using |u|^2 = 1 - a)
+// `a` is a_i, `r` = 1 / sqrt(|w_i|^2 + eps_norm), `rad` the careful pairs' radial coefficients times a_i
+// (hsu_pair.h's careful_apply; those pairs' small vectors are in A), `scale` the self energy's grad_scale
+// (times the output scale) and k_diag the half-space self pair's coefficient as diag_term gives it (its
+// term's derivative is k_diag r u_i normalized, k_diag x_i un-normalized). Through u = r w:
+//   dE/dw_i = r (scale (A - (A.u) u + (K a + rad) u) + k_diag u)       (using |u|^2 = 1 - a)
 //   un-normalized: dE/dx_i = scale A + k_diag x_i.
 HSU_HD void small_row_grad(bool normalize, const double* w, const double* u, double a, double r, const double* A,
-                           double K, double scale, double k_diag, int64_t D, double* out) {
+                           double K, double rad, double scale, double k_diag, int64_t D, double* out) {
   if (normalize) {
     double au = 0.0;
     for (int64_t d = 0; d < D; ++d) au += A[d] * u[d];
-    const double radial = K * a - au;
+    const double radial = K * a + rad - au;
     for (int64_t d = 0; d < D; ++d) out[d] = r * (scale * (A[d] + radial * u[d]) + k_diag * u[d]);
   } else {
     for (int64_t d = 0; d < D; ++d) out[d] = scale * A[d] + k_diag * w[d];

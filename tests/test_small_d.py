@@ -266,9 +266,51 @@ def test_nearly_parallel_points_on_the_sphere():
     assert rel_err(e, e_ref) < 2 * FP32_FLOOR and rel_err(g, g_ref) < 2 * FP32_FLOOR
     e_old, g_old = _general_kernel(x, **kw)
     assert rel_err(e_old, e_ref) < 2 * FP32_FLOOR and rel_err(g_old, g_ref) < 2 * FP32_FLOOR
-    # float64 (the general kernel serves it): u_i = w_i / |w_i| is rounded (1e-16) in the oracle, so the
-    # distance of two rows 1e-6 apart is known to about 1e-16 / 1e-6 relative there
+    # float64 (its close pairs on the careful path): u_i = w_i / |w_i| is rounded (1e-16) in the oracle, so
+    # the distance of two rows 1e-6 apart is known to about 1e-16 / 1e-6 relative there
     _check(p, torch.float64, "nearly parallel, float64", rtol64=1e-8, **kw)
+
+
+def _close_rows64(b, n, d, gen):
+    """float64 rows with close pairs all over the sweep: a third of them near copies (relative offsets
+    1e-3 .. 1e-12, norms changed), exact duplicates, power-of-two multiples, antipodes and near-antipodes of
+    rows anywhere before them."""
+    w = torch.randn(b, n, d, generator=gen, dtype=torch.float64)
+    for k in torch.randperm(n, generator=gen)[: n // 3].tolist():
+        src = w[:, int(torch.randint(0, n, (1,), generator=gen))]
+        op = k % 5
+        if op == 0:
+            rel = 10.0 ** -float(torch.randint(3, 13, (1,), generator=gen))
+            w[:, k] = src * 1.3 * (1 + rel * torch.randn(b, d, generator=gen, dtype=torch.float64))
+        elif op == 1:
+            w[:, k] = src
+        elif op == 2:
+            w[:, k] = 4 * src
+        elif op == 3:
+            w[:, k] = -src
+        else:
+            w[:, k] = -src * (1 + 1e-8 * torch.randn(b, d, generator=gen, dtype=torch.float64))
+    return w
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_float64_close_pairs_across_tiles(d):
+    """float64 rows whose close pairs (1 - |g| below 2^-10: duplicates, near copies, antipodes) fall in
+    every tile and part of the sweep (N = 1100, 9 blocks, batched): this kernel takes them on the general
+    kernel's careful path, so it agrees with the general kernel (the same rows with zero coordinates
+    appended), every kind, half-space and not; eps_norm > 0 keeps duplicate pairs finite."""
+    gen = torch.Generator().manual_seed(40 + d)
+    w = _close_rows64(2, 1100, d, gen)
+    for kind, s in (("riesz", 1.0), ("riesz", 3.5), ("log", 0.0), ("angular", 2.5), ("angular_log", 0.0)):
+        for hs in (False, True):
+            kw = dict(kind=kind, s=s, half_space=hs, eps_norm=1e-8)
+            e, g = _kernel(w, **kw)
+            e_gen, g_gen = _general_kernel(w, **kw)
+            what = f"D={d} {kind} s={s} hs={hs}"
+            # both are ~1e-11 from the truth here (rows 1e-12 apart); without the careful path this kernel's
+            # Riesz results are 1e-12 (energy) and 5e-10 (gradient) away
+            assert rel_err(e, e_gen) < 2e-13, f"{what}: energy {rel_err(e, e_gen):.3g}"
+            assert rel_err(g, g_gen) < 3e-11, f"{what}: gradient {rel_err(g, g_gen):.3g}"
 
 
 def test_matches_plain_reference_on_ordinary_inputs():
@@ -307,13 +349,16 @@ def test_bitwise_same_on_any_thread_count():
     """The partition into tiles and every reduction order are fixed by N alone."""
     old = torch.get_num_threads()
     w = rand_rows(3, 1100, 3).float()  # 9 blocks of 128 (a bye every round), 3 batch entries
-    cases = (dict(kind="riesz", s=1.0), dict(kind="angular", s=2.0, half_space=True),
-             dict(kind="log", normalize=False, half_space=True))
+    # float64 with close pairs in every part: the careful path's terms in the parts' sums
+    w64 = _close_rows64(3, 1100, 3, torch.Generator().manual_seed(8))
+    cases = ((w, dict(kind="riesz", s=1.0)), (w, dict(kind="angular", s=2.0, half_space=True)),
+             (w, dict(kind="log", normalize=False, half_space=True)),
+             (w64, dict(kind="riesz", s=1.0, half_space=True, eps_norm=1e-8)), (w64, dict(kind="angular", s=2.0)))
     try:
         results = {}
         for threads in (1, 2, 3, 4):
             torch.set_num_threads(threads)
-            results[threads] = [_kernel(w, **kw) for kw in cases]
+            results[threads] = [_kernel(x, **kw) for x, kw in cases]
     finally:
         torch.set_num_threads(old)
     for threads in (2, 3, 4):

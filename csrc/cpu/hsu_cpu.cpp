@@ -45,7 +45,7 @@ namespace hsu {
 // The close-pair check (and the careful path it leads to) can be switched off for one measurement: the
 // benchmark's "close-pair check off" column times the kernel without it on inputs that have no close
 // pair, which is the check's whole cost there. Set from Python through hsu_kernels._C._set_close_pair_check;
-// it applies to the Riesz kind (see row_pass_kind).
+// it applies to the Riesz kind (see row_pass_kind), and in the D <= 4 kernel to float64 rows of every kind.
 std::atomic<bool> g_close_pair_check{true};
 
 namespace {

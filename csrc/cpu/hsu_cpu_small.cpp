@@ -17,9 +17,13 @@
 //    float64 (the angular kinds' float terms lose a few ulps more than the general kernel on nearly parallel
 //    rows).
 //
-// It serves float32 (and half) inputs only: float64 inputs go to the general kernel, whose close-pair path
-// holds them to the float64 bar of the property suite (tests/test_properties.py), which this kernel's
-// differences of rounded float64 unit rows miss for nearly parallel or antipodal pairs.
+// Close pairs of float64 rows: differences of rounded float64 unit rows lose the digits of a nearly parallel
+// (or, where antipodes enter: half-space or the angular kinds, nearly antipodal) pair that the float64 bar
+// of the property suite (tests/test_properties.py) asks for. So, as the general kernel does (hsu_pair.h,
+// close_tau<double, double>: 1 - |g| below 2^-10, here d2m or d2p below 2^-9), the pair-math pass leaves
+// such pairs out and each is recomputed on the general kernel's careful path (careful_geom, careful_terms,
+// careful_apply), in place, in the order of the sweep. Float32 and half rows, exact in float64, need no
+// such pass (their bar is float32's); nor do un-normalized rows, whose differences are the careful path's.
 //
 // Per row i against a run of columns j (two rows at a time where they share the run), in three passes:
 //   geometry:  d2m = |u_i - u_j|^2 + a_i + a_j (and d2p = |u_i + u_j|^2 + a_i + a_j where needed);
@@ -60,6 +64,9 @@
 #include "../hsu_small_pair.h"
 
 namespace hsu {
+
+extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu.cpp: the benchmark's switch of the check
+
 namespace {
 
 using Vec = at::vec::Vectorized<double>;
@@ -83,7 +90,11 @@ struct Rows {
   double* k;        // [n]: accumulators K (normalized float64 only, see update)
   double* e;        // [n]: energy of the pairs attributed to row i
   int64_t n;
-  const Params<double>* pd;  // the parameters in double, for runs whose float terms are not finite
+  // The close pairs' careful path (float64 normalized rows with the check on; otherwise w is null):
+  const double* w;  // [n][D]: the rows as given
+  const double* r;  // [n]: 1 / sqrt(|w_i|^2 + eps_norm)
+  double* rad;      // [n]: accumulators of the careful pairs' radial coefficients times a_i
+  const Params<double>* pd;  // the parameters in double (careful path; runs whose float terms are not finite)
 };
 
 // Calls f(integral_constant<int, 0>), ..., f(integral_constant<int, N - 1>). The loops over coordinates and
@@ -158,22 +169,61 @@ void geometry(const Rows& r, int64_t i, int64_t j, int64_t m, double* __restrict
   });
 }
 
+// Whether a pair is close (see the file's header): d2m, or d2p where antipodes enter, below thr (0: none is).
+template <int64_t KIND, bool HS>
+inline bool is_close(double d2m, double d2p, double thr) {
+  constexpr bool kAnti = HS || KIND == kAngular || KIND == kAngularLog;
+  return d2m < thr || (kAnti && d2p < thr);
+}
+
 // Pair-math pass: the energy of m pairs (returned) and their coefficients cm[k], cp[k] (csrc/hsu_small_pair.h),
-// with phi and phi' in T (double: see the file's header), cm and cp apart for the A, K accumulators.
+// with phi and phi' in T (double: see the file's header), cm and cp apart for the A, K accumulators. Close
+// pairs (is_close with thr) get no energy and coefficients 0, and are counted in `close`.
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
-double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double* cm, double* cp) {
+double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double thr, double* cm,
+                 double* cp, int64_t& close) {
   constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;  // whether d2p was computed
   double esum = 0.0;
-#pragma omp simd reduction(+ : esum)
+  int64_t nclose = 0;
+#pragma omp simd reduction(+ : esum, nclose)
   for (int64_t k = 0; k < m; ++k) {
     T f, c, c2;
     small_pair<KIND, HS, NORM, MODE, T>(p.s, p.t, p.eps_ang, static_cast<T>(d2m[k]),
                                         static_cast<T>(kBoth ? d2p[k] : d2m[k]), f, c, c2);
-    cm[k] = static_cast<double>(c);
-    if constexpr (HS) cp[k] = static_cast<double>(c2);
-    esum += static_cast<double>(f);
+    const bool cl = is_close<KIND, HS>(d2m[k], kBoth ? d2p[k] : d2m[k], thr);
+    cm[k] = cl ? 0.0 : static_cast<double>(c);
+    if constexpr (HS) cp[k] = cl ? 0.0 : static_cast<double>(c2);
+    esum += cl ? 0.0 : static_cast<double>(f);
+    nclose += cl ? 1 : 0;
   }
+  close = nclose;
   return esum;
+}
+
+// The close pairs of row i against columns j + k, k < m, that pair_math left out: each on the general
+// kernel's careful path (hsu_pair.h), in column order, into the part's buffers (A of both rows, the radial
+// coefficients, row i's energy). Normalized float64 rows only (Rows::w).
+template <int D, int64_t KIND, bool HS>
+void careful_run(const Params<double>& p, const Rows& r, int64_t i, int64_t j, int64_t m, double thr,
+                 const double* d2m, const double* d2p) {
+  constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;
+  const int64_t n = r.n;
+  const double* wi = r.w + i * D;
+  for (int64_t k = 0; k < m; ++k) {
+    if (!is_close<KIND, HS>(d2m[k], kBoth ? d2p[k] : d2m[k], thr)) continue;
+    const int64_t c = j + k;
+    const double* wc = r.w + c * D;
+    const CarefulGeom q = careful_geom<true>(wi, wc, D, r.r[i], r.r[c], r.a[i], r.a[c]);
+    double e;
+    const CarefulCoef co = careful_terms<KIND, HS, true>(p, 1.0, q, e);
+    double acc_i[D] = {}, acc_c[D] = {};
+    careful_apply<true>(co, q.sign, wi, wc, D, r.r[i], r.r[c], r.a[i], r.a[c], acc_i, acc_c, r.rad[i], r.rad[c]);
+    r.e[i] += e;
+    for (int d = 0; d < D; ++d) {
+      r.g[d * n + i] += acc_i[d];
+      r.g[d * n + c] += acc_c[d];
+    }
+  }
 }
 
 // Update pass for R consecutive rows i, i+1, ... against the same m columns j (their coefficients in
@@ -249,13 +299,20 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
   const double* cms[2] = {cm[0], cm[1]};
   const double* cps[2] = {cp[0], cp[1]};
   const bool diag = i0 == j0;
+  // close pairs: 1 - |g| below close_tau, i.e. a squared distance (to u_j or -u_j) below twice it
+  const double thr = NORM && r.w ? 2.0 * close_tau<double, double>() : 0.0;
+  auto careful = [&](int64_t row, int64_t j, int64_t m, int64_t close, const double* dm, const double* dp) {
+    if constexpr (NORM) {
+      if (close > 0) careful_run<D, KIND, HS>(*r.pd, r, row, j, m, thr, dm, dp);
+    }
+  };
   // The pair terms of a run in T; in float, a run with a term that is not finite is evaluated in double.
-  auto terms = [&](int64_t m, const double* dm, const double* dp, double* c1, double* c2) -> double {
-    const double es = pair_math<T, KIND, HS, NORM, MODE>(p, m, dm, dp, c1, c2);
+  auto terms = [&](int64_t m, const double* dm, const double* dp, double* c1, double* c2, int64_t& close) {
+    const double es = pair_math<T, KIND, HS, NORM, MODE>(p, m, dm, dp, thr, c1, c2, close);
     if constexpr (!std::is_same_v<T, double>) {
       bool ok = std::isfinite(es);
       for (int64_t k = 0; k < m; ++k) ok = ok && std::isfinite(c1[k]) && (!HS || std::isfinite(c2[k]));
-      if (!ok) return pair_math<double, KIND, HS, NORM, MODE>(*r.pd, m, dm, dp, c1, c2);
+      if (!ok) return pair_math<double, KIND, HS, NORM, MODE>(*r.pd, m, dm, dp, thr, c1, c2, close);
     }
     return es;
   };
@@ -271,10 +328,13 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t m = j1 - j;
     const int64_t shift = diag ? 1 : 0;  // row i + 1 starts at column j + shift
     if (m - shift <= 0) break;
+    int64_t close;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0], close);
+    careful(i, j, m, close, d2m[0], d2p[0]);
     geometry<D, NORM, kBoth>(r, i + 1, j + shift, m - shift, d2m[1] + shift, d2p[1] + shift);
-    r.e[i + 1] += terms(m - shift, d2m[1] + shift, d2p[1] + shift, cm[1] + shift, cp[1] + shift);
+    r.e[i + 1] += terms(m - shift, d2m[1] + shift, d2p[1] + shift, cm[1] + shift, cp[1] + shift, close);
+    careful(i + 1, j + shift, m - shift, close, d2m[1] + shift, d2p[1] + shift);
     cm[1][0] = shift ? 0.0 : cm[1][0];
     cp[1][0] = shift ? 0.0 : cp[1][0];
     double gi[2][D], ki[2];
@@ -285,8 +345,10 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
     const int64_t j = diag ? i + 1 : j0;
     const int64_t m = j1 - j;
     if (m <= 0) continue;
+    int64_t close;
     geometry<D, NORM, kBoth>(r, i, j, m, d2m[0], d2p[0]);
-    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0]);
+    r.e[i] += terms(m, d2m[0], d2p[0], cm[0], cp[0], close);
+    careful(i, j, m, close, d2m[0], d2p[0]);
     double gi[1][D], ki[1];
     update<D, HS, NORM, 1>(r, i, j, m, cms, cps, gi, ki);
     finish(i, 1, gi, ki);
@@ -358,12 +420,23 @@ struct Work {
   double* k;        // [parts][B][n] (normalized float64) or nullptr
   double* e;        // [parts][B][n]
   int64_t B, D, n;
+  const double* w;  // [B][n][D]: float64 rows as given, for the careful path, or nullptr (no close-pair check)
+  const double* r;  // [B][n]: 1 / sqrt(|w_i|^2 + eps_norm)
+  double* rad;      // [parts][B][n] (with w)
   const Params<double>* pd;
 
   Rows rows(int64_t q, int64_t bb) const {
     const int64_t part_rows = q * B * n + bb * n;
-    return Rows{u + bb * D * n, a ? a + bb * n : nullptr, g + D * part_rows, k ? k + part_rows : nullptr,
-                e + part_rows, n, pd};
+    return Rows{u + bb * D * n,
+                a ? a + bb * n : nullptr,
+                g + D * part_rows,
+                k ? k + part_rows : nullptr,
+                e + part_rows,
+                n,
+                w ? w + bb * n * D : nullptr,
+                w ? r + bb * n : nullptr,
+                w ? rad + part_rows : nullptr,
+                pd};
   }
 };
 
@@ -466,9 +539,14 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   const Plan plan = make_plan(B, n);
   const int64_t parts = plan.parts();
   const bool split = normalize;  // the pass runs in double: normalized rows accumulate A and K
+  // float64 normalized rows: close pairs on the careful path (see the file's header)
+  const bool check = std::is_same_v<T, double> && normalize && g_close_pair_check.load();
   std::vector<double> g(parts * B * D * n, 0.0), kacc(split ? parts * B * n : 0, 0.0), e(parts * B * n, 0.0);
+  std::vector<double> rad(check ? parts * B * n : 0, 0.0);
+  const double* w64 = nullptr;
+  if constexpr (std::is_same_v<T, double>) w64 = wp;
   const Work wk{u.data(), normalize ? a.data() : nullptr, g.data(), split ? kacc.data() : nullptr, e.data(), B, D, n,
-                &pd};
+                check ? w64 : nullptr, st.data(), check ? rad.data() : nullptr, &pd};
   if (std::is_same_v<T, float> && normalize && (kind == kRiesz || kind == kLog) && s <= kFloatTermsMaxS) {
     const Params<float> pf{kind, static_cast<float>(s), static_cast<float>(t), static_cast<float>(eps_ang), half_space,
                            normalize};
@@ -484,6 +562,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
           const int64_t bb = r / n, i = r % n;
           for (int64_t d = 0; d < D; ++d) g[(bb * D + d) * n + i] += g[((q * B + bb) * D + d) * n + i];
           if (split) kacc[r] += kacc[q * B * n + r];
+          if (check) rad[r] += rad[q * B * n + r];
           e[r] += e[q * B * n + r];
         }
     });
@@ -508,7 +587,8 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
       }
       double ur[kSmallMaxD];
       for (int64_t d = 0; d < D; ++d) ur[d] = u[(bb * D + d) * n + i];
-      small_row_grad(normalize, wr, ur, normalize ? a[r] : 0.0, st[r], gr, split ? kacc[r] : 0.0, scale, k, D, out);
+      small_row_grad(normalize, wr, ur, normalize ? a[r] : 0.0, st[r], gr, split ? kacc[r] : 0.0,
+                     check ? rad[r] : 0.0, scale, k, D, out);
       for (int64_t d = 0; d < D; ++d) gp[r * D + d] = static_cast<T>(out[d]);
     }
   });
@@ -528,8 +608,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
 }  // namespace
 
 bool small_d_serves(const at::Tensor& w, int64_t kind) {
-  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && kind != kGaussian &&
-         w.scalar_type() != at::kDouble;
+  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && kind != kGaussian;
 }
 
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,

@@ -10,8 +10,8 @@ namespace hsu {
 
 constexpr int64_t kSmallMaxD = 4;
 
-// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the Gaussian, inputs
-// other than float64: see hsu_cpu_small.cpp).
+// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the Gaussian, every
+// floating dtype).
 bool small_d_serves(const at::Tensor& w, int64_t kind);
 
 // The op's self energy and gradient (same contract as hsu::energy_grad on CPU: E = scale * the sum); the

@@ -223,7 +223,7 @@ __global__ void small_finish_kernel(const SmallFinishArgs<T> f) {
   for (int64_t d = 0; d < f.D; ++d) u[d] = w[d] * rr;
   double ed = 0.0, k = 0.0;
   if (f.p.half_space) diag_term(f.p, f.p.normalize ? a : sq, ed, k);
-  small_row_grad(f.p.normalize, w, u, a, rr, A, K, f.scale, k * f.out_scale, f.D, out);
+  small_row_grad(f.p.normalize, w, u, a, rr, A, K, 0.0, f.scale, k * f.out_scale, f.D, out);
   for (int64_t d = 0; d < f.D; ++d) f.grad[r * f.D + d] = static_cast<T>(out[d]);
   f.e_row[r] = e;
   f.e_diag[r] = ed;
