@@ -179,24 +179,28 @@ inline bool is_close(double d2m, double d2p, double thr) {
 // Pair-math pass: the energy of m pairs (returned) and their coefficients cm[k], cp[k] (csrc/hsu_small_pair.h),
 // with phi and phi' in T (double: see the file's header), cm and cp apart for the A, K accumulators. Close
 // pairs (is_close with thr) get no energy and coefficients 0, and are counted in `close`.
-template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
+template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, bool CHECK>
 double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double thr, double* cm,
-                 double* cp, int64_t& close) {
+                 double* cp, int64_t& close, double& csum) {
   constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;  // whether d2p was computed
-  double esum = 0.0;
+  double esum = 0.0, cs = 0.0;
   int64_t nclose = 0;
-#pragma omp simd reduction(+ : esum, nclose)
+#pragma omp simd reduction(+ : esum, nclose, cs)
   for (int64_t k = 0; k < m; ++k) {
     T f, c, c2;
     small_pair<KIND, HS, NORM, MODE, T>(p.s, p.t, p.eps_ang, static_cast<T>(d2m[k]),
                                         static_cast<T>(kBoth ? d2p[k] : d2m[k]), f, c, c2);
-    const bool cl = is_close<KIND, HS>(d2m[k], kBoth ? d2p[k] : d2m[k], thr);
+    // the close-pair test only where a careful path exists (CHECK: float64 rows); without it the loop is
+    // the plain vectorized pair math
+    const bool cl = CHECK && is_close<KIND, HS>(d2m[k], kBoth ? d2p[k] : d2m[k], thr);
+    cs += static_cast<double>(c) + (HS ? static_cast<double>(c2) : 0.0);
     cm[k] = cl ? 0.0 : static_cast<double>(c);
     if constexpr (HS) cp[k] = cl ? 0.0 : static_cast<double>(c2);
     esum += cl ? 0.0 : static_cast<double>(f);
     nclose += cl ? 1 : 0;
   }
   close = nclose;
+  csum = cs;  // not finite if a coefficient is not (or their sum overflows)
   return esum;
 }
 
@@ -308,13 +312,16 @@ void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0,
   };
   // The pair terms of a run in T; in float, a run with a term that is not finite is evaluated in double.
   auto terms = [&](int64_t m, const double* dm, const double* dp, double* c1, double* c2, int64_t& close) {
-    const double es = pair_math<T, KIND, HS, NORM, MODE>(p, m, dm, dp, thr, c1, c2, close);
-    if constexpr (!std::is_same_v<T, double>) {
-      bool ok = std::isfinite(es);
-      for (int64_t k = 0; k < m; ++k) ok = ok && std::isfinite(c1[k]) && (!HS || std::isfinite(c2[k]));
-      if (!ok) return pair_math<double, KIND, HS, NORM, MODE>(*r.pd, m, dm, dp, thr, c1, c2, close);
+    double csum;
+    if constexpr (std::is_same_v<T, double>) {
+      if (thr > 0) return pair_math<double, KIND, HS, NORM, MODE, true>(p, m, dm, dp, thr, c1, c2, close, csum);
+      return pair_math<double, KIND, HS, NORM, MODE, false>(p, m, dm, dp, thr, c1, c2, close, csum);
+    } else {
+      // float rows have no careful path (thr = 0); a run whose float terms are not all finite: in double
+      const double es = pair_math<T, KIND, HS, NORM, MODE, false>(p, m, dm, dp, thr, c1, c2, close, csum);
+      if (std::isfinite(es) && std::isfinite(csum)) return es;
+      return pair_math<double, KIND, HS, NORM, MODE, false>(*r.pd, m, dm, dp, thr, c1, c2, close, csum);
     }
-    return es;
   };
   auto finish = [&](int64_t i, int R, const double (*gi)[D], const double* ki) {
     for (int q = 0; q < R; ++q) {
