@@ -11,9 +11,10 @@
 # Stages (each under a time limit, GPU_CHECK_LIMIT_<STAGE> seconds to change; the whole run stays within
 # GPU_CHECK_BUDGET, default 480 s, as far as the limits allow):
 #   info     date, commit, device, python / torch / triton / nvcc versions, nvidia-smi
-#   aot      (in the background) python -m hsu_kernels.triton._aot --fail-on-spill: registers, spills and
-#            occupancy of every Triton config for sm_90 and sm_80, failing on a spill (dry run: --quick, one
-#            config per kernel)
+#   aot      (in the background) python -m hsu_kernels.triton._aot: registers, spills and occupancy of every
+#            Triton config for sm_90 and sm_80 with the machine's own Triton, reported, not a failure (the spill
+#            gate is `make triton-aot-check`, with the Triton of make test's venv; triton 3.8.0 spills a few
+#            bytes in configs that 3.9.0 fits) (dry run: --quick, one config per kernel)
 #   build    FORCE_CUDA=1 python setup.py build_ext --inplace for the device's architecture (against the
 #            python's own torch, as `make test PYTHON=python3` builds), then the ops' CUDA kernels are
 #            registered (dry run: an extension already in place is kept, and checked)
@@ -140,9 +141,9 @@ note "info: ok"
 
 # ---- aot (background, started before the build so that its processes never import a half-written _C) -------
 if [ $DRY = 1 ]; then
-  AOT_ARGS=(--quick --jobs 1 --fail-on-spill)
+  AOT_ARGS=(--quick --jobs 1)
 else
-  AOT_ARGS=(--jobs "$CORES" --fail-on-spill)
+  AOT_ARGS=(--jobs "$CORES")
 fi
 run_stage aot "$(limit AOT 240)" "$LOGS/aot.log" "$PYTHON" -m hsu_kernels.triton._aot "${AOT_ARGS[@]}" \
   --out "$OUT/triton-ptxas.md" &

@@ -8,10 +8,14 @@ reference's own error. ``make test`` runs the ``ci`` profile (400 derandomized e
 each); ``HSU_HYPOTHESIS_PROFILE=long`` runs 10,000 (see README, "Precision").
 """
 
-from hypothesis import given
-from properties import check, oracle, problems, reference_holds
+import pytest
 
-import hsu_kernels as hk
+pytest.importorskip("hypothesis", reason="the property suite needs hypothesis (pip install hsu-kernels[test])")
+
+from hypothesis import given  # noqa: E402
+from properties import check, oracle, problems, reference_holds  # noqa: E402
+
+import hsu_kernels as hk  # noqa: E402
 
 BACKENDS = hk.available_backends("cpu")
 
