@@ -18,8 +18,8 @@ import hsu_kernels as H
 
 #: The package's backends in table order, then the rivals.
 HSU_BACKENDS = ("reference", "torch", "cpu", "triton", "cuda")
-#: The C++ CPU kernel with its close-pair check switched off (hsu_kernels._C._set_close_pair_check; Riesz
-#: only): beside "cpu", timed in turns with it on the same inputs, it shows what the check costs where no pair
+#: The C++ CPU kernel with its close-pair check switched off (hsu_kernels._C._set_close_pair_check, every
+#: kind): beside "cpu", timed in turns with it on the same inputs, it shows what the check costs where no pair
 #: is close (the results would be wrong where one is).
 VARIANTS = ("cpu-nocheck",)
 RIVALS = ("compile", "keops")

@@ -36,6 +36,18 @@ inline void check_cross(const at::Tensor& x, const at::Tensor& y, int64_t kind, 
                     "x and y must have the same batch size and D, got ", x.sizes(), " and ", y.sizes());
 }
 
+// Whether un-normalized float rows (float, half or bfloat16 inputs, computed in float) can have squared
+// norms or distances beyond float's range: 4 max|w|^2 (a bound on d2 and on the half-space sums) above
+// FLT_MAX / 16. Such a call runs in double and its results are rounded back: the energy may then be
+// +-inf, where its true value is beyond float, but the gradient is the true one wherever it fits (in float
+// the squared norms overflow, and inf - inf gives NaN). One reduction over the rows; NaN/Inf rows are left to
+// the finiteness check. Normalized rows are scale-free and rescaled where needed, double rows always fit.
+inline bool raw_rows_need_double(const at::Tensor& w, bool normalize) {
+  if (normalize || w.scalar_type() == at::kDouble || w.numel() == 0) return false;
+  const double top = w.abs().amax().item<double>();
+  return std::isfinite(top) && top * top * static_cast<double>(w.size(-1)) > 0x1p122;
+}
+
 template <typename T>
 Params<T> make_params(int64_t kind, double s, double t, double eps_ang, bool half_space, bool normalize) {
   return Params<T>{kind, static_cast<T>(s), static_cast<T>(t), static_cast<T>(eps_ang), half_space, normalize};

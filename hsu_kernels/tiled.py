@@ -47,6 +47,13 @@ CLOSE_F32 = 2.0**-4
 CLOSE_F64_OF_F32 = 2.0**-20
 CLOSE_F64 = 2.0**-10
 
+#: Un-normalized float rows with ``max|w|^2 * D`` above this (so that a squared distance, up to
+#: ``4 max|w|^2``, may pass float32's largest / 16) are computed in float64 by every float32 backend and the
+#: results rounded back: in float32 their squared norms overflow and ``inf - inf`` gives NaN. The energy may
+#: then be ``+-inf`` where its true value is beyond float32; the gradient is the true one wherever it fits.
+#: (``raw_rows_need_double`` in csrc/hsu_checks.h, the same bound for the C++ and CUDA kernels.)
+RAW_WIDE_BOUND = 2.0**122
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in: float32 for half inputs, else the input's own."""
@@ -492,9 +499,22 @@ def _geo(x: torch.Tensor) -> torch.dtype:
     return _wide(x.device) if x.shape[-1] <= PRECISE_MAX_D or x.dtype == torch.float64 else x.dtype
 
 
+def raw_rows_need_wide(w: torch.Tensor, p: EnergyParams) -> bool:
+    """Whether un-normalized float rows ``w`` have squared norms or distances beyond float32 (see
+    ``RAW_WIDE_BOUND``) and the call is computed in float64 (where the device has it). One reduction over
+    ``w`` (a host sync on a GPU, for un-normalized rows only); NaN/Inf rows are left to the input checks."""
+    if p.normalize or w.dtype == torch.float64 or w.numel() == 0 or _wide(w.device) != torch.float64:
+        return False
+    top = float(w.detach().abs().amax())
+    return math.isfinite(top) and top * top * w.shape[-1] > RAW_WIDE_BOUND
+
+
 def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, scale: float = 1.0):
     """``E = scale * sum_{i<j} psi(w_i, w_j)`` per batch entry and its gradient, in one pass over row
     blocks (Gaussian kind: ``E = log(scale * sum exp(-t d2))``)."""
+    if raw_rows_need_wide(w, p):
+        e, g = energy_grad(w.to(torch.float64), p, block, scale)
+        return e.to(acc_dtype(w.dtype)), g.to(w.dtype)
     x = w.to(acc_dtype(w.dtype))
     geo = _geo(x)
     rows = _Rows(x, p, geo)
@@ -530,6 +550,10 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     Two passes (rows of x against y, then rows of y against x), so each gradient is a plain per-row
     accumulation; the second pass repeats the transcendentals, which keeps both deterministic.
     """
+    if raw_rows_need_wide(x, p) or raw_rows_need_wide(y, p):
+        e, gx, gy = cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p, block, scale)
+        out = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+        return e.to(out), gx.to(x.dtype), gy.to(y.dtype)
     xa, ya = x.to(acc_dtype(x.dtype)), y.to(acc_dtype(y.dtype))
     geo = _geo(xa)
     rx, ry = _Rows(xa, p, geo), _Rows(ya, p, geo)

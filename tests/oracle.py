@@ -134,8 +134,12 @@ def truth64(pb: Problem) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def truth_mp(pb: Problem, dps: int = 50) -> Tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`truth64`, in mpmath (for float64 inputs)."""
-    import mpmath
+    """As :func:`truth64`, in mpmath (for float64 inputs); the calling test is skipped, with the reason,
+    where mpmath is not installed (torch's pip install brings it, through sympy; another torch build may
+    not)."""
+    import pytest
+
+    mpmath = pytest.importorskip("mpmath", reason="the float64 oracle needs mpmath (pip install mpmath)")
 
     mp = mpmath.mp
     with mpmath.workdps(dps):
@@ -295,6 +299,33 @@ def _derivs(pb: Problem, omg, opg, d2):
     return pb.t * d2, torch.full_like(d2, pb.t), torch.zeros_like(d2)
 
 
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms of the last axis without overflow or underflow in the squares (a row of entries
+    ~1e170 has a finite norm; ``Tensor.norm`` squares first and gives inf): each row divided by its largest
+    magnitude first. Rows with an inf entry get inf, rows with a NaN get NaN."""
+    top = x.abs().amax(-1, keepdim=True)
+    safe = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
+    out = (x / safe).norm(dim=-1) * safe[..., 0]
+    out = torch.where(torch.isinf(top[..., 0]), top[..., 0], out)
+    return torch.where(torch.isnan(x).any(-1), torch.full_like(out, math.nan), out)
+
+
+def overflowing_rows(pb: Problem) -> torch.Tensor:
+    """``[B, N]``: the rows in a pair whose own term is beyond float64 (so the energy is +inf), from the
+    float64 geometry. Their gradients go through a derivative beyond float64 too and are NaN on every
+    backend, whatever their true value (README, "Precision": infinite true values)."""
+    if pb.log_form:
+        return torch.zeros(pb.w.shape[:2], dtype=torch.bool)
+    p = _points(pb.w.double(), pb.half_space)
+    a, b = _geometry64(pb, p)
+    terms = _phi(pb, a, a, b)
+    m = p.shape[1]
+    off = ~torch.eye(m, dtype=torch.bool)[None]
+    hit = (torch.isinf(terms) & (terms > 0) & off).any(-1)
+    n = pb.w.shape[1]
+    return hit[:, :n] | hit[:, n:] if pb.half_space else hit
+
+
 def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: torch.dtype):
     """The allowed error of the energy (``[B]``, absolute) and of every gradient row (``[B, N]``, the
     Euclidean norm of the row's error) of a backend computing in ``dtype`` (see the module docstring; every
@@ -369,7 +400,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     n = pb.w.shape[1]
     if pb.half_space:
         g_bar = g_bar[:, :n] + g_bar[:, n:]
-    rows = g_true.norm(dim=-1)
+    rows = row_norms(g_true)
     top = torch.where(torch.isfinite(rows), rows, 0.0).amax(-1, keepdim=True)
     peak = float(torch.where(off & torch.isfinite(d1), d1, 0.0).max())
     # the output's own dtype: nothing below its smallest normal number is resolved

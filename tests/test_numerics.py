@@ -129,6 +129,38 @@ def test_float32_rows_whose_square_overflows(backend, d, norm):
     _check(backend, Problem(w, "riesz", 1.0), 2e-6, 2e-5, f"norm {norm:g} D={d}")
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("d", [3, 40])
+@pytest.mark.parametrize("norm", [1.5e20, 1e25])
+def test_unnormalized_float32_rows_beyond_float32_distances(backend, d, norm):
+    """Un-normalized float32 rows of norm 1e20 and more: their squared distances pass float32's range
+    (the C++ kernel and Triton gave NaN gradients for the uniformity loss). The uniformity loss itself is
+    then beyond float32 (-inf, the rounding of its true value), its gradient finite and the true one; the
+    raw Riesz and log energies fit float32 and are accurate; the cross energy too. (The reference computes
+    in the input's dtype and is not held here.)"""
+    w = (rand_rows(1, 7, d, seed=d) * norm).float()
+    pb = Problem(w, "gaussian", t=2.0, normalize=False)
+    e_true, g_true = truth64(pb)
+    e, g = energy_and_grad(lambda z: hk.uniformity_loss(z, t=2.0, backend=backend), w)
+    assert float(e_true.max()) < -torch.finfo(torch.float32).max and float(e.max()) == -math.inf
+    assert torch.isfinite(g).all() and rel_err(g, g_true) <= 1e-6, f"uniformity gradient {rel_err(g, g_true):.3g}"
+    for kind, s in (("riesz", 1.0), ("log", 0.0)):
+        pb = Problem(w, kind, s, normalize=False)
+        e_true, g_true = truth64(pb)
+        e, g = _call(backend, pb)
+        assert rel_err(e, e_true) <= 1e-6, f"{kind}: energy {e.tolist()} vs {e_true.tolist()}"
+        if kind == "log":  # Riesz gradients (~1e-41 at norm 1e20) are below float32's normal range
+            assert rel_err(g, g_true) <= 1e-6, f"{kind}: gradient error {rel_err(g, g_true):.3g}"
+    x, y = w[0, :4], w[0, 4:]
+    xd, yd = x.double().requires_grad_(True), y.double().requires_grad_(True)
+    e_true = hk.cross_energy(xd, yd, kind="log", normalize=False, backend="reference")
+    e_true.backward()
+    xf, yf = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    e = hk.cross_energy(xf, yf, kind="log", normalize=False, backend=backend)
+    e.backward()
+    assert rel_err(e, e_true) <= 1e-6 and rel_err(xf.grad, xd.grad) <= 1e-6 and rel_err(yf.grad, yd.grad) <= 1e-6
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,norm", [(torch.float32, 1e-30), (torch.float32, 1e-40), (torch.float64, 1e-200)])
 def test_eps_norm_zero_tiny_rows(backend, dtype, norm):

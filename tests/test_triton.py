@@ -724,6 +724,7 @@ ISSUE13_CASES = (
     + [("uniformity_of_unnormalized_float32_features", (sc,)) for sc in (1.0, 10.0, 100.0, 1e3)]
     + [("uniformity_gradient_of_collapsed_features", ())]
     + [("rows_whose_square_overflows", (d, nm)) for d in (5, 40) for nm in (1e20, 1e30)]
+    + [("unnormalized_float32_rows_beyond_float32_distances", (d, nm)) for d in (3, 40) for nm in (1.5e20, 1e25)]
     + [("angular_s50_float32", ()), ("coincident_rows_normalize_false", ())]
 )
 

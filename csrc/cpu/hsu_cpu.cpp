@@ -1075,6 +1075,10 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
                                                    double scale) {
   check_common(w_in, "w", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
+  if (raw_rows_need_double(w_in, normalize)) {
+    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
+  }
   if (small_d_serves(w_in, kind))  // points on a circle or a low-dimensional sphere: csrc/cpu/hsu_cpu_small.cpp
     return energy_grad_small_cpu(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
   const at::Tensor w = w_in.to(out_dtype(w_in)).contiguous();
@@ -1130,7 +1134,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
                                                                      double eps_norm, double eps_ang,
                                                                      bool half_space, bool normalize, double scale) {
   check_cross(x_in, y_in, kind, s, t, eps_norm, eps_ang, normalize, scale);
-  const auto dt =
+  const bool wide = raw_rows_need_double(x_in, normalize) || raw_rows_need_double(y_in, normalize);
+  const auto dt = (wide || x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble
+                                                                                                     : at::kFloat;
+  const auto out_dt =
       (x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
   const at::Tensor x = x_in.to(dt).contiguous();
   const at::Tensor y = y_in.to(dt).contiguous();
@@ -1172,7 +1179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
     gx = bx.grad;
     gy = by.grad;
   });
-  return {energy.to(dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+  return {energy.to(out_dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
 }
 
 }  // namespace

@@ -499,6 +499,9 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = Non
     check_input(w, "w")
     if w.dim() != 3:
         raise ValueError(f"w must be [B, N, D], got shape {tuple(w.shape)}")
+    if tiled.raw_rows_need_wide(w, p):  # squared distances beyond float32: the tiled path in float64
+        e, g = tiled.energy_grad(w.to(torch.float64), p)
+        return e.to(torch.float32), g.to(w.dtype)
     bsz, n, d = w.shape
     x = w.contiguous()
     lay = _Layout([n] * bsz, [n] * bsz, [d] * bsz, x.device, uniform=True)
@@ -528,6 +531,9 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
         raise ValueError(f"x and y must be [B, Nx, D] and [B, Ny, D], got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
+    if tiled.raw_rows_need_wide(x, p) or tiled.raw_rows_need_wide(y, p):  # as in energy_grad
+        e, gx, gy = tiled.cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p)
+        return e.to(torch.float32), gx.to(x.dtype), gy.to(y.dtype)
     bsz, nx, d = x.shape
     ny = y.shape[1]
     xc, yc = x.contiguous(), y.contiguous()
@@ -545,10 +551,13 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
     return _segment_sums(ex, lay_x).to(torch.float32), gx.view(x.shape), gy.view(y.shape)
 
 
-def _groups(ws: Sequence[torch.Tensor]) -> List[List[int]]:
-    """Matrices that share a launch: same dtype and same strategy (fused: same padded D)."""
+def _groups(ws: Sequence[torch.Tensor], skip: Sequence[int] = ()) -> List[List[int]]:
+    """Matrices that share a launch (but those in ``skip``): same dtype and same strategy (fused: same
+    padded D)."""
     groups = {}
     for k, w in enumerate(ws):
+        if k in skip:
+            continue
         d = w.shape[1]
         tag = max(16, triton.next_power_of_2(d)) if d <= FUSED_MAX_D else "strip"
         groups.setdefault((w.dtype, tag), []).append(k)
@@ -568,7 +577,11 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
             raise ValueError(f"ws[{k}] must be [N, D], got shape {tuple(w.shape)}")
     energies = torch.empty(len(ws), dtype=torch.float64, device=ws[0].device)
     grads: List[Optional[torch.Tensor]] = [None] * len(ws)
-    for grp in _groups(ws):
+    wide = [k for k, w in enumerate(ws) if tiled.raw_rows_need_wide(w, p)]
+    for k in wide:  # squared distances beyond float32: the tiled path in float64, as in energy_grad
+        e, g = tiled.energy_grad(ws[k][None].to(torch.float64), p)
+        energies[k], grads[k] = e[0], g[0].to(ws[k].dtype)
+    for grp in _groups(ws, wide):
         flat = torch.cat([ws[k].reshape(-1) for k in grp])
         ns = [ws[k].shape[0] for k in grp]
         ds = [ws[k].shape[1] for k in grp]
