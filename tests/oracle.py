@@ -382,6 +382,10 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     # kind), plus phi'' times the float64 floor only where that floor is not 0
     d2_eta = (d2_ * var).where(torch.isfinite(d2_), d1 * 8 * (1 + pb.s)) * rel + torch.where(
         floor_g > 0, d2_ * floor_g, 0.0)
+    # the derivative's own rounding: the angular kind's a = theta/pi + eps_ang, rounded to ~1 ulp (not a
+    # rounding of the pair's variable, which eta covers), enters a^(-s-1) s + 1 times (as a^(-s), with its
+    # (1 + s) above, enters the energy)
+    d1_round = pb.s + 2 if pb.normalize and pb.kind == "angular" else 1.0
     if pb.log_form:
         terms = _phi(pb, d2 if not pb.normalize else omg, omg if pb.normalize else None,
                      opg if pb.normalize else None)
@@ -395,7 +399,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     else:
         sc = pb.scale()
         e_bar = sc * ((d1 * eta + K * eps * f).where(off, 0).sum((-1, -2)) / 2)
-        row = ((d2_eta + K * eps * d1) * grad_norm + d1 * floor).where(off, 0)
+        row = ((d2_eta + K * eps * d1_round * d1) * grad_norm + d1 * floor).where(off, 0)
         g_bar = sc * row.sum(-1)
     n = pb.w.shape[1]
     if pb.half_space:

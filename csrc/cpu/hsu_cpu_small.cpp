@@ -193,14 +193,15 @@ double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double*
     // the close-pair test only where a careful path exists (CHECK: float64 rows); without it the loop is
     // the plain vectorized pair math
     const bool cl = CHECK && is_close<KIND, HS>(d2m[k], kBoth ? d2p[k] : d2m[k], thr);
-    cs += static_cast<double>(c) + (HS ? static_cast<double>(c2) : 0.0);
+    // the coefficients' sum: read only after float terms (their finiteness), so not formed for double ones
+    if constexpr (!std::is_same_v<T, double>) cs += static_cast<double>(c) + (HS ? static_cast<double>(c2) : 0.0);
     cm[k] = cl ? 0.0 : static_cast<double>(c);
     if constexpr (HS) cp[k] = cl ? 0.0 : static_cast<double>(c2);
     esum += cl ? 0.0 : static_cast<double>(f);
     nclose += cl ? 1 : 0;
   }
   close = nclose;
-  csum = cs;  // not finite if a coefficient is not (or their sum overflows)
+  csum = cs;  // float terms: not finite if a coefficient is not (or their sum overflows); double terms: 0
   return esum;
 }
 
