@@ -13,7 +13,8 @@ every pair from coordinate differences, never from a dot product:
 
 The error model (:func:`error_bars`): a backend's result may differ from the truth by what rounding every
 pair's cosine by ``eta = K (eps (sqrt(D) + 2) (1 - |g|) + eps64 |delta|)`` would change (for normalize=False:
-every pair's squared distance by ``K eps (sqrt(D) + 2) d2``), plus ``K eps`` relative of every term, through
+every pair's squared distance by ``K eps (sqrt(D) + 2) d2``, and by ``K eps64 (sqrt(D) + 2) (|x_i|^2 + |x_j|^2)``
+where it is above the float64 threshold, expanded from a product), plus ``K eps`` relative of every term, through
 the first and second derivatives of the per-pair term. It is relative to the true value pair by pair: a
 duplicate pair whose ``2 - 2g`` were formed from a rounded dot product would miss it by orders of magnitude,
 and it does not borrow any slack from the float32 reference's own error.
@@ -372,7 +373,11 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         d2 = _geometry64(pb, p)[0]
         rel = K * eps * root
         floor_g = torch.zeros_like(d2)
-        eta = rel * d2
+        # a pair whose d2 is at least the float64 threshold times |x_i|^2 + |x_j|^2 may take the fast path:
+        # d2 expanded from a float64 product, ~sqrt(D) ulp of |x_i|^2 + |x_j|^2 whatever d2 is
+        q = (p * p).sum(-1)
+        qq = q[:, :, None] + q[:, None]
+        eta = rel * d2 + torch.where(d2 >= CLOSE_F64 * (1 - 1e-6) * qq, K * EPS64 * root * qq, 0.0)
         grad_norm = 2 * (p[:, :, None] - p[:, None]).norm(dim=-1)
         floor = torch.zeros_like(d2)
         f, d1, d2_ = _derivs(pb, None, None, d2)
@@ -394,7 +399,8 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         wts = torch.exp(terms - lz[:, None, None])
         dl = (wts * d1 * eta).sum((-1, -2)) / 2  # the log-sum's error from every pair's variable
         e_bar = dl + K * eps * (1 + e_true.abs())
-        row = (wts * ((d1 * eta + dl[:, None, None] * d1 + K * eps * d1) * grad_norm + d1 * floor)).where(off, 0)
+        # a weight's error w (dx + dL), dx = d1 eta the error of its log term, times the term's gradient d1 v
+        row = (wts * (((d1 * eta + dl[:, None, None]) * d1 + K * eps * d1) * grad_norm + d1 * floor)).where(off, 0)
         g_bar = row.sum(-1)
     else:
         sc = pb.scale()
