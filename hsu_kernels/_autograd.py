@@ -11,8 +11,9 @@ solver's N = 100.)
 
 Every pass takes the output ``scale`` (1, or ``1/pairs`` for a mean): the energy is ``scale * sum`` over
 pairs, and for the Gaussian kind the log-sum ``log(scale * sum exp(-t d2))`` (docs/spec.md §4), with the
-gradient of that. The Triton backend computes plain sums (the Gaussian kind: log-sums, by an online
-log-sum-exp); its operators apply the scale in Python.
+gradient of that. The Triton backend applies it per row after its pass (a row whose plain sum overflows
+float32 is recomputed, scaled, on the host: see ``triton.launch.row_pass``); its ragged batch
+(``energy_many``) returns plain sums, scaled in Python.
 
 First derivatives: the forward pass returns the gradient with the energy; the backward scales it by
 ``grad_output``.
@@ -64,14 +65,6 @@ def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half
     return EnergyParams(KINDS[kind], s, t, eps_norm, eps_ang, half_space, normalize)
 
 
-def _scaled(e: torch.Tensor, grads, p: EnergyParams, scale: float):
-    """A sum ``E`` and its gradients (the Triton backend's outputs) as the ops return them: ``scale * E``, or for
-    the Gaussian kind, whose ``E`` is already the log-sum ``log sum exp(-t d2)``, ``E + log(scale)``."""
-    if p.kind == "gaussian":
-        return e + math.log(scale), list(grads)
-    return scale * e, [scale * g for g in grads]
-
-
 # ---- opaque operators of the Python backends (the C++ op is defined in csrc/hsu_ops.cpp) ----------------
 # Their inputs are checked by the public functions (``check_matrix``), which under torch.compile put the
 # NaN/Inf check into the graph as an assert.
@@ -115,9 +108,7 @@ def triton_energy_grad(w: torch.Tensor, kind: int, s: float, t: float, eps_norm:
                        precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton pass as one operator: ``(E: float32 [B], G: [B, N, D])``."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
-    e, g = _triton().energy_grad(w, p, precision=precision)
-    e, (g,) = _scaled(e, [g], p, scale)
-    return e, g
+    return _triton().energy_grad(w, p, precision=precision, scale=scale)
 
 
 @triton_energy_grad.register_fake
@@ -131,9 +122,7 @@ def triton_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, kind: int, s: flo
                              precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton cross pass as one operator: ``(E: float32 [B], Gx, Gy)``."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
-    e, gx, gy = _triton().cross_energy_grad(x, y, p, precision=precision)
-    e, (gx, gy) = _scaled(e, [gx, gy], p, scale)
-    return e, gx, gy
+    return _triton().cross_energy_grad(x, y, p, precision=precision, scale=scale)
 
 
 @triton_cross_energy_grad.register_fake

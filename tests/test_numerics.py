@@ -192,6 +192,51 @@ def test_angular_s50_float32(backend):
     _check(backend, pb, 2e-5, 2e-4, "angular s=50")
 
 
+def _near_pair_case(case: str) -> Problem:
+    """19 float32 rows (171 pairs) with one near pair: "energy" (raw Riesz s = 5.5, a gap of 5e-8 at norm
+    ~0.1: its term ~1e40, beyond float32, the mean 8e37), "grad" (gap 1.3e-6 at norm ~1: the pair's gradient
+    ~1e39, the mean's 5e36), "norm" (normalized Riesz s = 10 at norm 1e8: the term ~2e39, the mean 1e37)."""
+    w = rand_rows(1, 19, 3, seed=5)
+    if case == "norm":
+        w = 1e8 * torch.nn.functional.normalize(w, dim=-1)
+        w[0, 7] = 2 * w[0, 3]
+        w[0, 7, 0] += 2.4e4
+        return Problem(w.float(), "riesz", 10.0)
+    w = 0.1 * w if case == "energy" else w
+    w[0, 7] = w[0, 3]
+    w[0, 7, 0] += 5e-8 if case == "energy" else 1.3e-6
+    return Problem(w.float(), "riesz", 5.5, normalize=False)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("case", ["energy", "grad", "norm"])
+def test_mean_of_float32_sums_beyond_float32(backend, case):
+    """A mean (or its gradient) whose plain sum leaves float32 while it fits: the kernels apply the mean's
+    scale inside their pass (Triton summed first and gave inf). Gradient rows whose true value is beyond
+    float32 must be +-inf there, never NaN. The cross energy too (the same near pair across the sets)."""
+    pb = _near_pair_case(case)
+    big = torch.finfo(torch.float32).max
+    e_true, g_true = truth64(pb)
+    assert float(e_true) < big and (float(e_true) * pb.pairs() > big or float(g_true.abs().max()) * pb.pairs() > big)
+    e, g = _call(backend, pb)
+    assert rel_err(e, e_true) <= 2e-5, f"{case}: energy {e.tolist()} vs {e_true.tolist()}"
+    fits = (g_true.abs() < big / 2).all(-1)
+    assert not torch.isnan(g).any() and torch.isinf(g[~fits]).any(-1).all(), f"{case}: gradient beyond float32"
+    assert rel_err(g[fits], g_true[fits]) <= 2e-4, f"{case}: gradient error {rel_err(g[fits], g_true[fits]):.3g}"
+    x, y = pb.w[0, :5], pb.w[0, 5:]  # rows 3 and 7 in different sets
+    kw = dict(kind="riesz", s=pb.s, normalize=pb.normalize, reduction="mean")
+    xd, yd = x.double().requires_grad_(True), y.double().requires_grad_(True)
+    e_true = hk.cross_energy(xd, yd, backend="reference", **kw)
+    e_true.backward()
+    xf, yf = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    e = hk.cross_energy(xf, yf, backend=backend, **kw)
+    e.backward()
+    assert rel_err(e, e_true) <= 2e-5, f"cross {case}: energy {float(e)} vs {float(e_true)}"
+    for got, want in ((xf.grad, xd.grad), (yf.grad, yd.grad)):
+        ok = (want.abs() < big / 2).all(-1)
+        assert not torch.isnan(got).any() and rel_err(got[ok], want[ok]) <= 2e-4, f"cross {case}: gradient"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coincident_rows_normalize_false(backend):
     """normalize=False with coincident rows (and eps_norm=0 duplicates): the same on every backend. Riesz

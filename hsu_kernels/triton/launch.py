@@ -351,14 +351,15 @@ def _safe_rows(x: torch.Tensor, lay: _Layout, p: EnergyParams):
 
 
 def _fix_rows(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool, rows: torch.Tensor,
-              e: torch.Tensor, g: torch.Tensor) -> None:
-    """Recomputes rows ``rows`` (indices into the per-row outputs) of ``e`` and ``g`` as :func:`run` defines
-    them, in float64 from the original rows, in place: every pair of those rows on the torch backend's path
-    (``tiled.row_pass``: float64 cosines, close pairs from coordinate differences, scale-safe statistics),
-    in blocks of :data:`FIX_BLOCK` rows (``O(block * N)`` memory), one matrix at a time."""
+              e: torch.Tensor, g: torch.Tensor, cs: float = 1.0) -> None:
+    """Recomputes rows ``rows`` (indices into the per-row outputs) of ``e`` and ``g`` as :func:`row_pass`
+    defines them (times ``cs``, but the Gaussian kind), in float64 from the original rows, in place: every
+    pair of those rows on the torch backend's path (``tiled.row_pass``: float64 cosines, close pairs from
+    coordinate differences, scale-safe statistics), in blocks of :data:`FIX_BLOCK` rows (``O(block * N)``
+    memory), one matrix at a time."""
     gauss = p.kind == "gaussian"
-    pair_scale = 1.0 if (p.half_space or not self_mode) else 0.5
-    grad_scale = 2.0 * pair_scale if self_mode else 1.0
+    pair_scale = (1.0 if (p.half_space or not self_mode) else 0.5) * cs
+    grad_scale = (2.0 if self_mode else 1.0) * pair_scale
     starts = torch.tensor(lay.xrow, device=rows.device)
     mats = torch.searchsorted(starts, rows, right=True) - 1
     tau = tiled.CLOSE_F64_OF_F32
@@ -376,42 +377,55 @@ def _fix_rows(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, s
             e_row = m + torch.log(sm)
             grad = tiled.row_grad(xi, a, b, torch.where(sm > 0, grad_scale / sm, 0.0), p)
         else:
-            es, a, b, _ = tiled.row_pass(xi, yj, p, self_mode, FIX_BLOCK, 1.0, tau, row_ids=ids)
-            e_row = pair_scale * es
-            grad = tiled.row_grad(xi, a, b, grad_scale, p)
+            es, a, b, _ = tiled.row_pass(xi, yj, p, self_mode, FIX_BLOCK, cs, tau, row_ids=ids)
+            e_row = pair_scale * es  # the pass's energies are plain sums, its coefficients carry cs already
+            grad = tiled.row_grad(xi, a, b, grad_scale / cs, p)
             if self_mode and p.half_space:
                 ed, vd = tiled.diag_terms(xi, p)
-                e_row, grad = e_row + ed, grad + vd
+                e_row, grad = e_row + cs * ed, grad + cs * vd
         e[sel] = e_row[0].to(e.dtype)
         elems = lay.xoff[k] + local[:, None] * d + torch.arange(d, device=rows.device)[None, :]
         g.view(-1)[elems.reshape(-1)] = grad[0].reshape(-1).to(g.dtype)
 
 
 def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mode: bool,
-             precision: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+             precision: Optional[str] = None, cs: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`run` with the numerics of docs/spec.md §5 (issue 13): normalized rows enter the kernels rescaled
     by powers of two (:func:`_safe_rows`), and the rows the kernels flag (a close or non-finite pair) or
     that the rescaling could not make safe are recomputed by :func:`_fix_rows`. On well-spread rows of
     ordinary scale the cost over :func:`run` is one elementwise pass over the rows and one host sync (the
     ``any`` of the per-row flags).
 
+    ``cs`` (the part of a mean's ``1/pairs`` applied per row, ``tiled._coef_scale``; not for the Gaussian
+    kind) multiplies ``e`` and ``g``: the kernels' rows are scaled after the pass, and a row whose unscaled sum
+    overflows float32 is flagged and recomputed scaled, so a mean whose sum would overflow float32 fits.
+
     Returns:
-        ``(e, g)`` as :func:`run` defines them.
+        ``(e, g)`` as :func:`run` defines them, times ``cs``.
     """
+    if p.kind == "gaussian":
+        cs = 1.0
     xs, fac, bad = _safe_rows(x, lay, p)
     if y is x:
         ys = xs
     else:
         ys = _safe_rows(y, _Layout(lay.ny, lay.nx, lay.d, y.device, uniform=lay.uniform), p)[0]
     e, g, f = run(xs, ys, lay, p, self_mode, precision)
-    if fac is not None:
-        g = _by_row(g, lay, fac).to(g.dtype)
-    redo = (f > 0) | ~_rows_finite(g, lay)
+    redo = (f > 0) | ~_rows_finite(g, lay)  # before any scaling: an unscaled row that overflows is redone
+    if fac is not None or cs != 1.0:
+        g = _by_row(g, lay, cs * fac if fac is not None else torch.full_like(e, cs)).to(g.dtype)
+    if cs != 1.0:
+        e = e * cs
     if bad is not None:
         redo = redo | bad
     if bool(redo.any()):  # the one host sync of a pass
-        _fix_rows(x, y, lay, p, self_mode, redo.nonzero().view(-1), e, g)
+        _fix_rows(x, y, lay, p, self_mode, redo.nonzero().view(-1), e, g, cs)
     return e, g
+
+
+def _rest_of_scale(g: torch.Tensor, rest: float) -> torch.Tensor:
+    """``g`` times the part of a scale not applied in the pass (1 but for scales outside ``[2^-40, 1]``)."""
+    return g if rest == 1.0 else (g.to(torch.float32) * rest).to(g.dtype)
 
 
 def _segment_lse(v: torch.Tensor, lay: _Layout) -> torch.Tensor:
@@ -484,47 +498,58 @@ def _segment_sums(e: torch.Tensor, lay: _Layout) -> torch.Tensor:
     return cs[ends] - cs[starts]
 
 
-def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = None):
-    """``E = sum_{i<j} psi(w_i, w_j)`` of every matrix of a batch and ``dE/dw``, in one fused pass.
+def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = None, scale: float = 1.0):
+    """``E = scale * sum_{i<j} psi(w_i, w_j)`` of every matrix of a batch and ``dE/dw``, in one fused pass.
 
     Args:
         w: ``Tensor[B, N, D]``, float32/bfloat16/float16, on CUDA (or CPU under ``TRITON_INTERPRET=1``).
         p: the energy (every kind, half-space with its diagonal pairs ``(w_i, -w_i)``, normalize on/off).
         precision: ``"ieee"``, ``"tf32"`` or None (the default of the module docstring); float32 only.
+        scale: a finite factor > 0, applied inside the pass (``1/pairs`` for a mean: a mean whose sum would
+            overflow float32 is still computed); the Gaussian kind: ``E = log(scale * sum exp(-t d2))``.
 
     Returns:
-        ``(E, G)``: ``E`` float32 ``Tensor[B]`` (the sum over unordered pairs; the Gaussian kind: the log-sum
-        ``log sum_{i<j} exp(-t d2_ij)``, docs/spec.md §4), ``G = dE/dw`` with ``w``'s shape and dtype.
+        ``(E, G)``: ``E`` float32 ``Tensor[B]`` (the scaled sum over unordered pairs; the Gaussian kind: the
+        log-sum ``log(scale * sum_{i<j} exp(-t d2_ij))``, docs/spec.md §4), ``G = dE/dw`` with ``w``'s shape
+        and dtype.
     """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
     check_input(w, "w")
     if w.dim() != 3:
         raise ValueError(f"w must be [B, N, D], got shape {tuple(w.shape)}")
     if tiled.raw_rows_need_wide(w, p):  # squared distances beyond float32: the tiled path in float64
-        e, g = tiled.energy_grad(w.to(torch.float64), p)
+        e, g = tiled.energy_grad(w.to(torch.float64), p, scale=scale)
         return e.to(torch.float32), g.to(w.dtype)
     bsz, n, d = w.shape
     x = w.contiguous()
     lay = _Layout([n] * bsz, [n] * bsz, [d] * bsz, x.device, uniform=True)
-    e, g = row_pass(x.view(-1), x.view(-1), lay, p, True, precision)
     if p.kind == "gaussian":
+        e, g = row_pass(x.view(-1), x.view(-1), lay, p, True, precision)
         big_l, g = _gauss_self(x.view(-1), lay, p, e, g)
-        return big_l.to(torch.float32), g.view(x.shape)
-    return _segment_sums(e, lay).to(torch.float32), g.view(x.shape)
+        return (big_l + math.log(scale)).to(torch.float32), g.view(x.shape)
+    cs = tiled._coef_scale(scale)
+    e, g = row_pass(x.view(-1), x.view(-1), lay, p, True, precision, cs)
+    return (_segment_sums(e, lay) * (scale / cs)).to(torch.float32), _rest_of_scale(g, scale / cs).view(x.shape)
 
 
-def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str] = None):
-    """``E = sum_i sum_j psi(x_i, y_j)`` (all pairs) and its gradients, by two passes of the same kernel
-    (rows of x against y, rows of y against x), so each gradient is a per-row accumulation (no atomics).
+def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str] = None,
+                      scale: float = 1.0):
+    """``E = scale * sum_i sum_j psi(x_i, y_j)`` (all pairs) and its gradients, by two passes of the same
+    kernel (rows of x against y, rows of y against x), so each gradient is a per-row accumulation (no atomics).
 
     Args:
         x: ``Tensor[B, Nx, D]``; y: ``Tensor[B, Ny, D]`` of the same dtype and device.
         p: the energy (``half_space`` adds ``phi(-g)``).
         precision: as in :func:`energy_grad`.
+        scale: as in :func:`energy_grad`.
 
     Returns:
-        ``(E, Gx, Gy)``: float32 ``Tensor[B]`` (Gaussian: the log-sum) and the gradients in the inputs'
-        shapes and dtype.
+        ``(E, Gx, Gy)``: float32 ``Tensor[B]`` (Gaussian: the log-sum ``log(scale * sum exp)``) and the
+        gradients in the inputs' shapes and dtype.
     """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
     check_input(x, "x")
     check_input(y, "y")
     if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
@@ -532,23 +557,26 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
     if tiled.raw_rows_need_wide(x, p) or tiled.raw_rows_need_wide(y, p):  # as in energy_grad
-        e, gx, gy = tiled.cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p)
+        e, gx, gy = tiled.cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p, scale=scale)
         return e.to(torch.float32), gx.to(x.dtype), gy.to(y.dtype)
     bsz, nx, d = x.shape
     ny = y.shape[1]
     xc, yc = x.contiguous(), y.contiguous()
     lay_x = _Layout([nx] * bsz, [ny] * bsz, [d] * bsz, x.device, uniform=True)
     lay_y = _Layout([ny] * bsz, [nx] * bsz, [d] * bsz, x.device, uniform=True)
-    ex, gx = row_pass(xc.view(-1), yc.view(-1), lay_x, p, False, precision)
-    ey, gy = row_pass(yc.view(-1), xc.view(-1), lay_y, p, False, precision)
+    cs = 1.0 if p.kind == "gaussian" else tiled._coef_scale(scale)
+    ex, gx = row_pass(xc.view(-1), yc.view(-1), lay_x, p, False, precision, cs)
+    ey, gy = row_pass(yc.view(-1), xc.view(-1), lay_y, p, False, precision, cs)
     if p.kind == "gaussian":  # both passes' rows sum to the same S: scale each row by its share of it
         big_l = _segment_lse(ex, lay_x)
         sx = torch.repeat_interleave(torch.exp(ex.double().view(bsz, nx) - big_l[:, None]).view(-1), d)
         sy = torch.repeat_interleave(torch.exp(ey.double().view(bsz, ny) - big_l[:, None]).view(-1), d)
         gx = (gx.double() * sx).to(gx.dtype)
         gy = (gy.double() * sy).to(gy.dtype)
-        return big_l.to(torch.float32), gx.view(x.shape), gy.view(y.shape)
-    return _segment_sums(ex, lay_x).to(torch.float32), gx.view(x.shape), gy.view(y.shape)
+        return (big_l + math.log(scale)).to(torch.float32), gx.view(x.shape), gy.view(y.shape)
+    rest = scale / cs
+    return ((_segment_sums(ex, lay_x) * rest).to(torch.float32), _rest_of_scale(gx, rest).view(x.shape),
+            _rest_of_scale(gy, rest).view(y.shape))
 
 
 def _groups(ws: Sequence[torch.Tensor], skip: Sequence[int] = ()) -> List[List[int]]:
