@@ -347,21 +347,21 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         # the larger of those two terms (they cancel for parallel rows of different norms)
         rk, rl = 1 / nrm[:, :, None], 1 / nrm[:, None, :]
         wk, wl = p[:, :, None], sign[..., None] * p[:, None]
-        terms = (rk[..., None] * (wl - wk)).norm(dim=-1) + (wl.norm(dim=-1) * (rl - rk).abs())
+        terms = row_norms(rk[..., None] * (wl - wk)) + (row_norms(wl) * (rl - rk).abs())
         # plus 2: the rounding of r_k and r_l themselves, ~1 ulp of |u|, except between rows that are exact
         # power-of-two multiples of each other (up to sign), whose r differ exactly by that power
         big = p.abs().amax(-1, keepdim=True)
         hat = p / torch.ldexp(torch.ones_like(big), torch.frexp(torch.where(big > 0, big, 1.0)).exponent)
         exact = (hat[:, :, None] == sign[..., None] * hat[:, None]).all(-1)
         rel = K * eps * root  # times om: the allowed error of g from rounding the cosine
-        floor_g = K * EPS64 * (delta.norm(dim=-1) + terms + torch.where(exact, 0.0, 2.0))
+        floor_g = K * EPS64 * (row_norms(delta) + terms + torch.where(exact, 0.0, 2.0))
         # a pair above the float64-cosine threshold (1/1024) may take the fast path: a cosine from a float64
         # product, ~sqrt(D) ulp of 1 whatever om is
         floor_g = floor_g + torch.where(om >= CLOSE_F64 * (1 - 1e-6), K * EPS64 * root, 0.0)
         eta = rel * om + floor_g
         ud = (u[:, :, None] * delta).sum(-1)
         tangent = delta + (a[:, :, None] - ud)[..., None] * u[:, :, None]
-        grad_norm = tangent.norm(dim=-1) / nrm[:, :, None]  # |d g_kl / d p_k|
+        grad_norm = row_norms(tangent) / nrm[:, :, None]  # |d g_kl / d p_k|
         # delta's rounding: 0 where it is exact, except against truth64, whose autograd through u = w / n
         # rounds every pair's gradient to ~1 ulp of |u| / n (mpmath, the float64 inputs' oracle, does not)
         floor = K * EPS64 / nrm[:, :, None]
@@ -378,7 +378,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         q = (p * p).sum(-1)
         qq = q[:, :, None] + q[:, None]
         eta = rel * d2 + torch.where(d2 >= CLOSE_F64 * (1 - 1e-6) * qq, K * EPS64 * root * qq, 0.0)
-        grad_norm = 2 * (p[:, :, None] - p[:, None]).norm(dim=-1)
+        grad_norm = 2 * row_norms(p[:, :, None] - p[:, None])
         floor = torch.zeros_like(d2)
         f, d1, d2_ = _derivs(pb, None, None, d2)
         var = d2
