@@ -372,12 +372,12 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     else:
         d2 = _geometry64(pb, p)[0]
         rel = K * eps * root
-        floor_g = torch.zeros_like(d2)
         # a pair whose d2 is at least the float64 threshold times |x_i|^2 + |x_j|^2 may take the fast path:
         # d2 expanded from a float64 product, ~sqrt(D) ulp of |x_i|^2 + |x_j|^2 whatever d2 is
         q = (p * p).sum(-1)
         qq = q[:, :, None] + q[:, None]
-        eta = rel * d2 + torch.where(d2 >= CLOSE_F64 * (1 - 1e-6) * qq, K * EPS64 * root * qq, 0.0)
+        floor_g = torch.where(d2 >= CLOSE_F64 * (1 - 1e-6) * qq, K * EPS64 * root * qq, 0.0)
+        eta = rel * d2 + floor_g
         grad_norm = 2 * row_norms(p[:, :, None] - p[:, None])
         floor = torch.zeros_like(d2)
         f, d1, d2_ = _derivs(pb, None, None, d2)
