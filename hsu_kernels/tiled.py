@@ -180,12 +180,18 @@ def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: Ene
         dot = gb.to(qi.dtype)
         d2 = qi + qj - 2 * dot
         care = ~(d2 >= tau * (qi + qj))
+        # the coefficients of x_j (c) and x_i (ci) in the accumulators' dtype: where those are wide, c x_j and
+        # ci x_i of a close pair cancel there, and half-space's c = 2 (df2 - df), ci = 2 (df2 + df) must not
+        # be rounded to float32 apart (an error of ~1 ulp of df |x| against the pair's df |x_i - x_j|)
+        cd = yj.zg.dtype
         e, df = _phi_d2(d2.to(dt), p)
+        df = df.to(cd)
         c, ci = -2 * cs * df, 2 * cs * df
         if p.half_space:
             d2h = qi + qj + 2 * dot
             care = care | ~(d2h >= tau * (qi + qj))
             e2, df2 = _phi_d2(d2h.to(dt), p)
+            df2 = df2.to(cd)
             e, c, ci = e + e2, c + 2 * cs * df2, ci + 2 * cs * df2
     care = care | ~torch.isfinite(e) | ~torch.isfinite(c)
     return e, c, ci, care

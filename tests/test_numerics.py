@@ -237,6 +237,18 @@ def test_mean_of_float32_sums_beyond_float32(backend, case):
         assert not torch.isnan(got).any() and rel_err(got[ok], want[ok]) <= 2e-4, f"cross {case}: gradient"
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("d", [1, 3])
+def test_half_space_raw_close_pair_float32(backend, d):
+    """Un-normalized float32 rows, half-space, two rows of norm 1.5 that are 0.0024 apart (found by the
+    long hypothesis profile): the coefficients of x_i and x_j were rounded to float32 apart on the torch
+    path, and their large terms no longer cancelled (2.6e-5 relative; the C++ kernel had 1e-7)."""
+    w = torch.tensor([-1.5358, -1.5334, -0.9303, 0.5830, -0.5178, 0.7562, 0.6855, -0.3942], dtype=torch.float64)
+    w = (w[:, None] * torch.ones(d, dtype=torch.float64))[None].float()  # every row on one line
+    for kind, s in (("log", 0.0), ("riesz", 1.0)):
+        _check(backend, Problem(w, kind, s, half_space=True, normalize=False), 1e-6, 2e-6, f"{kind} D={d}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coincident_rows_normalize_false(backend):
     """normalize=False with coincident rows (and eps_norm=0 duplicates): the same on every backend. Riesz

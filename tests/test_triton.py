@@ -726,6 +726,7 @@ ISSUE13_CASES = (
     + [("rows_whose_square_overflows", (d, nm)) for d in (5, 40) for nm in (1e20, 1e30)]
     + [("unnormalized_float32_rows_beyond_float32_distances", (d, nm)) for d in (3, 40) for nm in (1.5e20, 1e25)]
     + [("mean_of_float32_sums_beyond_float32", (c,)) for c in ("energy", "grad", "norm")]
+    + [("half_space_raw_close_pair_float32", (d,)) for d in (1, 3)]
     + [("angular_s50_float32", ()), ("coincident_rows_normalize_false", ())]
 )
 
