@@ -539,6 +539,9 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
         return (logz + math.log(scale)).to(x.dtype), grad.to(w.dtype)
     cs = _coef_scale(scale)
     e, a, b, _ = row_pass(rows, rows, p, True, block, cs, _tau(geo, x.dtype))
+    if _acc_overflowed(a, w, geo):
+        e, g = energy_grad(w.to(torch.float64), p, block, scale)
+        return e.to(x.dtype), g.to(w.dtype)
     energy = pair_scale * e.sum(-1)
     grad = row_grad(rows, a, b, gscale * scale / cs, p)
     if p.half_space:
@@ -546,6 +549,16 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
         energy = energy + ed.sum(-1)
         grad = grad + scale * vd
     return (scale * energy).to(x.dtype), grad.to(w.dtype)
+
+
+def _acc_overflowed(a: torch.Tensor, w: torch.Tensor, geo: torch.dtype) -> bool:
+    """Whether float32 accumulators ``a`` (float32 cosines: D above ``PRECISE_MAX_D``) have a non-finite
+    entry: a row's ``sum_j c_ij u_j`` can leave float32 while the gradient, ``r_i`` times it, fits (rows of
+    norm ~600 with a near duplicate, angular s = 9.5). The call is then computed in float64 (where the device
+    has it); a truly non-finite gradient comes out the same. A host sync, on float32 cosines only."""
+    if geo != torch.float32 or a.dtype != torch.float32 or _wide(w.device) != torch.float64:
+        return False
+    return not bool(torch.isfinite(a).all())
 
 
 def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK,
@@ -574,6 +587,9 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     cs = _coef_scale(scale)
     ex, ax, bx, _ = row_pass(rx, ry, p, False, block, cs, tau)
     _, ay, by, _ = row_pass(ry, rx, p, False, block, cs, tau)
+    if _acc_overflowed(ax, x, geo) or _acc_overflowed(ay, y, geo):  # as in energy_grad
+        e, gx, gy = cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p, block, scale)
+        return e.to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)
     energy = scale * ex.sum(-1)
     gx = row_grad(rx, ax, bx, scale / cs, p)
     gy = row_grad(ry, ay, by, scale / cs, p)

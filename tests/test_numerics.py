@@ -249,6 +249,21 @@ def test_half_space_raw_close_pair_float32(backend, d):
         _check(backend, Problem(w, kind, s, half_space=True, normalize=False), 1e-6, 2e-6, f"{kind} D={d}")
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("d", [33, 64])
+def test_float32_accumulators_beyond_float32(backend, d):
+    """float32 rows of norm ~600 at D > 32 (float32 accumulators) with a near duplicate, angular s = 9.5
+    (found by the long hypothesis profile): the near pair's c u_j (~1e39) leaves float32 while the gradient,
+    1/|w| times it (~1e36), fits; the kernels gave NaN rows. Also summed (no mean inside)."""
+    for reduction, gap in (("mean", 4e-5), ("sum", 2e-4)):  # |sum_j c_ij u_j| ~2e39 and 4e39-3e40
+        w = rand_rows(1, 20, d, seed=d) * 100
+        w[0, 15] = w[0, 0] * (1 + gap * rand_rows(d, seed=d + 1))
+        pb = Problem(w.float(), "angular", 9.5, reduction=reduction)
+        e_true, g_true = truth64(pb)
+        assert float(g_true.abs().max()) < torch.finfo(torch.float32).max / 8
+        _check(backend, pb, 2e-5, 2e-4, f"near duplicate of norm 600, D={d}, {reduction}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coincident_rows_normalize_false(backend):
     """normalize=False with coincident rows (and eps_norm=0 duplicates): the same on every backend. Riesz

@@ -727,6 +727,7 @@ ISSUE13_CASES = (
     + [("unnormalized_float32_rows_beyond_float32_distances", (d, nm)) for d in (3, 40) for nm in (1.5e20, 1e25)]
     + [("mean_of_float32_sums_beyond_float32", (c,)) for c in ("energy", "grad", "norm")]
     + [("half_space_raw_close_pair_float32", (d,)) for d in (1, 3)]
+    + [("float32_accumulators_beyond_float32", (d,)) for d in (33, 64)]
     + [("angular_s50_float32", ()), ("coincident_rows_normalize_false", ())]
 )
 

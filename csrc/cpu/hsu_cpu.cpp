@@ -1070,6 +1070,14 @@ PassCtx<T> make_ctx(int64_t kind, double s, double t, double eps_ang, bool half_
   return c;
 }
 
+// Whether a float run's gradient has a non-finite entry where its accumulators were float (D above
+// kPreciseMaxD): a row's sum_j c_ij u_j can leave float while the gradient, r_i times it, fits (float32 rows
+// of norm ~600 with a near duplicate, angular s = 9.5: c u_j ~ 1e39, the gradient ~1e36). The call then
+// runs again in double; a gradient that is truly not finite comes out the same, only later.
+bool float_acc_overflowed(const at::Tensor& w, const at::Tensor& grad) {
+  return w.scalar_type() == at::kFloat && w.size(2) > kPreciseMaxD && !at::isfinite(grad).all().item<bool>();
+}
+
 std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
                                                    double eps_norm, double eps_ang, bool half_space, bool normalize,
                                                    double scale) {
@@ -1126,6 +1134,10 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
     }
     grad = buf.grad;
   });
+  if (float_acc_overflowed(w, grad)) {
+    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
+  }
   return {energy.to(out_dtype(w_in)), grad.to(w_in.scalar_type())};
 }
 
@@ -1179,6 +1191,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
     gx = bx.grad;
     gy = by.grad;
   });
+  if (float_acc_overflowed(x, gx) || float_acc_overflowed(y, gy)) {
+    auto [e, gx2, gy2] = cross_energy_grad_cpu(x_in.to(at::kDouble), y_in.to(at::kDouble), kind, s, t, eps_norm,
+                                               eps_ang, half_space, normalize, scale);
+    return {e.to(out_dt), gx2.to(x_in.scalar_type()), gy2.to(y_in.scalar_type())};
+  }
   return {energy.to(out_dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
 }
 

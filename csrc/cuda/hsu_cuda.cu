@@ -160,6 +160,14 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
     if (lse) C10_CUDA_CHECK(cuda::launch_lse_epilogue<T>(f, n, lz.data_ptr<double>(), gscale, stream));
     grad = r.grad;
   });
+  // float accumulators: a row's sum_j c_ij u_j can leave float while the gradient, r_i times it, fits (a
+  // near duplicate of norm ~600, angular s = 9.5); the call then runs again in double (one more host sync
+  // for float rows; a truly non-finite gradient comes out the same)
+  if (w.scalar_type() == at::kFloat && !at::isfinite(grad).all().item<bool>()) {
+    auto [e2, g2] = energy_grad_cuda(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize,
+                                     scale);
+    return {e2.to(compute_dtype(w_in)), g2.to(w_in.scalar_type())};
+  }
   return {energy.to(compute_dtype(w_in)), grad.to(w_in.scalar_type())};
 }
 
@@ -218,6 +226,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cuda(const at::
     gx = rx.grad;
     gy = ry.grad;
   });
+  if (x.scalar_type() == at::kFloat && !(at::isfinite(gx).all().item<bool>() && at::isfinite(gy).all().item<bool>())) {
+    auto [e2, gx2, gy2] = cross_energy_grad_cuda(x_in.to(at::kDouble), y_in.to(at::kDouble), kind, s, t, eps_norm,
+                                                 eps_ang, half_space, normalize, scale);  // as in energy_grad_cuda
+    return {e2.to(out_dt), gx2.to(x_in.scalar_type()), gy2.to(y_in.scalar_type())};
+  }
   return {energy.to(out_dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
 }
 
