@@ -14,7 +14,8 @@ every pair from coordinate differences, never from a dot product:
 The error model (:func:`error_bars`): a backend's result may differ from the truth by what rounding every
 pair's cosine by ``eta = K (eps (sqrt(D) + 2) (1 - |g|) + eps64 |delta|)`` would change (for normalize=False:
 every pair's squared distance by ``K eps (sqrt(D) + 2) d2``, and by ``K eps64 (sqrt(D) + 2) (|x_i|^2 + |x_j|^2)``
-where it is above the float64 threshold, expanded from a product), plus ``K eps`` relative of every term, through
+where it is above the float64 threshold, expanded from a product), plus ``K eps`` relative of every term and
+derivative (times ``1 + |p ln x|`` for a power ``x^(-p)``, which the kernels form as ``exp(-p ln x)``), through
 the first and second derivatives of the per-pair term. It is relative to the true value pair by pair: a
 duplicate pair whose ``2 - 2g`` were formed from a rounded dot product would miss it by orders of magnitude,
 and it does not borrow any slack from the float32 reference's own error.
@@ -327,6 +328,18 @@ def overflowing_rows(pb: Problem) -> torch.Tensor:
     return hit[:, :n] | hit[:, n:] if pb.half_space else hit
 
 
+def _pow_ulps(pb: Problem, d: torch.Tensor, omg, opg) -> torch.Tensor:
+    """``|p ln x|`` of each pair's power ``x^(-p)``, the ulps by which the kernels' vectorized form
+    ``exp(-p ln x)`` may miss it (the Riesz kind's ``d^(-s/2)``, the angular kind's ``a^(-s)``, and their
+    derivatives); 0 for the kinds without a power."""
+    if pb.kind == "riesz":
+        return (pb.s / 2) * torch.log(d).abs().nan_to_num(nan=0.0, posinf=0.0)
+    if pb.kind == "angular" and pb.normalize:
+        a = 2 * torch.atan2(torch.sqrt(omg), torch.sqrt(opg)) / math.pi + pb.eps_ang
+        return pb.s * torch.log(a).abs()
+    return torch.zeros_like(d)
+
+
 def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: torch.dtype):
     """The allowed error of the energy (``[B]``, absolute) and of every gradient row (``[B, N]``, the
     Euclidean norm of the row's error) of a backend computing in ``dtype`` (see the module docstring; every
@@ -368,6 +381,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         if dtype == torch.float64:
             floor = torch.where(exact, 0.0, floor)
         f, d1, d2_ = _derivs(pb, omg, opg, None)
+        pu = _pow_ulps(pb, 2 * omg, omg, opg)
         var = om
     else:
         d2 = _geometry64(pb, p)[0]
@@ -381,6 +395,7 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         grad_norm = 2 * row_norms(p[:, :, None] - p[:, None])
         floor = torch.zeros_like(d2)
         f, d1, d2_ = _derivs(pb, None, None, d2)
+        pu = _pow_ulps(pb, d2, None, None)
         var = d2
     # phi'' eta, formed so that a phi'' beyond float64 whose product with eta is not does no harm: phi'' times
     # the pair's variable (om or d2) from phi' alone (phi'' var / phi' = (s/2 + 1) etc. is bounded for every
@@ -390,7 +405,8 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     # the derivative's own rounding: the angular kind's a = theta/pi + eps_ang, rounded to ~1 ulp (not a
     # rounding of the pair's variable, which eta covers), enters a^(-s-1) s + 1 times (as a^(-s), with its
     # (1 + s) above, enters the energy)
-    d1_round = pb.s + 2 if pb.normalize and pb.kind == "angular" else 1.0
+    d1_round = (pb.s + 2 if pb.normalize and pb.kind == "angular" else 1.0) + pu
+    f = f * (1 + pu)
     if pb.log_form:
         terms = _phi(pb, d2 if not pb.normalize else omg, omg if pb.normalize else None,
                      opg if pb.normalize else None)
