@@ -438,6 +438,8 @@ def test_sanity_values():
 
 #: (KIND, NORM) of every launch the pruners distinguish: the angular kinds are always normalized.
 PRUNE_VARIANTS = [(0, True), (0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (4, False)]
+#: The (KIND, NORM, mode, BLOCK_D) left with one config: every other tile tried spills (configs.FUSED_SPILLS).
+ONE_CONFIG = {(0, False, "ieee", 256), (1, False, "ieee", 256)}
 
 
 def test_gpu_config_pruning():
@@ -462,7 +464,8 @@ def test_gpu_config_pruning():
                 table = kernels.FUSED_TABLE[mode][bd]
                 want = [r for r in table if (kind, norm) not in kernels.FUSED_SPILLS.get((mode, bd, r), ())]
                 assert [fkey(c) for c in kept] == want, (kind, norm, mode, bd)
-                assert len(kept) >= min(2, len(table)) and kept, (kind, norm, mode, bd)
+                # two configs at least (a choice for the autotuner), but where FUSED_SPILLS says why not
+                assert len(kept) >= (1 if (kind, norm, mode, bd) in ONE_CONFIG else 2), (kind, norm, mode, bd)
                 for c in kept:
                     assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
             coef = kernels._prune_strip(strip, {}, PREC=prec, KIND=kind, NORM=norm)

@@ -5,32 +5,47 @@ Triton wheel) without touching a device. This catches what the CPU interpreter c
 real frontend, layouts, and register spills (``ptxas -v``). It cannot check the numbers: only running on a
 GPU does. Run it without ``TRITON_INTERPRET``::
 
-    python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
-    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills (the CI gate,
-                                                       # `make triton-aot-check`; ~3-5 min on 2 cores)
+    python -m hsu_kernels.triton._aot                  # every selectable config of every kind, sm_90 and sm_80
+    python -m hsu_kernels.triton._aot --fail-on-spill --cache ~/.cache/hsu-kernels/triton-aot
+                                                       # ... exit 1 if any spills (the CI gate,
+                                                       # `make triton-aot-check`; see there for its time)
     python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
-    python -m hsu_kernels.triton._aot --kernels fused --ds 256 --modes ieee --no-write   # a subset
+    python -m hsu_kernels.triton._aot --kind riesz --kernels fused --ds 256 --modes ieee --no-write  # a subset
+    python -m hsu_kernels.triton._aot --kind gaussian --norm 0 --self 0 --no-write  # another flag variant
 
-What is compiled (the default): every autotuning config the launcher can select, per kernel:
+What is compiled (the default): every autotuning config the launcher can select, per kernel and kind:
 
 * ``fused_kernel`` for the padded row lengths of D in {3, 16, 32, 64, 128, 256} (``BLOCK_D`` 16, 32, 64,
-  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``), keeping the configs ``kernels._prune_fused`` keeps for
-  that ``BLOCK_D`` and product mode (``kernels.FUSED_TABLE``);
-* the strip path (D > 256): every ``coef_kernel`` config, the ``gemm_kernel`` configs ``kernels._prune_gemm``
-  keeps for the mode (``kernels.GEMM_TABLE``), and ``epilogue_kernel``;
+  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``): the configs ``kernels._prune_fused`` returns for that
+  ``BLOCK_D``, product mode and kind, called with a launch's constexpr keyword arguments as Triton's
+  autotuner calls it (``configs.FUSED_TABLE`` less ``configs.FUSED_SPILLS``);
+* the strip path (D > 256): the ``coef_kernel`` configs ``kernels._prune_strip`` returns, the
+  ``gemm_kernel`` configs ``kernels._prune_gemm`` keeps for the mode, and ``epilogue_kernel``;
 
 each in three product modes: float32 inputs with exact products (``ieee``), float32 with tensor-core
-products (``tf32``), and bfloat16 inputs. The kind flags are the ones with the most live values: the
-angular kind with a general exponent, half-space with its diagonal term, normalized rows, a ragged batch
-(sizes loaded from the table); ``--kind`` picks another kind. Pointers are compiled as 16-byte aligned,
-as torch allocates them.
+products (``tf32``), and bfloat16 inputs. Pointers are compiled as 16-byte aligned, as torch allocates them.
+
+The kinds (:func:`gate_variants`): each of the five, normalized, and un-normalized for Riesz, log and
+Gaussian (a different per-pair path, neither a subset of the other), with the flags that hold the most live
+values per pair: half-space (both terms of a pair live until summed; without it the code is the same less
+the second term), a self energy with the half-space diagonal term (the ``i != j`` mask and, after the loop,
+the diagonal's row terms; the Gaussian kind has no diagonal term and keeps its online log-sum-exp state, a
+running maximum and rescaled sums per row), a ragged batch (sizes and offsets loaded from the table) and the
+general exponent (``exp(-p log x)``). Other flags are measured, not gated: ``--norm``, ``--hs``, ``--self``,
+``--uniform`` and ``--pow`` compile another variant (the table in bench/results/ records the spot checks).
+The GEMM reads none of the kind flags (its body uses none: a test checks) and is compiled once per config;
+the coefficient and epilogue kernels once per distinct set of the flags they take (``STRIP_FLAGS``).
 
 Per config it reports registers, spill stores/loads (bytes per thread), static shared memory, and the
 occupancy: resident warps per SM from registers (64K per SM, allocated per warp in units of 256) and shared
 memory (per block plus 1 KB reserved; 228 KB per SM on sm_90, 164 KB on sm_80), at most 64 warps and 32
 blocks per SM, with what limits it. The full run writes the table to
 ``bench/results/triton-ptxas-<date>.md`` with the commit and command (``--out`` elsewhere, ``--no-write``
-not at all). Exit status: 2 if a config fails to compile, 1 with ``--fail-on-spill`` if one spills, else 0.
+not at all). ``--cache DIR`` keeps each report under a hash of everything it depends on (:func:`cache_key`:
+the kernel's source and that of every jit function and global it uses, the task, the Triton and ptxas
+versions, the ``TRITON_*`` environment, the parser's source) and compiles only what is not there; a config
+table edit (``configs.py``) changes no kernel's key. Exit status: 2 if a config fails to compile, 1 with
+``--fail-on-spill`` if one spills, else 0.
 """
 
 from __future__ import annotations
@@ -149,7 +164,8 @@ def tasks(modes=MODES, archs=(90, 80), kind: Optional[str] = None, quick: bool =
     from . import kernels as K
 
     tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16}
-    variants = variants or gate_variants((kind,) if kind else tuple(KINDS))
+    if not variants:  # --quick: one kind (a compile check, not the gate)
+        variants = [variant(kind or "angular")] if quick else gate_variants((kind,) if kind else tuple(KINDS))
     out, seen = [], set()
 
     def add(t):
@@ -174,7 +190,8 @@ def tasks(modes=MODES, archs=(90, 80), kind: Optional[str] = None, quick: bool =
                         add(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
                                  ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
                                        "f_ptr": "i32", "tab_ptr": "i64"},
-                                 consts=dict(consts, **c.kwargs), warps=c.num_warps, stages=c.num_stages, maxnreg=c.maxnreg))
+                                 consts=dict(consts, **c.kwargs), warps=c.num_warps, stages=c.num_stages,
+                                 maxnreg=c.maxnreg))
                 strip = {k: v[k] for k in STRIP_FLAGS["coef_kernel"]}
                 coef_kept = K._prune_strip(K._strip_configs(interpret=False), {},
                                            **dict(strip, UNIFORM=False, PREC=prod["PREC"]))
@@ -443,7 +460,8 @@ def commit_label() -> str:
     return commit + (" (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def write_table(path: str, results: List[dict], argv: List[str], seconds: float, commit: str) -> None:
+def write_table(path: str, results: List[dict], argv: List[str], seconds: float, commit: str,
+                load: str = "") -> None:
     """The markdown report: how it was made, the summaries, and one row per compiled config."""
     import triton
 
@@ -452,11 +470,15 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         "",
         f"- commit: {commit}; triton {triton.__version__}",
         f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s, "
-        f"{sum(1 for r in results if not r.get('cached'))} of {len(results)} compiled, the rest from the cache)",
-        "- variants (the `variant` column: the flags the kernel reads): "
-        + "; ".join(sorted({variant_label(t) for t in results})) + ". norm/raw: normalized rows or not; "
-        "hs: half-space; self: a self energy (i != j); diag: the half-space self pair; ragged: sizes loaded "
-        "from the table; pow: the exponent mode. Pointers 16-byte aligned",
+        f"{sum(1 for r in results if not r.get('cached'))} of {len(results)} compiled, the rest from the cache"
+        + (f"; load average {load}" if load else "") + ")",
+        "- variants, as the fused kernel compiles them (the `variant` column names the flags each kernel reads; "
+        "the GEMM reads none): "
+        + "; ".join(sorted({variant_label(t) for t in results if t["kernel"] == "fused_kernel"})
+                    or sorted({variant_label(t) for t in results}))
+        + ". norm/raw: normalized rows or not; hs: half-space; self: a self energy (i != j); diag: the "
+        "half-space self pair; ragged: sizes loaded from the table; pow: the exponent mode. Pointers 16-byte "
+        "aligned",
         "- modes: ieee = float32 inputs, exact fp32 products; tf32 = float32 inputs, tensor-core products; "
         "bf16 = bfloat16 inputs",
         "- D: the row lengths a fused config serves (D = 3 and 16 pad to BLOCK_D = 16); the strip path "
@@ -547,6 +569,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(f"compiling {len(todo)} kernel configs for {', '.join(f'sm_{a}' for a in args.arch)} "
           f"with {jobs} jobs", flush=True)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     work = functools.partial(compile_cached, cache=os.path.abspath(args.cache) if args.cache else None)
     results = []
@@ -569,7 +592,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     subset = args.quick or args.kernels or args.ds or args.match  # never overwrites the full table by default
     if not (subset or args.no_write) or args.out:
         path = args.out or _default_out()
-        write_table(path, results, argv, seconds, commit)
+        load = f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end" if load0 is not None else ""
+        write_table(path, results, argv, seconds, commit, load)
         print(f"table written to {path}")
     print(f"{len(results)} configs in {seconds:.0f} s ({len(results) - cached} compiled, {cached} from the cache)")
     if any("error" in r for r in results):

@@ -48,7 +48,7 @@ FUSED_TABLE = {
         256: ((16, 32, 64, 8, 2), (16, 16, 64, 8, 2)),
     },
     "bf16": {
-        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
+        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
         32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
@@ -65,7 +65,10 @@ _G1, _G0 = (GAUSSIAN, True), (GAUSSIAN, False)
 #: launches whose variant spills registers with it on sm_80 or sm_90 (4-52 bytes, measured by ``_aot``; see
 #: bench/results/triton-ptxas-*.md). Most of these spill at 80 or 128 registers, a budget ptxas picks for
 #: itself, not at the 255 limit: which kind tips a config over is not predictable from its live values, so
-#: each kind is compiled and the table follows the measurement.
+#: each kind is compiled and the table follows the measurement. Every (kind, mode, BLOCK_D) keeps at least two
+#: configs but Riesz and log un-normalized at ieee BLOCK_D 256, which keep one (16 x 16, one stage, maxnreg
+#: 255): the other 16 x 16 and 16 x 32 tiles tried there (4 or 8 warps, BLOCK_K 64, 128 or 256, one or two
+#: stages, with and without maxnreg) spilled 8-412 bytes.
 FUSED_SPILLS = {
     ("ieee", 16, (128, 32, 256, 8, 2)): (_R1, _L1),
     ("ieee", 16, (16, 64, 256, 8, 2)): (_R1, _G0),
@@ -74,9 +77,11 @@ FUSED_SPILLS = {
     ("ieee", 32, (16, 64, 256, 8, 2)): (_R0,),
     ("ieee", 32, (16, 32, 256, 4, 2)): (_G1,),
     ("ieee", 64, (16, 64, 256, 8, 2)): (_G0,),
-    ("ieee", 256, (16, 16, 256, 8, 2)): (_R0, _G1, _G0),
-    ("ieee", 256, (16, 16, 256, 8, 1)): (_R0,),
-    ("tf32", 64, (16, 64, 256, 8, 2)): (_R0,),
+    ("ieee", 256, (16, 16, 256, 8, 2)): (_R0, _L0, _G1, _G0),
+    ("ieee", 256, (16, 16, 256, 8, 1)): (_R0, _L0),
+    ("tf32", 64, (16, 64, 256, 8, 2)): (_R0, _L0),
+    ("bf16", 16, (64, 32, 256, 4, 3)): (_L0,),
+    ("bf16", 16, (16, 32, 256, 4, 2)): (_AL,),
 }
 
 #: The coefficient kernel's configs per product precision, ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``
