@@ -547,7 +547,8 @@ def _cases(i: int, count: int):
 
 
 def _cfg_id(c) -> str:
-    return "-".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+    return ("-".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+            + (f"-r{c.maxnreg}" if c.maxnreg else ""))
 
 
 def _pin(monkeypatch, kernel, config):

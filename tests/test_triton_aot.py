@@ -35,16 +35,19 @@ def test_every_selectable_config_is_compiled():
 
     todo = _aot.tasks()
     variants = _aot.gate_variants()
-    # every kind, normalized, and un-normalized where the kind allows it
-    assert sorted((v["KIND"], v["NORM"]) for v in variants) == sorted(
-        [(c, True) for c in range(5)] + [(_aot.KINDS[k], False) for k in ("riesz", "log", "gaussian")])
-    assert all(v["HS"] and v["SELF"] and not v["UNIFORM"] and v["POW"] == K.POW_GENERAL for v in variants)
+    # every kind, normalized, and un-normalized where the kind allows it, for a ragged and a uniform batch
+    assert sorted((v["KIND"], v["NORM"], v["UNIFORM"]) for v in variants) == sorted(
+        (c, n, u) for c, n in [(c, True) for c in range(5)] + [(_aot.KINDS[k], False) for k in ("riesz", "log",
+                                                                                              "gaussian")]
+        for u in (False, True))
+    assert all(v["HS"] and v["SELF"] and v["POW"] == K.POW_GENERAL for v in variants)
     assert {t["arch"] for t in todo} == {80, 90} and {t["mode"] for t in todo} == {"ieee", "tf32", "bf16"}
     cdt = {"ieee": tl.float32, "tf32": tl.float32, "bf16": tl.bfloat16}
-    flags = ("KIND", "NORM", "HS", "SELF", "DIAG", "POW")
+    flags = ("KIND", "NORM", "HS", "SELF", "DIAG", "POW", "UNIFORM")
 
-    def mine(t, v, kernel):
-        return t["kernel"] == kernel and all(t["consts"][f] == v[f] for f in flags if f in t["consts"])
+    def mine(t, v, kernel):  # the strip path is always launched ragged: one task serves both layouts
+        return t["kernel"] == kernel and all(t["consts"][f] == v[f] for f in flags
+                                             if f in t["consts"] and (f != "UNIFORM" or kernel == "fused_kernel"))
 
     for arch in (80, 90):
         for mode in ("ieee", "tf32", "bf16"):

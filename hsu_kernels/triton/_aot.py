@@ -26,15 +26,23 @@ each in three product modes: float32 inputs with exact products (``ieee``), floa
 products (``tf32``), and bfloat16 inputs. Pointers are compiled as 16-byte aligned, as torch allocates them.
 
 The kinds (:func:`gate_variants`): each of the five, normalized, and un-normalized for Riesz, log and
-Gaussian (a different per-pair path, neither a subset of the other), with the flags that hold the most live
-values per pair: half-space (both terms of a pair live until summed; without it the code is the same less
-the second term), a self energy with the half-space diagonal term (the ``i != j`` mask and, after the loop,
-the diagonal's row terms; the Gaussian kind has no diagonal term and keeps its online log-sum-exp state, a
-running maximum and rescaled sums per row), a ragged batch (sizes and offsets loaded from the table) and the
-general exponent (``exp(-p log x)``). Other flags are measured, not gated: ``--norm``, ``--hs``, ``--self``,
-``--uniform`` and ``--pow`` compile another variant (the table in bench/results/ records the spot checks).
-The GEMM reads none of the kind flags (its body uses none: a test checks) and is compiled once per config;
-the coefficient and epilogue kernels once per distinct set of the flags they take (``STRIP_FLAGS``).
+Gaussian (a different per-pair path, neither a subset of the other), each for a ragged batch (sizes and
+offsets loaded from the table) and a uniform one (scalar sizes): 8 kind variants x 2 layouts. The other
+flags are the ones with the most live values per pair: half-space (both terms of a pair live until summed;
+without it the code is the same less the second term), a self energy with the half-space diagonal term
+(the ``i != j`` mask and, after the loop, the diagonal's row terms; the Gaussian kind has no diagonal term
+and carries its online log-sum-exp state instead: a running maximum per row that rescales the gradient
+accumulator and the row sums every tile), and the general exponent (``exp(-p log x)``).
+
+That choice is an argument from the live values, and ptxas does not follow it exactly: most spills seen
+here are 4-40 bytes at 80 or 128 registers, a budget ptxas picks for itself, and a flag that removes work
+can tip a config over as well as one that adds it. The uniform layout spilled in configs the ragged one
+fits (hence both are gated), and spot checks of other flags (``--pow``, ``--hs 0``, ``--self 0``; table in
+bench/results/) found a few more, which are pruned too. Every combination of the flags (136 variants with
+the exponent modes) is not compiled: that would take hours on 2 cores. ``--norm``, ``--hs``, ``--self``,
+``--uniform`` and ``--pow`` compile any other variant. The GEMM reads none of the kind flags (its body uses
+none: a test checks) and is compiled once per config; the coefficient and epilogue kernels once per
+distinct set of the flags they take (``STRIP_FLAGS``; the launcher passes them ``UNIFORM=False``).
 
 Per config it reports registers, spill stores/loads (bytes per thread), static shared memory, and the
 occupancy: resident warps per SM from registers (64K per SM, allocated per warp in units of 256) and shared
@@ -132,10 +140,13 @@ def variant(kind: str = "angular", norm: bool = True, hs: bool = True, self_: bo
 
 def gate_variants(kinds=tuple(KINDS)) -> List[dict]:
     """The variants the default run compiles: per kind, the flags with the most live values (half-space with
-    its diagonal term, self energy, ragged batch, general exponent), normalized and, for the kinds that allow
-    it, un-normalized (a different per-pair path, neither a subset of the other)."""
-    return [variant(kind, norm=norm) for kind in kinds
-            for norm in ((True, False) if kind in UNNORMALIZED_KINDS else (True,))]
+    its diagonal term, self energy, general exponent), normalized and, for the kinds that allow it,
+    un-normalized (a different per-pair path, neither a subset of the other), each for a ragged and a
+    uniform batch (scalar sizes let the compiler vectorize loads and schedule differently: the uniform
+    variant spills in configs the ragged one fits, and the other way round; only the fused kernel takes
+    a uniform batch, so the strip path's tasks of the two are one)."""
+    return [variant(kind, norm=norm, uniform=uniform) for kind in kinds
+            for norm in ((True, False) if kind in UNNORMALIZED_KINDS else (True,)) for uniform in (False, True)]
 
 
 def variant_label(task: dict) -> str:
@@ -558,11 +569,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = ["bf16"] if args.quick else [m.strip() for m in args.modes.split(",") if m.strip()]
     chosen = {k: getattr(args, k) for k in ("norm", "hs", "self", "uniform", "pow")}
     variants = None
-    if any(v is not None for v in chosen.values()):
-        one = dict(kind=args.kind, pow_=POW_MODES[chosen["pow"] or "general"])
+    if any(v is not None for v in chosen.values()):  # the given flags, the others as in gate_variants
+        one = dict(pow_=POW_MODES[chosen["pow"] or "general"])
         one.update({k + ("_" if k == "self" else ""): bool(v) for k, v in chosen.items()
                     if v is not None and k != "pow"})
-        variants = [variant(**one)]
+        kinds = [args.kind] if args.kind else list(KINDS)
+        variants = [variant(k, **one) for k in kinds if one.get("norm", True) or k in UNNORMALIZED_KINDS]
+        if not variants:
+            print(f"--norm 0: the {args.kind} kind is always normalized", file=sys.stderr)
+            return 2
     todo = select(tasks(modes, args.arch, args.kind, args.quick, variants), args.kernels, args.ds, args.match)
     if not todo:
         print("no config matches --kernels/--ds/--match", file=sys.stderr)
