@@ -18,6 +18,7 @@ random draw that can be far below typical by luck (see ``assert_close_to_ref``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 
 import pytest
@@ -457,15 +458,19 @@ def test_gpu_config_pruning():
     strip = kernels._strip_configs(interpret=False)
     assert len({fkey(c) for c in configs}) == len(configs)
     modes = {"ieee": ("ieee", tl.float32), "tf32": ("tf32", tl.float32), "bf16": ("tf32", tl.bfloat16)}
-    for kind, norm in PRUNE_VARIANTS:
+    for (kind, norm), uniform in itertools.product(PRUNE_VARIANTS, (False, True)):
         for mode, (prec, cdt) in modes.items():
             for bd in (16, 32, 64, 128, 256):
-                kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt, KIND=kind, NORM=norm)
+                kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt, KIND=kind, NORM=norm,
+                                            UNIFORM=uniform)
                 table = kernels.FUSED_TABLE[mode][bd]
-                want = [r for r in table if (kind, norm) not in kernels.FUSED_SPILLS.get((mode, bd, r), ())]
-                assert [fkey(c) for c in kept] == want, (kind, norm, mode, bd)
+                spills = kernels.FUSED_SPILLS
+                want = [r for r in table if (kind, norm) not in spills.get((mode, bd, r), ())
+                        and (kind, norm, uniform) not in spills.get((mode, bd, r), ())]
+                assert [fkey(c) for c in kept] == want, (kind, norm, uniform, mode, bd)
                 # two configs at least (a choice for the autotuner), but where FUSED_SPILLS says why not
-                assert len(kept) >= (1 if (kind, norm, mode, bd) in ONE_CONFIG else 2), (kind, norm, mode, bd)
+                assert len(kept) >= (1 if (kind, norm, mode, bd) in ONE_CONFIG else 2), (kind, norm, uniform, mode,
+                                                                                          bd)
                 for c in kept:
                     assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
             coef = kernels._prune_strip(strip, {}, PREC=prec, KIND=kind, NORM=norm)
@@ -475,10 +480,13 @@ def test_gpu_config_pruning():
             gemm = kernels._prune_gemm(kernels._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt)
             assert [kernels._key(c, "BLOCK_D") for c in gemm] == list(kernels.GEMM_TABLE[mode]) and len(gemm) >= 2
     # every exclusion names a config of its table and a launch that exists
+    def launches_ok(launches):  # (KIND, NORM) for both batch layouts, or (KIND, NORM, UNIFORM)
+        return all(tuple(v[:2]) in PRUNE_VARIANTS and len(v) in (2, 3) for v in launches)
+
     for (mode, bd, row), launches in kernels.FUSED_SPILLS.items():
-        assert row in kernels.FUSED_TABLE[mode][bd] and set(launches) <= set(PRUNE_VARIANTS), (mode, bd, row)
+        assert row in kernels.FUSED_TABLE[mode][bd] and launches_ok(launches), (mode, bd, row)
     for (prec, row), launches in kernels.STRIP_SPILLS.items():
-        assert row in kernels.STRIP_TABLE[prec] and set(launches) <= set(PRUNE_VARIANTS), (prec, row)
+        assert row in kernels.STRIP_TABLE[prec] and launches_ok(launches), (prec, row)
     # float16 inputs multiply on tensor cores with float32 coefficients: the tf32 lists
     assert kernels.product_mode("tf32", tl.float32) == "tf32"
     # a pinned list (one config outside the table) is left alone

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -68,6 +69,10 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
+
+with open(__file__, "rb") as _f:
+    #: The hash of this module's text at import, part of every cache key (see :func:`cache_key`).
+    _SOURCE_HASH = hashlib.sha256(_f.read()).hexdigest()
 
 #: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
 FUSED_DS = (3, 16, 32, 64, 128, 256)
@@ -320,9 +325,8 @@ def cache_key(task: dict) -> str:
     """What a task's report depends on, hashed: the kernel's source with every jit function and global it
     uses (Triton's own ``JITFunction.cache_key``), the task (arch, mode, pointer types, constexprs, warps,
     stages), the Triton version, the ptxas that compiles for the arch (its ``--version``), the ``TRITON_*``
-    environment, and the source of :func:`compile_one` and :func:`cubin_usage` that read the report."""
-    import hashlib
-    import inspect
+    environment, and this module's text as it was imported (:data:`_SOURCE_HASH`: the code that compiles
+    and reads the report; read at import, so that an edit made while a run is going does not enter it)."""
     import json
 
     import triton
@@ -336,7 +340,7 @@ def cache_key(task: dict) -> str:
                                                 "maxnreg")},
                  kernel=jit.cache_key, triton=triton.__version__, ptxas=get_ptxas_version(task["arch"]),
                  env={k: v for k, v in os.environ.items() if k.startswith("TRITON_") and k != "TRITON_CACHE_DIR"},
-                 code=inspect.getsource(compile_one) + inspect.getsource(cubin_usage))
+                 code=_SOURCE_HASH)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

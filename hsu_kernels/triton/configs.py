@@ -34,14 +34,15 @@ RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
 #: ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs and coefficients.
 FUSED_TABLE = {
     "ieee": {
-        16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (16, 32, 256, 8, 2)),
+        16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2),
+             (64, 16, 256, 4, 2)),
+        32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (32, 32, 256, 8, 2)),
+        64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (16, 32, 256, 8, 2), (16, 16, 256, 4, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
         256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1), (16, 16, 256, 8, 1, 255)),
     },
     "tf32": {
-        16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
+        16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 32, 256, 4, 2)),
         32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
         64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
@@ -49,10 +50,10 @@ FUSED_TABLE = {
     },
     "bf16": {
         16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
-        32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
+        32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (16, 32, 256, 8, 2)),
+        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
         128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
-        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
+        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1), (16, 16, 128, 8, 2)),
     },
 }
 
@@ -60,28 +61,43 @@ _R1, _R0 = (RIESZ, True), (RIESZ, False)
 _L1, _L0 = (LOG, True), (LOG, False)
 _A, _AL = (ANGULAR, True), (ANGULAR_LOG, True)
 _G1, _G0 = (GAUSSIAN, True), (GAUSSIAN, False)
+_L1_RAGGED, _L1_UNIFORM = (LOG, True, False), (LOG, True, True)
 
 #: Configs of :data:`FUSED_TABLE` left out for some kinds: ``(mode, BLOCK_D, config)`` -> the ``(KIND, NORM)``
-#: launches whose variant spills registers with it on sm_80 or sm_90 (4-52 bytes, measured by ``_aot``; see
-#: bench/results/triton-ptxas-*.md). Most of these spill at 80 or 128 registers, a budget ptxas picks for
-#: itself, not at the 255 limit: which kind tips a config over is not predictable from its live values, so
-#: each kind is compiled and the table follows the measurement. Every (kind, mode, BLOCK_D) keeps at least two
-#: configs but Riesz and log un-normalized at ieee BLOCK_D 256, which keep one (16 x 16, one stage, maxnreg
-#: 255): the other 16 x 16 and 16 x 32 tiles tried there (4 or 8 warps, BLOCK_K 64, 128 or 256, one or two
-#: stages, with and without maxnreg) spilled 8-412 bytes.
+#: launches that spill registers with it on sm_80 or sm_90 (4-52 bytes, measured by ``_aot``; see
+#: bench/results/triton-ptxas-*.md): in the variant ``_aot`` gates (ragged or uniform batch) or in a spot
+#: check of another flag (an exponent mode, no half-space, a cross energy). Most of these spill at 64-128
+#: registers, a budget ptxas picks for itself, not at the 255 limit, so which flag tips a config over is not
+#: predictable from its live values: the table follows the measurement. Every (kind, mode, BLOCK_D) keeps at
+#: least two configs but those named in tests/test_triton.py's ``ONE_CONFIG``, where every other tile tried
+#: spilled (at ieee BLOCK_D 256, for instance, 16 x 16 and 16 x 32 tiles with 4 or 8 warps, BLOCK_K 64, 128
+#: or 256, one or two stages, with and without maxnreg, spilled 8-412 bytes).
 FUSED_SPILLS = {
-    ("ieee", 16, (128, 32, 256, 8, 2)): (_R1, _L1),
-    ("ieee", 16, (16, 64, 256, 8, 2)): (_R1, _G0),
+    ("ieee", 16, (128, 32, 256, 8, 2)): (_R1, _L0, _L1, _A),
+    ("ieee", 16, (32, 32, 256, 4, 2)): (_R1, _L0, _A),
+    ("ieee", 16, (16, 64, 256, 8, 2)): (_R1, _L0, _G0),
     ("ieee", 16, (16, 32, 256, 4, 2)): (_A,),
-    ("ieee", 32, (32, 64, 256, 8, 2)): (_R1,),
-    ("ieee", 32, (16, 64, 256, 8, 2)): (_R0,),
-    ("ieee", 32, (16, 32, 256, 4, 2)): (_G1,),
-    ("ieee", 64, (16, 64, 256, 8, 2)): (_G0,),
-    ("ieee", 256, (16, 16, 256, 8, 2)): (_R0, _L0, _G1, _G0),
-    ("ieee", 256, (16, 16, 256, 8, 1)): (_R0, _L0),
-    ("tf32", 64, (16, 64, 256, 8, 2)): (_R0, _L0),
+    ("ieee", 32, (32, 64, 256, 8, 2)): (_R1, _G0),
+    ("ieee", 32, (16, 64, 256, 8, 2)): (_R0, _G0),
+    ("ieee", 32, (16, 32, 256, 4, 2)): (_R0, _G1),
+    ("ieee", 64, (16, 64, 256, 8, 2)): (_R1, _L0, _A, _AL, _G0),
+    ("ieee", 64, (16, 32, 256, 8, 2)): (_A, _G0, _G1),
+    ("ieee", 128, (16, 64, 256, 8, 2)): (_G0,),
+    ("ieee", 256, (16, 16, 256, 8, 2)): (_R0, _L0, _G0, _G1),
+    ("ieee", 256, (16, 16, 256, 8, 1)): (_R0, _L0, _G1),
+    ("tf32", 16, (32, 32, 256, 8, 2)): (_R0, _L1),
+    ("tf32", 16, (16, 32, 256, 8, 2)): (_R0, _L1, _G0),
+    ("tf32", 64, (16, 64, 256, 8, 2)): (_R0, _L0, _L1),
+    ("tf32", 256, (16, 32, 64, 8, 2)): (_R1, _L1, _A, _AL),
     ("bf16", 16, (64, 32, 256, 4, 3)): (_L0,),
-    ("bf16", 16, (16, 32, 256, 4, 2)): (_AL,),
+    ("bf16", 16, (32, 32, 256, 8, 2)): (_AL,),
+    ("bf16", 16, (16, 32, 256, 4, 2)): (_A, _AL),
+    ("bf16", 32, (16, 64, 256, 8, 2)): (_R0,),
+    ("bf16", 32, (16, 32, 256, 4, 2)): (_G1,),
+    ("bf16", 64, (16, 64, 256, 8, 2)): (_R0,),
+    ("bf16", 256, (16, 16, 256, 8, 2)): (_L1_UNIFORM,),
+    ("bf16", 256, (16, 16, 256, 8, 1)): (_L1_UNIFORM,),
+    ("bf16", 256, (16, 16, 128, 8, 2)): (_L1_RAGGED,),
 }
 
 #: The coefficient kernel's configs per product precision, ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``
@@ -95,8 +111,8 @@ STRIP_TABLE = {
 #: Configs of :data:`STRIP_TABLE` left out for some kinds, as :data:`FUSED_SPILLS`: ``(PREC, config)`` ->
 #: ``(KIND, NORM)`` launches.
 STRIP_SPILLS = {
-    ("ieee", (32, 32, 32, 4, 3)): (_R1, _G1, _G0),
-    ("ieee", (64, 32, 32, 8, 3)): (_G1, _G0),
+    ("ieee", (32, 32, 32, 4, 3)): (_R1, _G0, _G1),
+    ("ieee", (64, 32, 32, 8, 3)): (_G0, _G1),
 }
 
 
@@ -134,13 +150,19 @@ def product_mode(prec, c_dtype) -> str:
 
 
 def _launch_variant(kwargs):
-    """``(KIND, NORM)`` of a launch, from the constexpr keyword arguments the autotuner passes to a pruner
-    (``launch.run`` passes every kind flag by keyword); both are autotuning keys, so a pruned list is never
-    reused for another kind."""
+    """``(KIND, NORM, UNIFORM)`` of a launch, from the constexpr keyword arguments the autotuner passes to a
+    pruner (``launch.run`` passes every kind flag by keyword; the strip path is always ragged); all three are
+    autotuning keys of the kernels that prune by them, so a pruned list is never reused for another launch."""
     missing = [k for k in ("KIND", "NORM") if k not in kwargs]
     if missing:
         raise ValueError(f"a config pruner needs the launch's {' and '.join(missing)} keyword argument(s)")
-    return int(kwargs["KIND"]), bool(kwargs["NORM"])
+    return int(kwargs["KIND"]), bool(kwargs["NORM"]), bool(kwargs.get("UNIFORM", False))
+
+
+def _left_out(var, launches) -> bool:
+    """Whether a launch ``(KIND, NORM, UNIFORM)`` is among ``launches``, which name ``(KIND, NORM)`` (both
+    batch layouts) or ``(KIND, NORM, UNIFORM)`` (one)."""
+    return var in launches or var[:2] in launches
 
 
 def _prune_fused(configs, named_args, **kwargs):
@@ -152,7 +174,7 @@ def _prune_fused(configs, named_args, **kwargs):
     mode = product_mode(kwargs.get("PREC", "ieee"), kwargs.get("C_DTYPE", tl.float32))
     table = FUSED_TABLE[mode][bd]
     var = _launch_variant(kwargs)
-    rows = [r for r in table if var not in FUSED_SPILLS.get((mode, bd, r), ())]
+    rows = [r for r in table if not _left_out(var, FUSED_SPILLS.get((mode, bd, r), ()))]
     if not any(_key(c) in table for c in configs):
         return list(configs)
     return sorted((c for c in configs if _key(c) in rows), key=lambda c: rows.index(_key(c)))
@@ -177,7 +199,7 @@ def _prune_strip(configs, named_args, **kwargs):
     var = _launch_variant(kwargs)
     prec = "ieee" if kwargs.get("PREC", "ieee") == "ieee" else "tf32"
     table = STRIP_TABLE[prec]
-    rows = [r for r in table if var not in STRIP_SPILLS.get((prec, r), ())]
+    rows = [r for r in table if not _left_out(var, STRIP_SPILLS.get((prec, r), ()))]
     if not any(_key(c) in table for c in configs):
         return list(configs)
     return sorted((c for c in configs if _key(c) in rows), key=lambda c: rows.index(_key(c)))

@@ -314,7 +314,7 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 
 @triton.autotune(
     configs=_fused_configs(),
-    key=_KEYS + ["BLOCK_D", "PREC", "C_DTYPE"],
+    key=_KEYS + ["UNIFORM", "BLOCK_D", "PREC", "C_DTYPE"],
     prune_configs_by={"early_config_prune": _prune_fused},
 )
 @triton.jit
