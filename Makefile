@@ -91,10 +91,11 @@ cuda-check:
 
 # Every Triton autotuning config the launcher can select, for every kind (each one's variant with the most
 # live values, normalized and un-normalized), compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one
-# spills registers. Cold: AOT_COLD_TIME compiles on 2 cores; each report is cached under a hash of the
-# kernel's source, the config, Triton, ptxas and the TRITON_* environment (hsu_kernels/triton/_aot.py,
-# cache_key), so a run after a change recompiles only the kernels it touched. `make test` compiles one small
-# config per kernel.
+# spills registers. Cold: about 1,460 compiles, ~19 min on 2 shared cores (764 took 579 s at load 3-4); each
+# report is cached under a hash of the kernel's source, the config, Triton, ptxas, the TRITON_* environment
+# and _aot.py (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
+# touched, and one after a config table edit only the new configs. `make test` compiles one small config per
+# kernel.
 AOT_CACHE ?= $(or $(HSU_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hsu-kernels)/triton-aot
 .PHONY: triton-aot-check
 triton-aot-check: build
