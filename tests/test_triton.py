@@ -439,8 +439,11 @@ def test_sanity_values():
 
 #: (KIND, NORM) of every launch the pruners distinguish: the angular kinds are always normalized.
 PRUNE_VARIANTS = [(0, True), (0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (4, False)]
-#: The (KIND, NORM, mode, BLOCK_D) left with one config: every other tile tried spills (configs.FUSED_SPILLS).
-ONE_CONFIG = {(0, False, "ieee", 256), (1, False, "ieee", 256)}
+#: The (KIND, NORM, mode, BLOCK_D) left with one config (for one batch layout at least): the others of the
+#: table spill for that kind (configs.FUSED_SPILLS), as did the extra tiles tried (see there).
+ONE_CONFIG = {(0, False, "ieee", 256), (0, True, "tf32", 256), (1, False, "ieee", 256), (1, True, "bf16", 256),
+              (1, True, "tf32", 16), (1, True, "tf32", 256), (2, True, "tf32", 256), (3, True, "bf16", 16),
+              (3, True, "tf32", 256), (4, False, "ieee", 128), (4, True, "ieee", 256)}
 
 
 def test_gpu_config_pruning():

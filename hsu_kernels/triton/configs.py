@@ -69,17 +69,19 @@ _L1_RAGGED, _L1_UNIFORM = (LOG, True, False), (LOG, True, True)
 #: check of another flag (an exponent mode, no half-space, a cross energy). Most of these spill at 64-128
 #: registers, a budget ptxas picks for itself, not at the 255 limit, so which flag tips a config over is not
 #: predictable from its live values: the table follows the measurement. Every (kind, mode, BLOCK_D) keeps at
-#: least two configs but those named in tests/test_triton.py's ``ONE_CONFIG``, where every other tile tried
-#: spilled (at ieee BLOCK_D 256, for instance, 16 x 16 and 16 x 32 tiles with 4 or 8 warps, BLOCK_K 64, 128
-#: or 256, one or two stages, with and without maxnreg, spilled 8-412 bytes).
+#: least one config, and two but for the 11 named in tests/test_triton.py's ``ONE_CONFIG`` (mostly BLOCK_D
+#: 256: there 16 x 16 and 16 x 32 tiles with 4 or 8 warps, BLOCK_K 64, 128 or 256, one or two stages, with
+#: and without maxnreg, spilled 8-412 bytes for some kind).
 FUSED_SPILLS = {
     ("ieee", 16, (128, 32, 256, 8, 2)): (_R1, _L0, _L1, _A),
     ("ieee", 16, (32, 32, 256, 4, 2)): (_R1, _L0, _A),
     ("ieee", 16, (16, 64, 256, 8, 2)): (_R1, _L0, _G0),
     ("ieee", 16, (16, 32, 256, 4, 2)): (_A,),
+    ("ieee", 16, (64, 16, 256, 4, 2)): (_L1, _AL),
     ("ieee", 32, (32, 64, 256, 8, 2)): (_R1, _G0),
     ("ieee", 32, (16, 64, 256, 8, 2)): (_R0, _G0),
     ("ieee", 32, (16, 32, 256, 4, 2)): (_R0, _G1),
+    ("ieee", 32, (32, 32, 256, 8, 2)): (_A, _AL),
     ("ieee", 64, (16, 64, 256, 8, 2)): (_R1, _L0, _A, _AL, _G0),
     ("ieee", 64, (16, 32, 256, 8, 2)): (_A, _G0, _G1),
     ("ieee", 128, (16, 64, 256, 8, 2)): (_G0,),
@@ -87,6 +89,8 @@ FUSED_SPILLS = {
     ("ieee", 256, (16, 16, 256, 8, 1)): (_R0, _L0, _G1),
     ("tf32", 16, (32, 32, 256, 8, 2)): (_R0, _L1),
     ("tf32", 16, (16, 32, 256, 8, 2)): (_R0, _L1, _G0),
+    ("tf32", 16, (32, 32, 256, 4, 2)): (_A, _G0),
+    ("tf32", 16, (16, 32, 256, 4, 2)): (_L1, _A),
     ("tf32", 64, (16, 64, 256, 8, 2)): (_R0, _L0, _L1),
     ("tf32", 256, (16, 32, 64, 8, 2)): (_R1, _L1, _A, _AL),
     ("bf16", 16, (64, 32, 256, 4, 3)): (_L0,),
@@ -94,10 +98,11 @@ FUSED_SPILLS = {
     ("bf16", 16, (16, 32, 256, 4, 2)): (_A, _AL),
     ("bf16", 32, (16, 64, 256, 8, 2)): (_R0,),
     ("bf16", 32, (16, 32, 256, 4, 2)): (_G1,),
+    ("bf16", 32, (16, 32, 256, 8, 2)): (_A,),
     ("bf16", 64, (16, 64, 256, 8, 2)): (_R0,),
     ("bf16", 256, (16, 16, 256, 8, 2)): (_L1_UNIFORM,),
     ("bf16", 256, (16, 16, 256, 8, 1)): (_L1_UNIFORM,),
-    ("bf16", 256, (16, 16, 128, 8, 2)): (_L1_RAGGED,),
+    ("bf16", 256, (16, 16, 128, 8, 2)): (_R1, _A, _AL, _L1_RAGGED),
 }
 
 #: The coefficient kernel's configs per product precision, ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``
