@@ -91,7 +91,7 @@ cuda-check:
 
 # Every Triton autotuning config the launcher can select, for every kind (each one's variant with the most
 # live values, normalized and un-normalized), compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one
-# spills registers. Cold: about 1,460 compiles, ~19 min on 2 shared cores (764 took 579 s at load 3-4); each
+# spills registers. Cold: about 1,410 compiles, ~19 min on 2 shared cores (764 took 579 s at load 3-4); each
 # report is cached under a hash of the kernel's source, the config, Triton, ptxas, the TRITON_* environment
 # and _aot.py (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
 # touched, and one after a config table edit only the new configs. `make test` compiles one small config per
