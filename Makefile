@@ -14,8 +14,9 @@
 #   HSU_HYPOTHESIS_PROFILE=long make test    the property suites (tests/test_properties.py,
 #                             tests/test_triton_properties.py) with 10,000 examples per backend instead of the
 #                             ci profile's 400 (hours on 2 cores; `make test` runs ci, under a minute).
-#   make triton-aot-check     every Triton autotuning config compiled for sm_80/sm_90 with ptxas (no GPU),
-#                             failing on any register spill (the committed table: bench/results/triton-ptxas-*).
+#   make triton-aot-check     every Triton autotuning config of every kind compiled for sm_80/sm_90 with ptxas
+#                             (no GPU), failing on any register spill (the committed table:
+#                             bench/results/triton-ptxas-*); reports cached under the same cache directory.
 #   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
 #                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
 #                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
@@ -88,11 +89,17 @@ cmake-check:
 cuda-check:
 	bash .ci/cuda_check.sh
 
-# Every Triton autotuning config compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one spills
-# registers (~3-5 min on 2 cores; `make test` compiles one small config per kernel).
+# Every Triton autotuning config the launcher can select, for every kind (each one's variant with the most
+# live values, normalized and un-normalized), compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one
+# spills registers. Cold: about 1,410 compiles, ~19 min on 2 shared cores (764 took 579 s at load 3-4); each
+# report is cached under a hash of the kernel's source, the config, Triton, ptxas, the TRITON_* environment
+# and _aot.py (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
+# touched, and one after a config table edit only the new configs. `make test` compiles one small config per
+# kernel.
+AOT_CACHE ?= $(or $(HSU_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hsu-kernels)/triton-aot
 .PHONY: triton-aot-check
 triton-aot-check: build
-	$(PY) -m hsu_kernels.triton._aot --fail-on-spill --no-write
+	$(PY) -m hsu_kernels.triton._aot --fail-on-spill --no-write --cache "$(AOT_CACHE)"
 
 bench: build
 	$(PY) -m bench

@@ -18,6 +18,7 @@ random draw that can be far below typical by luck (see ``assert_close_to_ref``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 
 import pytest
@@ -436,35 +437,68 @@ def test_sanity_values():
         assert abs(got - value) < 0.05 * abs(value), (power, got, value)
 
 
+#: (KIND, NORM) of every launch the pruners distinguish: the angular kinds are always normalized.
+PRUNE_VARIANTS = [(0, True), (0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (4, False)]
+#: The (KIND, NORM, mode, BLOCK_D) left with one config (for one batch layout at least): the others of the
+#: table spill for that kind (configs.FUSED_SPILLS), as did the extra tiles tried (see there).
+ONE_CONFIG = {(0, False, "ieee", 256), (0, True, "tf32", 256), (1, False, "ieee", 256), (1, True, "bf16", 256),
+              (1, True, "tf32", 16), (1, True, "tf32", 256), (2, True, "tf32", 256), (3, True, "bf16", 16),
+              (3, True, "tf32", 256), (4, False, "ieee", 128), (4, True, "ieee", 256)}
+
+
 def test_gpu_config_pruning():
-    """For every padded D and product mode the pruner keeps exactly the configs of ``FUSED_TABLE`` (those
-    _aot compiles without spills), at least two so the autotuner has a choice, each in the autotuning list;
-    the same for the GEMM kernel and ``GEMM_TABLE``."""
+    """For every kind, padded D and product mode the pruner keeps the configs of ``FUSED_TABLE`` less those
+    ``FUSED_SPILLS`` leaves out for that kind (what _aot compiles without spills), in the table's order, at
+    least two where the table has them (the autotuner has a choice) and never none; each in the autotuning
+    list. The same for the coefficient kernel (``STRIP_TABLE``, ``STRIP_SPILLS``) and for the GEMM kernel
+    (``GEMM_TABLE``, the same for every kind)."""
     import triton.language as tl
 
     from hsu_kernels.triton import kernels
 
-    def fkey(c):
-        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-
+    fkey = kernels._key  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages[, maxnreg]), as the tables write a config
     configs = kernels._fused_configs(interpret=False)
+    strip = kernels._strip_configs(interpret=False)
     assert len({fkey(c) for c in configs}) == len(configs)
     modes = {"ieee": ("ieee", tl.float32), "tf32": ("tf32", tl.float32), "bf16": ("tf32", tl.bfloat16)}
-    for mode, (prec, cdt) in modes.items():
-        for bd in (16, 32, 64, 128, 256):
-            kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt)
-            assert [fkey(c) for c in kept] == list(kernels.FUSED_TABLE[mode][bd]), (mode, bd)
-            assert len(kept) >= 2, (mode, bd)
-            for c in kept:
-                assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
-        gemm = kernels._prune_gemm(kernels._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt)
-        assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-                for c in gemm] == list(kernels.GEMM_TABLE[mode]) and len(gemm) >= 2, mode
+    for (kind, norm), uniform in itertools.product(PRUNE_VARIANTS, (False, True)):
+        for mode, (prec, cdt) in modes.items():
+            for bd in (16, 32, 64, 128, 256):
+                kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt, KIND=kind, NORM=norm,
+                                            UNIFORM=uniform)
+                table = kernels.FUSED_TABLE[mode][bd]
+                spills = kernels.FUSED_SPILLS
+                want = [r for r in table if (kind, norm) not in spills.get((mode, bd, r), ())
+                        and (kind, norm, uniform) not in spills.get((mode, bd, r), ())]
+                assert [fkey(c) for c in kept] == want, (kind, norm, uniform, mode, bd)
+                # two configs at least (a choice for the autotuner), but where FUSED_SPILLS says why not
+                assert len(kept) >= (1 if (kind, norm, mode, bd) in ONE_CONFIG else 2), (kind, norm, uniform, mode,
+                                                                                          bd)
+                for c in kept:
+                    assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
+            coef = kernels._prune_strip(strip, {}, PREC=prec, KIND=kind, NORM=norm)
+            want = [r for r in kernels.STRIP_TABLE[prec]
+                    if (kind, norm) not in kernels.STRIP_SPILLS.get((prec, r), ())]
+            assert [fkey(c) for c in coef] == want and len(coef) >= 2, (kind, norm, mode)
+            gemm = kernels._prune_gemm(kernels._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt)
+            assert [kernels._key(c, "BLOCK_D") for c in gemm] == list(kernels.GEMM_TABLE[mode]) and len(gemm) >= 2
+    # every exclusion names a config of its table and a launch that exists
+    def launches_ok(launches):  # (KIND, NORM) for both batch layouts, or (KIND, NORM, UNIFORM)
+        return all(tuple(v[:2]) in PRUNE_VARIANTS and len(v) in (2, 3) for v in launches)
+
+    for (mode, bd, row), launches in kernels.FUSED_SPILLS.items():
+        assert row in kernels.FUSED_TABLE[mode][bd] and launches_ok(launches), (mode, bd, row)
+    for (prec, row), launches in kernels.STRIP_SPILLS.items():
+        assert row in kernels.STRIP_TABLE[prec] and launches_ok(launches), (prec, row)
     # float16 inputs multiply on tensor cores with float32 coefficients: the tf32 lists
     assert kernels.product_mode("tf32", tl.float32) == "tf32"
     # a pinned list (one config outside the table) is left alone
     odd = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 256}, num_warps=2, num_stages=1)]
-    assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32) == odd
+    assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, KIND=0, NORM=True) == odd
+    assert kernels._prune_strip(odd, {}, PREC="ieee", KIND=0, NORM=True) == odd
+    # the kind is needed: a launch without it would get another kind's configs
+    with pytest.raises(ValueError, match="KIND"):
+        kernels._prune_fused(configs, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, NORM=True)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU every test above already compiles the kernels for real")
@@ -524,7 +558,8 @@ def _cases(i: int, count: int):
 
 
 def _cfg_id(c) -> str:
-    return "-".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+    return ("-".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in c.kwargs.items()) + f"-w{c.num_warps}s{c.num_stages}"
+            + (f"-r{c.maxnreg}" if c.maxnreg else ""))
 
 
 def _pin(monkeypatch, kernel, config):
@@ -534,13 +569,14 @@ def _pin(monkeypatch, kernel, config):
     monkeypatch.setattr(kernel, "configs", [config])
 
 
-def _selectable(config, block_d: int) -> bool:
+def _selectable(config, block_d: int, kind: int, norm: bool = True) -> bool:
     """Whether the launcher's pruner keeps ``config`` for float32 rows padded to ``block_d`` (exact products,
-    the default below D = 128). On a GPU a config outside that set may not fit the SM and is never launched;
-    the interpreter runs it anyway (more masking cases for free)."""
+    the default below D = 128) and the kind code ``kind``. On a GPU a config outside that set may not fit the
+    SM and is never launched; the interpreter runs it anyway (more masking cases for free)."""
     import triton.language as tl
 
-    kept = tk._prune_fused(FUSED_CONFIGS, {}, BLOCK_D=block_d, PREC="ieee", C_DTYPE=tl.float32)
+    kept = tk._prune_fused(FUSED_CONFIGS, {}, BLOCK_D=block_d, PREC="ieee", C_DTYPE=tl.float32, KIND=kind,
+                           NORM=norm)
     return not ON_GPU or any(c is config for c in kept)
 
 
@@ -599,11 +635,11 @@ def _fused_config_cases(config):
         # one ragged launch at BLOCK_D = 16: a row tail and a column tail of this tile, N = 2, D = 2 and 5
         ws = _case_inputs([(bm + 3, 12), (2, 5), (bn + 1, 2)], seed + 10 * i, norm)
         _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
-    if _selectable(config, 64):
+    if _selectable(config, 64, tk.ANGULAR):
         p = make_params("angular", 1.0, half_space=True)
         w = _rand((3, bm + 1, 40), seed + 80)  # uniform batch, BLOCK_D = 64
         compare_energy(*ht.energy_grad(w, p), w, p, f"fused {_cfg_id(config)} batch D=40")
-    if _selectable(config, 256):
+    if _selectable(config, 256, tk.RIESZ):
         x, y = _rand((2, 7, 200), seed + 81), _rand((2, bn + 3, 200), seed + 82)  # cross, BLOCK_D = 256
         p = make_params("riesz", 1.0, half_space=True)
         compare_cross(*ht.cross_energy_grad(x, y, p), x, y, p, f"fused {_cfg_id(config)} cross D=200")

@@ -2,6 +2,8 @@
 compiles and how it computes occupancy. (Compiling itself is checked by test_triton.py's
 ``test_kernels_compile_for_gpu``; the full table is in bench/results/triton-ptxas-*.md.)"""
 
+import os
+
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -25,48 +27,133 @@ def test_occupancy():
 
 
 def test_every_selectable_config_is_compiled():
-    """The full run compiles, per mode and architecture, exactly the fused configs the launcher's pruner
-    keeps for each padded D, and every strip-path config."""
+    """The full run compiles, per kind variant, mode and architecture, exactly the fused configs the
+    launcher's pruner keeps for each padded D (given the launch's constexpr keyword arguments, as Triton's
+    autotuner passes them) and the coefficient configs its pruner keeps; the GEMM's configs once per mode
+    and architecture (it reads no kind flag); the epilogue once per kind variant."""
     import triton.language as tl
 
     from hsu_kernels.triton import kernels as K
 
     todo = _aot.tasks()
+    variants = _aot.gate_variants()
+    # every kind, normalized, and un-normalized where the kind allows it, for a ragged and a uniform batch
+    assert sorted((v["KIND"], v["NORM"], v["UNIFORM"]) for v in variants) == sorted(
+        (c, n, u) for c, n in [(c, True) for c in range(5)] + [(_aot.KINDS[k], False) for k in ("riesz", "log",
+                                                                                              "gaussian")]
+        for u in (False, True))
+    assert all(v["HS"] and v["SELF"] and v["POW"] == K.POW_GENERAL for v in variants)
     assert {t["arch"] for t in todo} == {80, 90} and {t["mode"] for t in todo} == {"ieee", "tf32", "bf16"}
     cdt = {"ieee": tl.float32, "tf32": tl.float32, "bf16": tl.bfloat16}
+    flags = ("KIND", "NORM", "HS", "SELF", "DIAG", "POW", "UNIFORM")
+
+    def mine(t, v, kernel):  # the strip path is always launched ragged: one task serves both layouts
+        return t["kernel"] == kernel and all(t["consts"][f] == v[f] for f in flags
+                                             if f in t["consts"] and (f != "UNIFORM" or kernel == "fused_kernel"))
+
     for arch in (80, 90):
         for mode in ("ieee", "tf32", "bf16"):
             prec = "ieee" if mode == "ieee" else "tf32"
-            for bd in (16, 32, 64, 128, 256):
-                kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt[mode])
-                got = [(t["consts"]["BLOCK_M"], t["consts"]["BLOCK_N"], t["warps"], t["stages"]) for t in todo
-                       if t["kernel"] == "fused_kernel" and t["arch"] == arch and t["mode"] == mode
-                       and t["consts"]["BLOCK_D"] == bd]
-                assert got == [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
+            here = [t for t in todo if t["arch"] == arch and t["mode"] == mode]
+            for v in variants:
+                assert v["DIAG"] == (v["KIND"] != K.GAUSSIAN)
+                for bd in (16, 32, 64, 128, 256):
+                    kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prec,
+                                          C_DTYPE=cdt[mode], **v)
+                    got = [(t["consts"]["BLOCK_M"], t["consts"]["BLOCK_N"], t["consts"]["BLOCK_K"], t["warps"],
+                            t["stages"], t["maxnreg"])
+                           for t in here if mine(t, v, "fused_kernel") and t["consts"]["BLOCK_D"] == bd]
+                    assert got == [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps,
+                                    c.num_stages, c.maxnreg) for c in kept], (v, arch, mode, bd)
+                coef = K._prune_strip(K._strip_configs(interpret=False), {}, PREC=prec, **v)
+                assert sum(1 for t in here if mine(t, v, "coef_kernel")) == len(coef), (v, arch, mode)
+                epi = sum(1 for t in here if mine(t, v, "epilogue_kernel"))
+                assert epi == (0 if mode == "tf32" else 1), (v, arch, mode)
             gemm = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt[mode])
-            for kernel, configs in (("coef_kernel", K._strip_configs(interpret=False)), ("gemm_kernel", gemm)):
-                n = sum(1 for t in todo if t["kernel"] == kernel and t["arch"] == arch and t["mode"] == mode)
-                assert n == len(configs), (kernel, arch, mode)
+            assert sum(1 for t in here if t["kernel"] == "gemm_kernel") == len(gemm), (arch, mode)
     fused_ds = {t["D"] for t in todo if t["kernel"] == "fused_kernel"}
     assert fused_ds == {"3,16", "32", "64", "128", "256"}
+    # no task twice
+    keys = [(t["kernel"], t["arch"], t["mode"], sorted(t["consts"].items()), t["warps"], t["stages"], t["maxnreg"])
+            for t in todo]
+    assert len(keys) == len({repr(k) for k in keys})
+    # one kind: its variants only
+    riesz = _aot.tasks(kind="riesz")
+    assert {(t["consts"]["KIND"], t["consts"]["NORM"]) for t in riesz if t["kernel"] != "gemm_kernel"} == {
+        (0, True), (0, False)}
+
+
+def test_strip_kernels_read_only_their_flags():
+    """The de-duplication of the strip path's tasks is sound: the GEMM's body reads none of the kind flags
+    (one compile serves every kind), and the coefficient and epilogue kernels take no kind flag beyond
+    ``STRIP_FLAGS`` (and ``UNIFORM``, which the launcher always passes as False to them)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from hsu_kernels.triton import kernels as K
+
+    kind_flags = {"KIND", "POW", "HS", "NORM", "SELF", "DIAG", "UNIFORM"}
+    gemm = ast.parse(textwrap.dedent(inspect.getsource(K.gemm_kernel.fn.fn)))
+    body = gemm.body[0].body
+    used = {n.id for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+    assert not (used & set(_aot.GEMM_FLAGS)), used & set(_aot.GEMM_FLAGS)
+    for name, kern in (("coef_kernel", K.coef_kernel.fn), ("epilogue_kernel", K.epilogue_kernel)):
+        params = set(kern.arg_names) & kind_flags
+        assert params == set(_aot.STRIP_FLAGS[name]) | {"UNIFORM"}, (name, params)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="the interpreter's kernels have no Triton cache key (and _aot refuses to run under it)")
+def test_cache_key_and_reuse(tmp_path, monkeypatch):
+    """A report is reused only for the same task (the key changes with any constexpr, the arch, warps) and
+    is stored only when the compile succeeded."""
+    todo = _aot.tasks(modes=("bf16",), archs=(90,), kind="riesz", quick=True)
+    t = todo[0]
+    other = dict(t, consts=dict(t["consts"], NORM=not t["consts"]["NORM"]))
+    assert _aot.cache_key(t) == _aot.cache_key(dict(t))
+    assert len({_aot.cache_key(x) for x in (t, other, dict(t, arch=80), dict(t, warps=t["warps"] * 2))}) == 4
+    calls = []
+
+    def fake(task):
+        calls.append(task)
+        return dict(task, registers=100, spill_stores=0, spill_loads=0, shared=0)
+
+    monkeypatch.setattr(_aot, "compile_one", fake)
+    first = _aot.compile_cached(t, str(tmp_path))
+    again = _aot.compile_cached(t, str(tmp_path))
+    assert len(calls) == 1 and not first.get("cached") and again["cached"] and again["registers"] == 100
+    _aot.compile_cached(other, str(tmp_path))
+    assert len(calls) == 2
+    monkeypatch.setattr(_aot, "compile_one", lambda task: dict(task, error="CompilationError: boom"))
+    bad = dict(t, warps=1)
+    assert "error" in _aot.compile_cached(bad, str(tmp_path)) and "error" in _aot.compile_cached(bad, str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 2
+    assert _aot.compile_cached(t, None) == _aot.compile_one(t)  # no cache: always compiled
 
 
 def test_summary_and_row():
+    flags = _aot.variant("angular")
     ok = dict(kernel="fused_kernel", arch=90, mode="bf16", D="64", warps=8, stages=2, registers=255,
               spill_stores=1832, spill_loads=1828, shared=49152,
-              consts=dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64))
-    clean = dict(ok, registers=128, spill_stores=0, spill_loads=0, consts=dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=64))
+              consts=dict(flags, BLOCK_M=128, BLOCK_N=64, BLOCK_D=64))
+    clean = dict(ok, registers=128, spill_stores=0, spill_loads=0,
+                 consts=dict(flags, BLOCK_M=32, BLOCK_N=32, BLOCK_D=64))
     failed = dict(ok, error="CompilationError: boom")
     lines = _aot.summarize([ok, clean, failed])
     assert lines == ["fused_kernel sm_90: 2 configs compiled, 1 spill (worst 1832 B of spill stores: bf16 "
                      "128x64, BLOCK_D 64, 8 warps), max 255 registers, 1 FAILED to compile"]
     assert _aot._row(ok)[-2:] == ["8", "registers"]
-    assert _aot._row(failed)[7] == "FAILED"
+    assert _aot._row(failed)[8] == "FAILED"
+    assert _aot._row(ok)[1] == "angular norm hs self diag ragged pow=general"
+    raw = dict(ok, kernel="coef_kernel", consts=dict(_aot.variant("gaussian", norm=False), BLOCK_M=32, BLOCK_N=32,
+                                                     BLOCK_K=32))
+    assert _aot._row(raw)[1] == "gaussian raw hs self"
 
 
 def test_select_filters_tasks():
     """--kernels, --ds and --match pick a subset of the full run (what one iterates on), nothing else."""
-    todo = _aot.tasks(modes=("bf16",), archs=(90,))
+    todo = _aot.tasks(modes=("bf16",), archs=(90,), kind="angular")
     fused_256 = _aot.select(todo, kernels="fused", ds="256")
     assert fused_256 and all(t["kernel"] == "fused_kernel" and t["D"] == "256" for t in fused_256)
     assert len(fused_256) == sum(1 for t in todo if t["kernel"] == "fused_kernel" and t["D"] == "256")

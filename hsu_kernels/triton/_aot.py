@@ -5,38 +5,63 @@ Triton wheel) without touching a device. This catches what the CPU interpreter c
 real frontend, layouts, and register spills (``ptxas -v``). It cannot check the numbers: only running on a
 GPU does. Run it without ``TRITON_INTERPRET``::
 
-    python -m hsu_kernels.triton._aot                  # every selectable config, sm_90 and sm_80, table
-    python -m hsu_kernels.triton._aot --fail-on-spill  # ... and exit 1 if any config spills (the CI gate,
-                                                       # `make triton-aot-check`; ~3-5 min on 2 cores)
+    python -m hsu_kernels.triton._aot                  # every selectable config of every kind, sm_90 and sm_80
+    python -m hsu_kernels.triton._aot --fail-on-spill --cache ~/.cache/hsu-kernels/triton-aot
+                                                       # ... exit 1 if any spills (the CI gate,
+                                                       # `make triton-aot-check`; see there for its time)
     python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
-    python -m hsu_kernels.triton._aot --kernels fused --ds 256 --modes ieee --no-write   # a subset
+    python -m hsu_kernels.triton._aot --kind riesz --kernels fused --ds 256 --modes ieee --no-write  # a subset
+    python -m hsu_kernels.triton._aot --kind gaussian --norm 0 --self 0 --no-write  # another flag variant
 
-What is compiled (the default): every autotuning config the launcher can select, per kernel:
+What is compiled (the default): every autotuning config the launcher can select, per kernel and kind:
 
 * ``fused_kernel`` for the padded row lengths of D in {3, 16, 32, 64, 128, 256} (``BLOCK_D`` 16, 32, 64,
-  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``), keeping the configs ``kernels._prune_fused`` keeps for
-  that ``BLOCK_D`` and product mode (``kernels.FUSED_TABLE``);
-* the strip path (D > 256): every ``coef_kernel`` config, the ``gemm_kernel`` configs ``kernels._prune_gemm``
-  keeps for the mode (``kernels.GEMM_TABLE``), and ``epilogue_kernel``;
+  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``): the configs ``kernels._prune_fused`` returns for that
+  ``BLOCK_D``, product mode and kind, called with a launch's constexpr keyword arguments as Triton's
+  autotuner calls it (``configs.FUSED_TABLE`` less ``configs.FUSED_SPILLS``);
+* the strip path (D > 256): the ``coef_kernel`` configs ``kernels._prune_strip`` returns, the
+  ``gemm_kernel`` configs ``kernels._prune_gemm`` keeps for the mode, and ``epilogue_kernel``;
 
 each in three product modes: float32 inputs with exact products (``ieee``), float32 with tensor-core
-products (``tf32``), and bfloat16 inputs. The kind flags are the ones with the most live values: the
-angular kind with a general exponent, half-space with its diagonal term, normalized rows, a ragged batch
-(sizes loaded from the table); ``--kind`` picks another kind. Pointers are compiled as 16-byte aligned,
-as torch allocates them.
+products (``tf32``), and bfloat16 inputs. Pointers are compiled as 16-byte aligned, as torch allocates them.
+
+The kinds (:func:`gate_variants`): each of the five, normalized, and un-normalized for Riesz, log and
+Gaussian (a different per-pair path, neither a subset of the other), each for a ragged batch (sizes and
+offsets loaded from the table) and a uniform one (scalar sizes): 8 kind variants x 2 layouts. The other
+flags are the ones with the most live values per pair: half-space (both terms of a pair live until summed;
+without it the code is the same less the second term), a self energy with the half-space diagonal term
+(the ``i != j`` mask and, after the loop, the diagonal's row terms; the Gaussian kind has no diagonal term
+and carries its online log-sum-exp state instead: a running maximum per row that rescales the gradient
+accumulator and the row sums every tile), and the general exponent (``exp(-p log x)``).
+
+That choice is an argument from the live values, and ptxas does not follow it exactly: most spills seen
+here are 4-40 bytes at 80 or 128 registers, a budget ptxas picks for itself, and a flag that removes work
+can tip a config over as well as one that adds it. The uniform layout spilled in configs the ragged one
+fits (hence both are gated), and spot checks of other flags (``--pow``, ``--hs 0``, ``--self 0``; table in
+bench/results/) found a few more, which are pruned too. Every combination of the flags (136 variants with
+the exponent modes) is not compiled: that would take hours on 2 cores. ``--norm``, ``--hs``, ``--self``,
+``--uniform`` and ``--pow`` compile any other variant. The GEMM reads none of the kind flags (its body uses
+none: a test checks) and is compiled once per config; the coefficient and epilogue kernels once per
+distinct set of the flags they take (``STRIP_FLAGS``; the launcher passes them ``UNIFORM=False``).
 
 Per config it reports registers, spill stores/loads (bytes per thread), static shared memory, and the
 occupancy: resident warps per SM from registers (64K per SM, allocated per warp in units of 256) and shared
 memory (per block plus 1 KB reserved; 228 KB per SM on sm_90, 164 KB on sm_80), at most 64 warps and 32
 blocks per SM, with what limits it. The full run writes the table to
 ``bench/results/triton-ptxas-<date>.md`` with the commit and command (``--out`` elsewhere, ``--no-write``
-not at all). Exit status: 2 if a config fails to compile, 1 with ``--fail-on-spill`` if one spills, else 0.
+not at all). ``--cache DIR`` keeps each report under a hash of everything it depends on (:func:`cache_key`:
+the kernel's source and that of every jit function and global it uses, the task, the Triton and ptxas
+versions, the ``TRITON_*`` environment, the parser's source) and compiles only what is not there; a config
+table edit (``configs.py``) changes no kernel's key. Exit status: 2 if a config fails to compile, 1 with
+``--fail-on-spill`` if one spills, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -45,10 +70,24 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
+with open(__file__, "rb") as _f:
+    #: The hash of this module's text at import, part of every cache key (see :func:`cache_key`).
+    _SOURCE_HASH = hashlib.sha256(_f.read()).hexdigest()
+
 #: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
 FUSED_DS = (3, 16, 32, 64, 128, 256)
 MODES = ("ieee", "tf32", "bf16")
 KINDS = {"riesz": 0, "log": 1, "angular": 2, "angular_log": 3, "gaussian": 4}
+#: The kinds with an un-normalized form (the angular kinds measure angles: always normalized).
+UNNORMALIZED_KINDS = ("riesz", "log", "gaussian")
+#: Exponent modes of ``kernels.pow_mode``.
+POW_MODES = {"general": 0, "rsqrt": 1, "recip": 2, "recip2": 3}
+#: The kind flags each strip-path kernel's body reads (the launcher always passes ``UNIFORM=False`` to them):
+#: a variant that differs from another only in flags a kernel does not read compiles the same kernel.
+STRIP_FLAGS = {"coef_kernel": ("KIND", "POW", "HS", "NORM", "SELF"),
+               "epilogue_kernel": ("KIND", "POW", "NORM", "DIAG")}
+#: The GEMM's kind flags, fixed: its body reads none of them (they only key its autotuning).
+GEMM_FLAGS = dict(KIND=0, HS=True, NORM=True, SELF=True)
 
 #: Per-SM resources (CUDA occupancy calculator): registers, shared memory usable by blocks, the shared
 #: memory reserved per block, the most resident warps and blocks.
@@ -96,56 +135,106 @@ def _mode_consts(mode: str) -> Tuple[str, dict]:
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def tasks(modes=MODES, archs=(90, 80), kind: str = "angular", quick: bool = False) -> List[dict]:
-    """Every (kernel, config, mode, arch) to compile, as picklable dicts (see :func:`compile_one`)."""
+def variant(kind: str = "angular", norm: bool = True, hs: bool = True, self_: bool = True,
+            uniform: bool = False, pow_: int = 0) -> dict:
+    """The kind flags of one launch, as the launcher passes them (``DIAG`` follows from the others:
+    ``launch.run`` adds the half-space self pair to a self energy of every kind but the Gaussian)."""
+    return dict(KIND=KINDS[kind], POW=pow_, HS=hs, NORM=norm, SELF=self_, UNIFORM=uniform,
+                DIAG=self_ and hs and kind != "gaussian")
+
+
+def gate_variants(kinds=tuple(KINDS)) -> List[dict]:
+    """The variants the default run compiles: per kind, the flags with the most live values (half-space with
+    its diagonal term, self energy, general exponent), normalized and, for the kinds that allow it,
+    un-normalized (a different per-pair path, neither a subset of the other), each for a ragged and a
+    uniform batch (scalar sizes let the compiler vectorize loads and schedule differently: the uniform
+    variant spills in configs the ragged one fits, and the other way round; only the fused kernel takes
+    a uniform batch, so the strip path's tasks of the two are one)."""
+    return [variant(kind, norm=norm, uniform=uniform) for kind in kinds
+            for norm in ((True, False) if kind in UNNORMALIZED_KINDS else (True,)) for uniform in (False, True)]
+
+
+def variant_label(task: dict) -> str:
+    """A short name of the kind flags a task's kernel reads, e.g. ``riesz raw hs self diag ragged pow=general``."""
+    c = task["consts"]
+    if task["kernel"] == "gemm_kernel":
+        return "every kind (reads no kind flag)"
+    parts = [{v: k for k, v in KINDS.items()}[c["KIND"]], "norm" if c["NORM"] else "raw"]
+    flags = {"fused_kernel": ("HS", "SELF", "DIAG"), "coef_kernel": ("HS", "SELF"), "epilogue_kernel": ("DIAG",)}
+    parts += [f.lower() if c[f] else "no-" + f.lower() for f in flags[task["kernel"]]]
+    if task["kernel"] == "fused_kernel":
+        parts.append("uniform" if c["UNIFORM"] else "ragged")
+    if c["KIND"] in (KINDS["riesz"], KINDS["angular"]):
+        parts.append("pow=" + {v: k for k, v in POW_MODES.items()}[c["POW"]])
+    return " ".join(parts)
+
+
+def tasks(modes=MODES, archs=(90, 80), kind: Optional[str] = None, quick: bool = False,
+          variants: Optional[List[dict]] = None) -> List[dict]:
+    """Every (kernel, config, mode, arch, kind flags) to compile, as picklable dicts (see
+    :func:`compile_one`); ``variants`` (from :func:`variant`) defaults to :func:`gate_variants` of ``kind``
+    (None: every kind). A task whose compiled kernel is the same as an earlier one's (a strip-path kernel's
+    body does not read every flag: see :data:`STRIP_FLAGS`) is listed once."""
     import triton.language as tl
 
     from . import kernels as K
 
     tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16}
-    kcode = KINDS[kind]
-    norm = True
-    flags = dict(KIND=kcode, POW=K.POW_GENERAL, HS=True, NORM=norm, SELF=True, UNIFORM=False, UPCAST=False)
-    out = []
+    if not variants:  # --quick: one kind (a compile check, not the gate)
+        variants = [variant(kind or "angular")] if quick else gate_variants((kind,) if kind else tuple(KINDS))
+    out, seen = [], set()
+
+    def add(t):
+        key = (t["kernel"], t["arch"], t["mode"], tuple(sorted(t["consts"].items())), t["warps"], t["stages"],
+               t["maxnreg"])
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+
     for arch in archs:
         for mode in modes:
             elt, prod = _mode_consts(mode)
-            # fused: the configs the pruner keeps for each padded D
-            for bd in [64] if quick else sorted({max(16, 1 << (d - 1).bit_length()) for d in FUSED_DS}):
-                served = [d for d in FUSED_DS if max(16, 1 << (d - 1).bit_length()) == bd]
-                kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prod["PREC"],
-                                      C_DTYPE=tl_dtype[prod["C_DTYPE"]])
-                for c in kept[-1:] if quick else kept:
-                    out.append(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
-                                    ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
-                                          "f_ptr": "i32", "tab_ptr": "i64"},
-                                    consts=dict(flags, DIAG=True, **prod, EPI="fp32", BLOCK_D=bd,
-                                                **c.kwargs),
-                                    warps=c.num_warps, stages=c.num_stages))
-            for c in K._strip_configs(interpret=False)[-1:] if quick else K._strip_configs(interpret=False):
-                out.append(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
-                                ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
-                                      "b_ptr": "fp32", "f_ptr": "i32", "tab_ptr": "i64"},
-                                consts=dict(flags, POW=K.POW_GENERAL, PREC=prod["PREC"], **c.kwargs),
-                                warps=c.num_warps, stages=c.num_stages))
-            gemm_kept = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prod["PREC2"],
-                                      C_DTYPE=tl_dtype[prod["C_DTYPE"]])
-            for c in gemm_kept[-1:] if quick else gemm_kept:
-                gflags = {k: v for k, v in flags.items() if k not in ("POW",)}
-                out.append(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
-                                ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
-                                consts=dict(gflags, PREC2=prod["PREC2"], C_DTYPE=prod["C_DTYPE"],
-                                            **c.kwargs),
-                                warps=c.num_warps, stages=c.num_stages))
-            if mode != "tf32":  # the epilogue has no products: tf32 compiles the same kernel as ieee
-                from .launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
+            for v in variants:
+                # fused: the configs the launcher's pruner keeps for each padded D, given the same constexpr
+                # keyword arguments as a launch
+                for bd in [64] if quick else sorted({max(16, 1 << (d - 1).bit_length()) for d in FUSED_DS}):
+                    served = [d for d in FUSED_DS if max(16, 1 << (d - 1).bit_length()) == bd]
+                    consts = dict(v, **prod, UPCAST=False, EPI="fp32", BLOCK_D=bd)
+                    kept = K._prune_fused(K._fused_configs(interpret=False), {},
+                                          **dict(consts, C_DTYPE=tl_dtype[prod["C_DTYPE"]], EPI=tl.float32))
+                    for c in kept[-1:] if quick else kept:
+                        add(dict(kernel="fused_kernel", arch=arch, mode=mode, D=",".join(map(str, served)),
+                                 ptrs={"x_ptr": elt, "y_ptr": elt, "g_ptr": elt, "e_ptr": "fp32",
+                                       "f_ptr": "i32", "tab_ptr": "i64"},
+                                 consts=dict(consts, **c.kwargs), warps=c.num_warps, stages=c.num_stages,
+                                 maxnreg=c.maxnreg))
+                strip = {k: v[k] for k in STRIP_FLAGS["coef_kernel"]}
+                coef_kept = K._prune_strip(K._strip_configs(interpret=False), {},
+                                           **dict(strip, UNIFORM=False, PREC=prod["PREC"]))
+                for c in coef_kept[-1:] if quick else coef_kept:
+                    add(dict(kernel="coef_kernel", arch=arch, mode=mode, D=">256",
+                             ptrs={"x_ptr": elt, "y_ptr": elt, "c_ptr": prod["C_DTYPE"], "e_ptr": "fp32",
+                                   "b_ptr": "fp32", "f_ptr": "i32", "tab_ptr": "i64"},
+                             consts=dict(strip, UNIFORM=False, UPCAST=False, PREC=prod["PREC"], **c.kwargs),
+                             warps=c.num_warps, stages=c.num_stages, maxnreg=c.maxnreg))
+                # the GEMM's body reads none of the kind flags (they are autotuning keys): one compile per config
+                gemm_kept = K._prune_gemm(K._gemm_configs(interpret=False), {}, PREC2=prod["PREC2"],
+                                          C_DTYPE=tl_dtype[prod["C_DTYPE"]])
+                for c in gemm_kept[-1:] if quick else gemm_kept:
+                    add(dict(kernel="gemm_kernel", arch=arch, mode=mode, D=">256",
+                             ptrs={"c_ptr": prod["C_DTYPE"], "y_ptr": elt, "a_ptr": "fp32", "tab_ptr": "i64"},
+                             consts=dict(GEMM_FLAGS, UNIFORM=False, UPCAST=False, PREC2=prod["PREC2"],
+                                         C_DTYPE=prod["C_DTYPE"], **c.kwargs),
+                             warps=c.num_warps, stages=c.num_stages, maxnreg=c.maxnreg))
+                if mode != "tf32":  # the epilogue has no products: tf32 compiles the same kernel as ieee
+                    from .launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
 
-                out.append(dict(kernel="epilogue_kernel", arch=arch, mode=mode, D=">256",
-                                ptrs={"x_ptr": elt, "a_ptr": "fp32", "b_ptr": "fp32", "e_ptr": "fp32", "g_ptr": elt,
-                                      "tab_ptr": "i64"},
-                                consts=dict(KIND=kcode, POW=K.POW_GENERAL, NORM=norm, DIAG=True, UNIFORM=False,
-                                            BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D),
-                                warps=4, stages=2))
+                    add(dict(kernel="epilogue_kernel", arch=arch, mode=mode, D=">256",
+                             ptrs={"x_ptr": elt, "a_ptr": "fp32", "b_ptr": "fp32", "e_ptr": "fp32", "g_ptr": elt,
+                                   "tab_ptr": "i64"},
+                             consts=dict({k: v[k] for k in STRIP_FLAGS["epilogue_kernel"]}, UNIFORM=False,
+                                         BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D),
+                             warps=4, stages=2, maxnreg=None))
         if quick:
             break
     return out
@@ -202,7 +291,8 @@ def compile_one(task: dict) -> dict:
         with contextlib.redirect_stdout(log):
             ck = triton.compile(ASTSource(fn=jit, signature=sig, constexprs=consts, attrs=attrs),
                                 target=GPUTarget("cuda", task["arch"], 32),
-                                options={"num_warps": task["warps"], "num_stages": task["stages"]})
+                                options={"num_warps": task["warps"], "num_stages": task["stages"],
+                                         "maxnreg": task.get("maxnreg")})
     except Exception as exc:  # reported per task; the caller fails the run
         res["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
         return res
@@ -228,6 +318,52 @@ def compile_one(task: dict) -> dict:
             res["registers"], res["stack"] = usage["REG"], usage["STACK"]
             res["spill_stores"] = res["spill_loads"] = usage["STACK"]
             res["spill_bound"] = True
+    return res
+
+
+def cache_key(task: dict) -> str:
+    """What a task's report depends on, hashed: the kernel's source with every jit function and global it
+    uses (Triton's own ``JITFunction.cache_key``), the task (arch, mode, pointer types, constexprs, warps,
+    stages), the Triton version, the ptxas that compiles for the arch (its ``--version``), the ``TRITON_*``
+    environment, and this module's text as it was imported (:data:`_SOURCE_HASH`: the code that compiles
+    and reads the report; read at import, so that an edit made while a run is going does not enter it)."""
+    import json
+
+    import triton
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    from . import kernels as K
+
+    kern = getattr(K, task["kernel"])
+    jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern
+    parts = dict(task={k: task.get(k) for k in ("kernel", "arch", "mode", "ptrs", "consts", "warps", "stages",
+                                                "maxnreg")},
+                 kernel=jit.cache_key, triton=triton.__version__, ptxas=get_ptxas_version(task["arch"]),
+                 env={k: v for k, v in os.environ.items() if k.startswith("TRITON_") and k != "TRITON_CACHE_DIR"},
+                 code=_SOURCE_HASH)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def compile_cached(task: dict, cache: Optional[str]) -> dict:
+    """:func:`compile_one`, or its earlier report from ``cache`` (a directory of ``<cache_key>.json``; None: no
+    cache). A report of a failed compile is not stored."""
+    import json
+
+    if not cache:
+        return compile_one(task)
+    path = os.path.join(cache, cache_key(task) + ".json")
+    try:
+        with open(path) as f:
+            return dict(json.load(f), cached=True)
+    except (OSError, ValueError):
+        pass
+    res = compile_one(task)
+    if "error" not in res:
+        os.makedirs(cache, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f)
+        os.replace(tmp, path)
     return res
 
 
@@ -262,18 +398,20 @@ def _worker_init():
 
 def _config_str(t: dict) -> str:
     c = t["consts"]
+    cap = f", maxnreg {t['maxnreg']}" if t.get("maxnreg") else ""
     if t["kernel"] == "fused_kernel":
         chunk = f", BLOCK_K {c['BLOCK_K']}" if c.get("BLOCK_K", c["BLOCK_D"]) < c["BLOCK_D"] else ""
-        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_D {c['BLOCK_D']}{chunk}"
+        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_D {c['BLOCK_D']}{chunk}{cap}"
     if t["kernel"] == "coef_kernel":
-        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_K {c['BLOCK_K']}"
+        return f"{c['BLOCK_M']}x{c['BLOCK_N']}, BLOCK_K {c['BLOCK_K']}{cap}"
     if t["kernel"] == "gemm_kernel":
-        return f"{c['BLOCK_M']}x{c['BLOCK_D']}, BLOCK_K {c['BLOCK_K']}"
-    return f"{c['BLOCK_M']}x{c['BLOCK_D']}"
+        return f"{c['BLOCK_M']}x{c['BLOCK_D']}, BLOCK_K {c['BLOCK_K']}{cap}"
+    return f"{c['BLOCK_M']}x{c['BLOCK_D']}{cap}"
 
 
 def _row(t: dict) -> List[str]:
-    head = [t["kernel"], t["mode"], t["D"], _config_str(t), str(t["warps"]), str(t["stages"]), f"sm_{t['arch']}"]
+    head = [t["kernel"], variant_label(t), t["mode"], t["D"], _config_str(t), str(t["warps"]), str(t["stages"]),
+            f"sm_{t['arch']}"]
     if "error" in t:
         return head + ["FAILED", "", "", "", "", t["error"].splitlines()[0][:80]]
     warps_sm, limiter = occupancy(t["arch"], t["registers"], t["shared"], t["warps"])
@@ -281,7 +419,7 @@ def _row(t: dict) -> List[str]:
     return head + [str(t["registers"]), *spill, str(t["shared"]), str(warps_sm), limiter]
 
 
-HEADER = ["kernel", "mode", "D", "tile", "warps", "stages", "arch", "registers", "spill stores (B)",
+HEADER = ["kernel", "variant", "mode", "D", "tile", "warps", "stages", "arch", "registers", "spill stores (B)",
           "spill loads (B)", "shared (B)", "warps/SM", "limited by"]
 
 
@@ -337,7 +475,8 @@ def commit_label() -> str:
     return commit + (" (working tree modified)" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def write_table(path: str, results: List[dict], argv: List[str], seconds: float, kind: str, commit: str) -> None:
+def write_table(path: str, results: List[dict], argv: List[str], seconds: float, commit: str,
+                load: str = "") -> None:
     """The markdown report: how it was made, the summaries, and one row per compiled config."""
     import triton
 
@@ -345,9 +484,16 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         f"# Triton kernels compiled with ptxas, no GPU ({datetime.date.today().isoformat()})",
         "",
         f"- commit: {commit}; triton {triton.__version__}",
-        f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s)",
-        f"- variant: {kind} kind with a general exponent, half-space with the diagonal term, normalized, "
-        "self energy, ragged batch (sizes from the table); pointers 16-byte aligned",
+        f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s, "
+        f"{sum(1 for r in results if not r.get('cached'))} of {len(results)} compiled, the rest from the cache"
+        + (f"; load average {load}" if load else "") + ")",
+        "- variants, as the fused kernel compiles them (the `variant` column names the flags each kernel reads; "
+        "the GEMM reads none): "
+        + "; ".join(sorted({variant_label(t) for t in results if t["kernel"] == "fused_kernel"})
+                    or sorted({variant_label(t) for t in results}))
+        + ". norm/raw: normalized rows or not; hs: half-space; self: a self energy (i != j); diag: the "
+        "half-space self pair; ragged: sizes loaded from the table; pow: the exponent mode. Pointers 16-byte "
+        "aligned",
         "- modes: ieee = float32 inputs, exact fp32 products; tf32 = float32 inputs, tensor-core products; "
         "bf16 = bfloat16 inputs",
         "- D: the row lengths a fused config serves (D = 3 and 16 pad to BLOCK_D = 16); the strip path "
@@ -359,9 +505,9 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         "",
         *[f"- {line}" for line in summarize(results)],
         "",
-        "## Configs without spills, per kernel, mode, D and architecture",
+        "## Compiles without spills, per kernel, mode, D and architecture (configs x variants)",
         "",
-        "| kernel | mode | D | arch | configs without spills | worst spill stores (B) |",
+        "| kernel | mode | D | arch | compiles without spills | worst spill stores (B) |",
         "|---|---|---|---|---|---|",
         *spill_free(results),
         "",
@@ -388,7 +534,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCH_LIMITS),
                     help="compute capabilities (80: A100, 90: H100/H200)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16, fp16")
-    ap.add_argument("--kind", default="angular", choices=sorted(KINDS), help="the energy kind compiled")
+    ap.add_argument("--kind", default=None, choices=sorted(KINDS),
+                    help="only this kind's variants (default: every kind's, see gate_variants)")
+    for flag, what in (("norm", "normalized rows"), ("hs", "half-space"), ("self", "a self energy (else a cross "
+                       "energy: no diagonal term)"), ("uniform", "a uniform batch (fused kernel only)")):
+        ap.add_argument(f"--{flag}", type=int, choices=(0, 1), default=None, help=f"1/0: {what}")
+    ap.add_argument("--pow", default=None, choices=sorted(POW_MODES), help="the exponent mode (riesz, angular)")
     ap.add_argument("--quick", action="store_true",
                     help="one config per kernel (the last of each list, a small tile), bf16, the first --arch only")
     ap.add_argument("--jobs", type=int, default=None,
@@ -397,6 +548,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-write", action="store_true",
                     help="print only (the default with --quick, --kernels, --ds or --match)")
     ap.add_argument("--fail-on-spill", action="store_true", help="exit 1 if any config spills registers")
+    ap.add_argument("--cache", default=None,
+                    help="a directory of earlier reports keyed by cache_key (kernel source, task, Triton and ptxas "
+                         "versions): only tasks not in it are compiled (default: none, every task compiled)")
     ap.add_argument("--kernels", default=None,
                     help="comma list of kernels to compile (fused, coef, gemm, epilogue; default all)")
     ap.add_argument("--ds", default=None,
@@ -417,36 +571,50 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")
     _worker_init()
     modes = ["bf16"] if args.quick else [m.strip() for m in args.modes.split(",") if m.strip()]
-    todo = select(tasks(modes, args.arch, args.kind, args.quick), args.kernels, args.ds, args.match)
+    chosen = {k: getattr(args, k) for k in ("norm", "hs", "self", "uniform", "pow")}
+    variants = None
+    if any(v is not None for v in chosen.values()):  # the given flags, the others as in gate_variants
+        one = dict(pow_=POW_MODES[chosen["pow"] or "general"])
+        one.update({k + ("_" if k == "self" else ""): bool(v) for k, v in chosen.items()
+                    if v is not None and k != "pow"})
+        kinds = [args.kind] if args.kind else list(KINDS)
+        variants = [variant(k, **one) for k in kinds if one.get("norm", True) or k in UNNORMALIZED_KINDS]
+        if not variants:
+            print(f"--norm 0: the {args.kind} kind is always normalized", file=sys.stderr)
+            return 2
+    todo = select(tasks(modes, args.arch, args.kind, args.quick, variants), args.kernels, args.ds, args.match)
     if not todo:
         print("no config matches --kernels/--ds/--match", file=sys.stderr)
         return 2
     print(f"compiling {len(todo)} kernel configs for {', '.join(f'sm_{a}' for a in args.arch)} "
           f"with {jobs} jobs", flush=True)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
+    work = functools.partial(compile_cached, cache=os.path.abspath(args.cache) if args.cache else None)
+    results = []
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
-            results = []
-            for r in ex.map(compile_one, todo):
+            for r in ex.map(work, todo):
                 results.append(r)
                 print(("FAIL  " if "error" in r else "ok    ") + " | ".join(_row(r)), flush=True)
     else:
-        results = []
         for t in todo:
-            results.append(compile_one(t))
+            results.append(work(t))
             print(("FAIL  " if "error" in results[-1] else "ok    ") + " | ".join(_row(results[-1])), flush=True)
     seconds = time.perf_counter() - t0
+    cached = sum(1 for r in results if r.get("cached"))
     print()
     for line in summarize(results):
         print(line)
     subset = args.quick or args.kernels or args.ds or args.match  # never overwrites the full table by default
     if not (subset or args.no_write) or args.out:
         path = args.out or _default_out()
-        write_table(path, results, argv, seconds, args.kind, commit)
+        load = f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end" if load0 is not None else ""
+        write_table(path, results, argv, seconds, commit, load)
         print(f"table written to {path}")
-    print(f"{len(results)} compiles in {seconds:.0f} s")
+    print(f"{len(results)} configs in {seconds:.0f} s ({len(results) - cached} compiled, {cached} from the cache)")
     if any("error" in r for r in results):
         return 2
     if args.fail_on_spill and any(r["spill_stores"] or r["spill_loads"] for r in results):

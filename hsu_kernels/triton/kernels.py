@@ -35,10 +35,14 @@ import os
 import triton
 import triton.language as tl
 
+from .configs import (  # noqa: F401  (re-exported: the tests and _aot reach them through this module)
+    ANGULAR, ANGULAR_LOG, FUSED_SPILLS, FUSED_TABLE, GAUSSIAN, GEMM_TABLE, LOG, RIESZ, STRIP_SPILLS,
+    STRIP_TABLE, _fused_configs, _gemm_configs, _key, _launch_variant, _prune_fused, _prune_gemm, _prune_strip,
+    _strip_configs, product_mode,
+)
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Kind codes, as in hsu_kernels/_params.py and csrc/hsu_pair.h.
-RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
 # Exponent modes of x^(-p): 0 general (exp/log), 1 p = 1/2, 2 p = 1, 3 p = 2.
 POW_GENERAL, POW_RSQRT, POW_RECIP, POW_RECIP2 = 0, 1, 2, 3
 
@@ -296,128 +300,8 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # Autotuning
 # --------------------------------------------------------------------------------------------------------
 # Keys: N_KEY (the largest N, bucketed to a power of two by the host), D_KEY (the padded D), the kind and
-# mode flags, the product precisions; Triton adds the tensor dtypes. Under the interpreter one small config keeps
-# tests fast.
-
-
-#: The fused kernel's GPU configs per product mode and padded row length ``BLOCK_D``:
-#: ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``. ``BLOCK_K < BLOCK_D`` takes the first product in chunks of
-#: ``BLOCK_K`` columns; ``BLOCK_K = 256`` (``FUSED_MAX_D``) never chunks. Each compiles for sm_80 and sm_90
-#: with no register spills in the variant with the most live values (angular kind, general exponent,
-#: half-space, normalized, ragged): ``python -m hsu_kernels.triton._aot --fail-on-spill`` checks every one.
-#: The tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
-#: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles (e.g.
-#: 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 4-warp tiles at BLOCK_D >= 64 with tensor
-#: cores sit at 255 registers and spilled a few bytes with other kinds (Riesz, Gaussian). The close-pair flag
-#: (issue 13) tipped five configs into spills of 12-60 bytes, now left out: ieee 32 x 32 rows at BLOCK_D 64
-#: (sm_80), tf32 64 x 32 at BLOCK_D 16 (4 warps, sm_90), bf16 128 x 32 at BLOCK_D 16 (sm_80), bf16 16 x 32 at
-#: BLOCK_D 32 (8 warps, sm_90) and at BLOCK_D 256 (in its place 16 x 16 with one stage). Modes: ``ieee`` is
-#: float32 with exact products (FMA), ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs
-#: and coefficients.
-FUSED_TABLE = {
-    "ieee": {
-        16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2)),
-        32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
-        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
-    },
-    "tf32": {
-        16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2)),
-        32: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
-        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
-        256: ((16, 32, 64, 8, 2), (16, 16, 64, 8, 2)),
-    },
-    "bf16": {
-        16: ((64, 32, 256, 4, 3), (32, 32, 256, 8, 2)),
-        32: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2)),
-        64: ((32, 32, 256, 8, 2), (16, 64, 256, 8, 2)),
-        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 2)),
-        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
-    },
-}
-
-
-def _fused_configs(interpret: bool = INTERPRET):
-    """The fused kernel's autotuning list: every config of :data:`FUSED_TABLE` once (the pruner picks a
-    launch's own); under the interpreter one small config."""
-    if interpret:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=1)]
-    seen = []
-    for per_d in FUSED_TABLE.values():
-        for rows in per_d.values():
-            seen += [r for r in rows if r not in seen]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-            for bm, bn, bk, w, st in seen]
-
-
-def product_mode(prec, c_dtype) -> str:
-    """The :data:`FUSED_TABLE` / :data:`GEMM_TABLE` mode of a launch's product precision and coefficient
-    dtype: ``ieee`` (exact fp32 products), ``bf16`` (bfloat16 coefficients), else ``tf32``."""
-    if c_dtype == tl.bfloat16:
-        return "bf16"
-    return "ieee" if prec == "ieee" and c_dtype == tl.float32 else "tf32"
-
-
-def _prune_fused(configs, named_args, **kwargs):
-    """The configs of :data:`FUSED_TABLE` for the launch's product mode and padded D, in the table's order
-    (configs outside it may spill registers: they are never autotuned on a GPU). A list that holds none of
-    them (a test's pinned config) is kept as it is."""
-    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
-    mode = product_mode(kwargs.get("PREC", "ieee"), kwargs.get("C_DTYPE", tl.float32))
-    rows = FUSED_TABLE[mode][bd]
-
-    def key(c):
-        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_K", 256), c.num_warps, c.num_stages)
-
-    keep = sorted((c for c in configs if key(c) in rows), key=lambda c: rows.index(key(c)))
-    return keep or list(configs)
-
-
-def _strip_configs(interpret: bool = INTERPRET):
-    """The coefficient kernel's configs. Its tile evaluates the per-pair terms on ``BLOCK_M x BLOCK_N``
-    values; every one listed compiles without spills for sm_80 and sm_90 in every mode (64 x 64 tiles with
-    8 warps spill 8-48 bytes, 128 x 128 kilobytes)."""
-    if interpret:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-        for bm, bn, bk, w, st in ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 4, 3))
-    ]
-
-
-#: The GEMM kernel's configs per mode, ``(BLOCK_M, BLOCK_D, BLOCK_K, warps, stages)``: exact fp32 products
-#: (FMA) hold a ``BLOCK_K`` slice of both operands per output, so they take a shorter ``BLOCK_K``; 128 x 128
-#: output tiles spill in every mode.
-GEMM_TABLE = {
-    "ieee": ((128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (64, 64, 8, 4, 3)),
-    "tf32": ((128, 64, 32, 8, 3), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3)),
-    "bf16": ((128, 64, 32, 8, 3), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3)),
-}
-
-
-def _gemm_configs(interpret: bool = INTERPRET):
-    """The GEMM kernel's autotuning list: every config of :data:`GEMM_TABLE` once."""
-    if interpret:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_D": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    seen = []
-    for rows in GEMM_TABLE.values():
-        seen += [r for r in rows if r not in seen]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-            for bm, bd, bk, w, st in seen]
-
-
-def _prune_gemm(configs, named_args, **kwargs):
-    """The configs of :data:`GEMM_TABLE` for the launch's product mode (a list holding none of them, a
-    test's pinned config, is kept)."""
-    rows = GEMM_TABLE[product_mode(kwargs.get("PREC2", "ieee"), kwargs.get("C_DTYPE", tl.float32))]
-
-    def key(c):
-        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-
-    keep = sorted((c for c in configs if key(c) in rows), key=lambda c: rows.index(key(c)))
-    return keep or list(configs)
+# mode flags, the product precisions; Triton adds the tensor dtypes. The configs and their pruners are in
+# configs.py (under the interpreter one small config keeps tests fast).
 
 
 _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
@@ -430,7 +314,7 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
 
 @triton.autotune(
     configs=_fused_configs(),
-    key=_KEYS + ["BLOCK_D", "PREC", "C_DTYPE"],
+    key=_KEYS + ["UNIFORM", "BLOCK_D", "PREC", "C_DTYPE"],
     prune_configs_by={"early_config_prune": _prune_fused},
 )
 @triton.jit
@@ -584,7 +468,8 @@ def _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM: tl.constexpr, P
     return dot, _row_stat(sq_i, eps_norm, NORM), _row_stat(sq_j, eps_norm, NORM)
 
 
-@triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"])
+@triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"],
+                 prune_configs_by={"early_config_prune": _prune_strip})
 @triton.jit
 def coef_kernel(
     x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, f_ptr, tab_ptr, K,
