@@ -127,7 +127,8 @@ def _extensions():
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     root = os.path.dirname(os.path.abspath(__file__))
-    sources = [os.path.relpath(p, root) for p in ["csrc/hsu_ops.cpp", "csrc/hsu_autocast.cpp", *sorted(glob.glob(os.path.join(root, "csrc/cpu/*.cpp")))]]
+    cpu_sources = sorted(glob.glob(os.path.join(root, "csrc/cpu/*.cpp")))
+    sources = [os.path.relpath(p, root) for p in ["csrc/hsu_ops.cpp", "csrc/hsu_autocast.cpp", *cpu_sources]]
     cuda_sources = [os.path.relpath(p, root) for p in sorted(glob.glob(os.path.join(root, "csrc/cuda/*.cu")))]
     force = os.environ.get("FORCE_CUDA", "0") == "1"
     no_cuda = os.environ.get("HSU_NO_CUDA", "0") == "1"

@@ -42,10 +42,15 @@ inline void check_cross(const at::Tensor& x, const at::Tensor& y, int64_t kind, 
 // +-inf, where its true value is beyond float, but the gradient is the true one wherever it fits (in float
 // the squared norms overflow, and inf - inf gives NaN). One reduction over the rows; NaN/Inf rows are left to
 // the finiteness check. Normalized rows are scale-free and rescaled where needed, double rows always fit.
-inline bool raw_rows_need_double(const at::Tensor& w, bool normalize) {
+// The Gaussian kind (given `kind` and `t`) also when its log terms -t d2 can pass 2^13 in magnitude: they are
+// held in float, whose rounding there (~1e-3 absolute) moves the weights exp(x - max) of nearly tied pairs
+// (float32 rows of norm 1e5, D = 1, with two pairs 160 apart in d2 of 1.8e10: a weight of 0.5 for 1e-66).
+inline bool raw_rows_need_double(const at::Tensor& w, bool normalize, int64_t kind = -1, double t = 0.0) {
   if (normalize || w.scalar_type() == at::kDouble || w.numel() == 0) return false;
   const double top = w.abs().amax().item<double>();
-  return std::isfinite(top) && top * top * static_cast<double>(w.size(-1)) > 0x1p122;
+  if (!std::isfinite(top)) return false;
+  const double q = top * top * static_cast<double>(w.size(-1));
+  return q > 0x1p122 || (kind == kGaussian && 4.0 * t * q > 0x1p13);
 }
 
 template <typename T>

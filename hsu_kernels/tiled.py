@@ -53,6 +53,8 @@ CLOSE_F64 = 2.0**-10
 #: then be ``+-inf`` where its true value is beyond float32; the gradient is the true one wherever it fits.
 #: (``raw_rows_need_double`` in csrc/hsu_checks.h, the same bound for the C++ and CUDA kernels.)
 RAW_WIDE_BOUND = 2.0**122
+#: ... and the Gaussian kind's un-normalized float rows with ``4 t max|w|^2 D`` above this.
+RAW_GAUSS_BOUND = 2.0**13
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -512,7 +514,11 @@ def raw_rows_need_wide(w: torch.Tensor, p: EnergyParams) -> bool:
     if p.normalize or w.dtype == torch.float64 or w.numel() == 0 or _wide(w.device) != torch.float64:
         return False
     top = float(w.detach().abs().amax())
-    return math.isfinite(top) and top * top * w.shape[-1] > RAW_WIDE_BOUND
+    q = top * top * w.shape[-1]
+    # the Gaussian kind also where its log terms -t d2 can pass 2^13: from float32 products (and in the
+    # Triton and C++ kernels, held in float32) they are off by ~1e-3 and more, which moves the weights of
+    # nearly tied pairs (csrc/hsu_checks.h)
+    return math.isfinite(top) and (q > RAW_WIDE_BOUND or (p.kind == "gaussian" and 4 * p.t * q > RAW_GAUSS_BOUND))
 
 
 def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, scale: float = 1.0):

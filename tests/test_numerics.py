@@ -264,6 +264,21 @@ def test_float32_accumulators_beyond_float32(backend, d):
         _check(backend, pb, 2e-5, 2e-4, f"near duplicate of norm 600, D={d}, {reduction}")
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("d", [1, 3, 40])
+def test_uniformity_of_nearly_tied_pairs_at_large_scale(backend, d):
+    """float32 features of norm up to 1e5 (found by the long hypothesis profile): two pairs whose d2 of
+    1.8e10 differ by 160 have weights 1 and e^-160; log terms rounded to float32 (~1e3 off) gave both about
+    one half, and rows with a true gradient of 1e-66 one of 1e5."""
+    w = torch.tensor([6.6135e05, 2.6692e05, 6.1677e-04, 1.3346e05], dtype=torch.float64)
+    w = (w[:, None] * torch.ones(d, dtype=torch.float64) / math.sqrt(d)).float()
+    pb = Problem(w[None], "gaussian", t=1.0, normalize=False)
+    e_true, g_true = truth64(pb)
+    e, g = energy_and_grad(lambda z: hk.uniformity_loss(z, t=1.0, backend=backend), w)
+    assert abs(float(e) - float(e_true)) <= 1e-6 * abs(float(e_true)), f"{float(e)} vs {float(e_true)}"
+    assert rel_err(g, g_true[0]) <= 1e-6, f"gradient error {rel_err(g, g_true[0]):.3g}"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coincident_rows_normalize_false(backend):
     """normalize=False with coincident rows (and eps_norm=0 duplicates): the same on every backend. Riesz

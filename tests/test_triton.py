@@ -764,6 +764,7 @@ ISSUE13_CASES = (
     + [("mean_of_float32_sums_beyond_float32", (c,)) for c in ("energy", "grad", "norm")]
     + [("half_space_raw_close_pair_float32", (d,)) for d in (1, 3)]
     + [("float32_accumulators_beyond_float32", (d,)) for d in (33, 64)]
+    + [("uniformity_of_nearly_tied_pairs_at_large_scale", (d,)) for d in (1, 3, 40)]
     + [("angular_s50_float32", ()), ("coincident_rows_normalize_false", ())]
 )
 

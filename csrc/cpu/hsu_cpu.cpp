@@ -1083,7 +1083,7 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
                                                    double scale) {
   check_common(w_in, "w", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
-  if (raw_rows_need_double(w_in, normalize)) {
+  if (raw_rows_need_double(w_in, normalize, kind, t)) {
     auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
     return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
   }
@@ -1146,7 +1146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
                                                                      double eps_norm, double eps_ang,
                                                                      bool half_space, bool normalize, double scale) {
   check_cross(x_in, y_in, kind, s, t, eps_norm, eps_ang, normalize, scale);
-  const bool wide = raw_rows_need_double(x_in, normalize) || raw_rows_need_double(y_in, normalize);
+  const bool wide = raw_rows_need_double(x_in, normalize, kind, t) || raw_rows_need_double(y_in, normalize, kind, t);
   const auto dt = (wide || x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble
                                                                                                      : at::kFloat;
   const auto out_dt =

@@ -134,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
   // the close-pair bar that the general kernels below meet (issue 13; the CPU kernel for D <= 4 computes its
   // terms in double and serves float32 only). It stays compiled and tested under emulation.
   const c10::cuda::CUDAGuard guard(w_in.device());
-  if (raw_rows_need_double(w_in, normalize)) {  // float rows whose squared distances overflow float
+  if (raw_rows_need_double(w_in, normalize, kind, t)) {  // float rows whose squared distances overflow float
     auto [e, g] = energy_grad_cuda(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize,
                                    scale);
     return {e.to(compute_dtype(w_in)), g.to(w_in.scalar_type())};
@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cuda(const at::
     return {at::cat(es), at::cat(gxs), at::cat(gys)};
   }
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const bool wide = raw_rows_need_double(x_in, normalize) || raw_rows_need_double(y_in, normalize);
+  const bool wide = raw_rows_need_double(x_in, normalize, kind, t) || raw_rows_need_double(y_in, normalize, kind, t);
   const auto dt = (wide || x_in.scalar_type() == at::kDouble || y_in.scalar_type() == at::kDouble) ? at::kDouble
                                                                                                      : at::kFloat;
   const auto out_dt =

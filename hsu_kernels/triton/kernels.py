@@ -36,9 +36,25 @@ import triton
 import triton.language as tl
 
 from .configs import (  # noqa: F401  (re-exported: the tests and _aot reach them through this module)
-    ANGULAR, ANGULAR_LOG, FUSED_SPILLS, FUSED_TABLE, GAUSSIAN, GEMM_TABLE, LOG, RIESZ, STRIP_SPILLS,
-    STRIP_TABLE, _fused_configs, _gemm_configs, _key, _launch_variant, _prune_fused, _prune_gemm, _prune_strip,
-    _strip_configs, product_mode,
+    ANGULAR,
+    ANGULAR_LOG,
+    FUSED_SPILLS,
+    FUSED_TABLE,
+    GAUSSIAN,
+    GEMM_TABLE,
+    LOG,
+    RIESZ,
+    STRIP_SPILLS,
+    STRIP_TABLE,
+    _fused_configs,
+    _gemm_configs,
+    _key,
+    _launch_variant,
+    _prune_fused,
+    _prune_gemm,
+    _prune_strip,
+    _strip_configs,
+    product_mode,
 )
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
