@@ -376,10 +376,16 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
         tangent = delta + (a[:, :, None] - ud)[..., None] * u[:, :, None]
         grad_norm = row_norms(tangent) / nrm[:, :, None]  # |d g_kl / d p_k|
         # delta's rounding: 0 where it is exact, except against truth64, whose autograd through u = w / n
-        # rounds every pair's gradient to ~1 ulp of |u| / n (mpmath, the float64 inputs' oracle, does not)
+        # rounds every pair's gradient to ~1 ulp of |u| / n (mpmath, the float64 inputs' oracle, does not),
+        # and except on the fast path (om above the float64 threshold), whose c u_j is projected on the
+        # tangent space in the row epilogue: ~1 ulp of |c| / n (exact antipodes with eps_norm > 0: a radial
+        # gradient of 2e-6 from terms of 0.09)
         floor = K * EPS64 / nrm[:, :, None]
         if dtype == torch.float64:
-            floor = torch.where(exact, 0.0, floor)
+            # the kernels' close pairs: 1 - g small, or 1 + g where antipodes enter (half-space, angular)
+            anti = pb.half_space or pb.kind in ("angular", "angular_log")
+            careful = (om if anti else omg) < CLOSE_F64 * (1 - 1e-6)
+            floor = torch.where(exact & careful, 0.0, floor)
         f, d1, d2_ = _derivs(pb, omg, opg, None)
         pu = _pow_ulps(pb, 2 * omg, omg, opg)
         var = om
