@@ -89,13 +89,15 @@ cmake-check:
 cuda-check:
 	bash .ci/cuda_check.sh
 
-# Every Triton autotuning config the launcher can select, for every kind (each one's variant with the most
-# live values, normalized and un-normalized), compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one
-# spills registers. Cold: about 1,410 compiles, ~19 min on 2 shared cores (764 took 579 s at load 3-4); each
-# report is cached under a hash of the kernel's source, the config, Triton, ptxas, the TRITON_* environment
-# and _aot.py (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
-# touched, and one after a config table edit only the new configs. `make test` compiles one small config per
-# kernel.
+# Every Triton kernel a launch can run (each autotuning config the launcher can select, in each of the 16
+# variants: kind, normalized or not, ragged or uniform batch; the other flags are runtime arguments),
+# compiled for sm_80 and sm_90 with ptxas (no GPU): fails if one spills registers. Cold: 1,590 compiles,
+# ~17 min on 2 cores (1,334 took 852 s at load ~2); each report is cached under a hash of the kernel's
+# source (Triton's cache key, which includes its line numbers: an edit above a kernel in kernels.py
+# recompiles it), the config, Triton, ptxas, the TRITON_* environment and the code that compiles and reads
+# the report (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
+# touched, and one after a config table edit only the new configs. `make test` compiles one small config
+# per kernel.
 AOT_CACHE ?= $(or $(HSU_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hsu-kernels)/triton-aot
 .PHONY: triton-aot-check
 triton-aot-check: build

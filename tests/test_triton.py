@@ -439,11 +439,11 @@ def test_sanity_values():
 
 #: (KIND, NORM) of every launch the pruners distinguish: the angular kinds are always normalized.
 PRUNE_VARIANTS = [(0, True), (0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (4, False)]
-#: The (KIND, NORM, mode, BLOCK_D) left with one config (for one batch layout at least): the others of the
-#: table spill for that kind (configs.FUSED_SPILLS), as did the extra tiles tried (see there).
-ONE_CONFIG = {(0, False, "ieee", 256), (0, True, "tf32", 256), (1, False, "ieee", 256), (1, True, "bf16", 256),
-              (1, True, "tf32", 16), (1, True, "tf32", 256), (2, True, "tf32", 256), (3, True, "bf16", 16),
-              (3, True, "tf32", 256), (4, False, "ieee", 128), (4, True, "ieee", 256)}
+#: The (KIND, NORM, mode, BLOCK_D) left with one config (for one batch layout at least): the table's other
+#: configs spill for that launch even with 255 registers (configs.FUSED_SPILLS; bench/results/triton-ptxas-*).
+#: The angular kind's uniform batch at BLOCK_D 128 in ieee (16 x 16, 8 warps, capped at 255, is left; five
+#: other tiles spilled), the angular log kind's uniform batch at BLOCK_D 256 in tf32 (16 x 16, BLOCK_K 64).
+ONE_CONFIG = {(2, True, "ieee", 128), (3, True, "tf32", 256)}
 
 
 def test_gpu_config_pruning():
@@ -454,9 +454,14 @@ def test_gpu_config_pruning():
     (``GEMM_TABLE``, the same for every kind)."""
     import triton.language as tl
 
+    from hsu_kernels.triton import configs as tables
     from hsu_kernels.triton import kernels
 
     fkey = kernels._key  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages[, maxnreg]), as the tables write a config
+
+    def named(table, key, kind, norm, uniform):  # a launch named by an exclusion or lift table's entry
+        return any(v in ((kind, norm), (kind, norm, uniform)) for v in table.get(key, ()))
+
     configs = kernels._fused_configs(interpret=False)
     strip = kernels._strip_configs(interpret=False)
     assert len({fkey(c) for c in configs}) == len(configs)
@@ -467,9 +472,8 @@ def test_gpu_config_pruning():
                 kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt, KIND=kind, NORM=norm,
                                             UNIFORM=uniform)
                 table = kernels.FUSED_TABLE[mode][bd]
-                spills = kernels.FUSED_SPILLS
-                want = [r for r in table if (kind, norm) not in spills.get((mode, bd, r), ())
-                        and (kind, norm, uniform) not in spills.get((mode, bd, r), ())]
+                want = [r + ((255,) if named(tables.FUSED_LIFT, (mode, bd, r), kind, norm, uniform) else ())
+                        for r in table if not named(kernels.FUSED_SPILLS, (mode, bd, r), kind, norm, uniform)]
                 assert [fkey(c) for c in kept] == want, (kind, norm, uniform, mode, bd)
                 # two configs at least (a choice for the autotuner), but where FUSED_SPILLS says why not
                 assert len(kept) >= (1 if (kind, norm, mode, bd) in ONE_CONFIG else 2), (kind, norm, uniform, mode,
@@ -477,8 +481,8 @@ def test_gpu_config_pruning():
                 for c in kept:
                     assert c.kwargs["BLOCK_K"] >= bd or bd % c.kwargs["BLOCK_K"] == 0, (mode, bd, fkey(c))
             coef = kernels._prune_strip(strip, {}, PREC=prec, KIND=kind, NORM=norm)
-            want = [r for r in kernels.STRIP_TABLE[prec]
-                    if (kind, norm) not in kernels.STRIP_SPILLS.get((prec, r), ())]
+            want = [r + ((255,) if named(tables.STRIP_LIFT, (prec, r), kind, norm, False) else ())
+                    for r in kernels.STRIP_TABLE[prec] if not named(kernels.STRIP_SPILLS, (prec, r), kind, norm, False)]
             assert [fkey(c) for c in coef] == want and len(coef) >= 2, (kind, norm, mode)
             gemm = kernels._prune_gemm(kernels._gemm_configs(interpret=False), {}, PREC2=prec, C_DTYPE=cdt)
             assert [kernels._key(c, "BLOCK_D") for c in gemm] == list(kernels.GEMM_TABLE[mode]) and len(gemm) >= 2
@@ -486,12 +490,18 @@ def test_gpu_config_pruning():
     def launches_ok(launches):  # (KIND, NORM) for both batch layouts, or (KIND, NORM, UNIFORM)
         return all(tuple(v[:2]) in PRUNE_VARIANTS and len(v) in (2, 3) for v in launches)
 
-    for (mode, bd, row), launches in kernels.FUSED_SPILLS.items():
-        assert row in kernels.FUSED_TABLE[mode][bd] and launches_ok(launches), (mode, bd, row)
-    for (prec, row), launches in kernels.STRIP_SPILLS.items():
-        assert row in kernels.STRIP_TABLE[prec] and launches_ok(launches), (prec, row)
-    # float16 inputs multiply on tensor cores with float32 coefficients: the tf32 lists
-    assert kernels.product_mode("tf32", tl.float32) == "tf32"
+    assert tables.LIFT_MAXNREG == 255
+    for table in (kernels.FUSED_SPILLS, tables.FUSED_LIFT):
+        for (mode, bd, row), launches in table.items():
+            assert row in kernels.FUSED_TABLE[mode][bd] and launches_ok(launches), (mode, bd, row)
+    for table in (kernels.STRIP_SPILLS, tables.STRIP_LIFT):
+        for (prec, row), launches in table.items():
+            assert row in kernels.STRIP_TABLE[prec] and launches_ok(launches), (prec, row)
+    for (mode, bd, row), launches in tables.FUSED_LIFT.items():  # a launch is lifted or left out, not both
+        assert not set(launches) & set(kernels.FUSED_SPILLS.get((mode, bd, row), ())), (mode, bd, row)
+    # the capped forms are in the autotuning list, and only those
+    capped = {fkey(c) for c in configs if c.maxnreg}
+    assert capped == {row + (255,) for (_, _, row) in tables.FUSED_LIFT}
     # a pinned list (one config outside the table) is left alone
     odd = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 256}, num_warps=2, num_stages=1)]
     assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, KIND=0, NORM=True) == odd
@@ -533,6 +543,55 @@ def test_non_contiguous_inputs():
     for k, wk in enumerate(ws):
         torch.testing.assert_close(e2[k].double(), reference.energy(wk.double(), make_params("riesz", 1.0)),
                                    rtol=1e-5, atol=0)
+
+
+class _KwRecorder:
+    """Stands for a kernel: records each launch's positional and keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+
+
+@pytest.mark.parametrize("dtype,d", [(torch.float16, 16), (torch.float32, 40), (torch.float32, 48),
+                                     (torch.bfloat16, 3)])
+def test_launches_are_the_compiled_kernels(monkeypatch, dtype, d):
+    """What a launch passes is what ``_aot`` compiles (one kernel per config and compiled-in flags): the kind
+    flags beyond KIND and NORM as plain ints, the uniform layout's scalar sizes only for D % 16 == 0,
+    16-byte-aligned float32 or bfloat16 buffers (float16 runs the float32 kernels in tf32 mode; a view
+    that starts off a 16-byte boundary is copied). The kernel is recorded, not run."""
+    rec = _KwRecorder()
+    monkeypatch.setattr(tk, "fused_kernel", rec)
+    base = torch.zeros(1 + 2 * 5 * d, dtype=dtype, device=DEVICE)
+    w = base[1:].view(2, 5, d)  # starts 2 bytes (4 for float32) into its buffer
+    assert w.data_ptr() % 16 != 0
+    launch.run(w.reshape(-1), w.reshape(-1), launch._Layout([5, 5], [5, 5], [d, d], w.device, uniform=True),
+               make_params("riesz", 1.0, half_space=True), True)
+    ((args, kwargs),) = rec.calls
+    ptrs = [a for a in args if isinstance(a, torch.Tensor)]
+    assert len(ptrs) == 6 and all(t.data_ptr() % 16 == 0 for t in ptrs)
+    assert args[0].dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    assert set(kwargs) == {"KIND", "NORM", "UNIFORM", "PREC", "PREC2", "C_DTYPE", "UPCAST", "EPI", "BLOCK_D"}
+    assert kwargs["UNIFORM"] == (d % 16 == 0) and args[8:11] == ((5, 5, d) if d % 16 == 0 else (1, 1, 1))
+    if dtype == torch.float16:
+        assert kwargs["PREC"] == kwargs["PREC2"] == "tf32"
+    ints = [a for a in args if not isinstance(a, (torch.Tensor, float))]
+    assert all(type(a) is int for a in ints)  # no bool: Triton types a bool as i1, another kernel
+    assert args[18:22] == (1, 1, tk.pow_mode(0.5), 1)  # hs, self_pairs, the exponent mode, the diagonal
+    assert all(type(a) is float for a in args[11:18])  # s, t, eps_norm, eps_ang, the scales, tau
+
+
+def test_misaligned_views_match_their_copies():
+    """A view starting off a 16-byte boundary gives bitwise the result of its aligned copy (it is copied)."""
+    p = make_params("angular", 1.0, half_space=True)
+    w = _rand((2, 9, 3), 71)
+    base = torch.zeros(1 + w.numel(), device=DEVICE)
+    base[1:] = w.reshape(-1)
+    view = base[1:].view(2, 9, 3)
+    for a, b in zip(ht.energy_grad(view, p), ht.energy_grad(w.clone(), p)):
+        assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -637,8 +696,8 @@ def _fused_config_cases(config):
         _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
     if _selectable(config, 64, tk.ANGULAR):
         p = make_params("angular", 1.0, half_space=True)
-        w = _rand((3, bm + 1, 40), seed + 80)  # uniform batch, BLOCK_D = 64
-        compare_energy(*ht.energy_grad(w, p), w, p, f"fused {_cfg_id(config)} batch D=40")
+        w = _rand((3, bm + 1, 48), seed + 80)  # uniform batch (scalar sizes: D % 16 == 0), BLOCK_D = 64
+        compare_energy(*ht.energy_grad(w, p), w, p, f"fused {_cfg_id(config)} batch D=48")
     if _selectable(config, 256, tk.RIESZ):
         x, y = _rand((2, 7, 200), seed + 81), _rand((2, bn + 3, 200), seed + 82)  # cross, BLOCK_D = 256
         p = make_params("riesz", 1.0, half_space=True)
@@ -696,16 +755,18 @@ class _RecordingKernel:
         return launch_
 
 
-@pytest.mark.parametrize("strip", [False, True])
-def test_batch_over_grid_limit_is_chunked(monkeypatch, strip):
-    """B = 70,000 > 65,535: every launch's grid fits, the chunks cover each matrix once, and each chunk of
-    a uniform batch gets its own slice of the buffers (the kernels are recorded, not run)."""
+@pytest.mark.parametrize("strip,d", [(False, 3), (False, 16), (True, 3)])
+def test_batch_over_grid_limit_is_chunked(monkeypatch, strip, d):
+    """B = 70,000 > 65,535: every launch's grid fits and the chunks cover each matrix once. The fused kernel
+    gets the whole buffers and the first matrix of its chunk (``k_base``), never a slice that could start
+    off a 16-byte boundary (the kernels are compiled for aligned pointers only); D = 3 reads the table (the
+    uniform layout needs D % 16 == 0), D = 16 the scalar sizes. The kernels are recorded, not run."""
     rec = {name: _RecordingKernel() for name in ("fused_kernel", "coef_kernel", "gemm_kernel", "epilogue_kernel")}
     for name, fake in rec.items():
         monkeypatch.setattr(tk, name, fake)
     if strip:
         monkeypatch.setattr(launch, "FUSED_MAX_D", 0)
-    b, n, d = 70_000, 2, 3
+    b, n = 70_000, 2
     w = torch.zeros(b, n, d, device=DEVICE)
     launch.energy_grad(w, make_params("riesz", 1.0))
     names = ("coef_kernel", "gemm_kernel", "epilogue_kernel") if strip else ("fused_kernel",)
@@ -713,14 +774,16 @@ def test_batch_over_grid_limit_is_chunked(monkeypatch, strip):
         calls = rec[name].calls
         assert [c[0][-1] for c in calls] == [65_535, 4_465], (name, [c[0] for c in calls])
         assert all(v <= launch.MAX_GRID_YZ for c in calls for v in c[0][1:])
-        k_arg = {"fused_kernel": 6, "coef_kernel": 7, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
-        assert [c[1][k_arg] for c in calls] == [65_535, 4_465], name  # K: the matrices of this launch
+        if name != "fused_kernel":
+            k_arg = {"coef_kernel": 7, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
+            assert [c[1][k_arg] for c in calls] == [65_535, 4_465], name  # K: the matrices of this launch
     if not strip:
         (_, a0), (_, a1) = rec["fused_kernel"].calls
-        esz = w.element_size()
-        # (the rows enter rescaled, a copy of w: see launch._safe_rows)
-        assert a1[0].data_ptr() == a0[0].data_ptr() + 65_535 * n * d * esz
-        assert a1[0].numel() == 4_465 * n * d and a1[3].numel() == 4_465 * n  # x slice, per-row energies
+        assert (a0[6], a0[7], a1[6], a1[7]) == (b, 0, b, 65_535)  # K (the whole batch) and k_base
+        assert all(u is v for u, v in zip(a0[:6], a1[:6]))  # the same buffers and table, not slices
+        assert all(t.data_ptr() % 16 == 0 for t in a0[:6])
+        assert a0[8:11] == ((n, n, d) if d % 16 == 0 else (1, 1, 1))  # scalar sizes: the uniform layout
+        assert a0[5].numel() == (1 if d % 16 == 0 else 7 * b)  # its placeholder, or the [7, K] table
     else:  # ragged tables: the chunk's columns of the [7, K] table, offsets still absolute
         tab1 = rec["coef_kernel"].calls[1][1][6]
         assert tuple(tab1.shape) == (7, 4_465) and int(tab1[3, 0]) == 65_535 * n * d

@@ -42,10 +42,10 @@ def test_every_selectable_config_is_compiled():
         (c, n, u) for c, n in [(c, True) for c in range(5)] + [(_aot.KINDS[k], False) for k in ("riesz", "log",
                                                                                               "gaussian")]
         for u in (False, True))
-    assert all(v["HS"] and v["SELF"] and v["POW"] == K.POW_GENERAL for v in variants)
+    assert all(set(v) == {"KIND", "NORM", "UNIFORM"} for v in variants)  # the other flags are runtime ints
     assert {t["arch"] for t in todo} == {80, 90} and {t["mode"] for t in todo} == {"ieee", "tf32", "bf16"}
     cdt = {"ieee": tl.float32, "tf32": tl.float32, "bf16": tl.bfloat16}
-    flags = ("KIND", "NORM", "HS", "SELF", "DIAG", "POW", "UNIFORM")
+    flags = ("KIND", "NORM", "UNIFORM")
 
     def mine(t, v, kernel):  # the strip path is always launched ragged: one task serves both layouts
         return t["kernel"] == kernel and all(t["consts"][f] == v[f] for f in flags
@@ -56,7 +56,6 @@ def test_every_selectable_config_is_compiled():
             prec = "ieee" if mode == "ieee" else "tf32"
             here = [t for t in todo if t["arch"] == arch and t["mode"] == mode]
             for v in variants:
-                assert v["DIAG"] == (v["KIND"] != K.GAUSSIAN)
                 for bd in (16, 32, 64, 128, 256):
                     kept = K._prune_fused(K._fused_configs(interpret=False), {}, BLOCK_D=bd, PREC=prec,
                                           C_DTYPE=cdt[mode], **v)
@@ -85,22 +84,47 @@ def test_every_selectable_config_is_compiled():
 
 def test_strip_kernels_read_only_their_flags():
     """The de-duplication of the strip path's tasks is sound: the GEMM's body reads none of the kind flags
-    (one compile serves every kind), and the coefficient and epilogue kernels take no kind flag beyond
-    ``STRIP_FLAGS`` (and ``UNIFORM``, which the launcher always passes as False to them)."""
+    (one compile serves every kind), and the coefficient and epilogue kernels take no compiled-in kind flag
+    beyond ``STRIP_FLAGS`` (and ``UNIFORM``, which the launcher always passes as False to them)."""
     import ast
     import inspect
     import textwrap
 
     from hsu_kernels.triton import kernels as K
 
-    kind_flags = {"KIND", "POW", "HS", "NORM", "SELF", "DIAG", "UNIFORM"}
+    kind_flags = {"KIND", "NORM", "UNIFORM"}
     gemm = ast.parse(textwrap.dedent(inspect.getsource(K.gemm_kernel.fn.fn)))
     body = gemm.body[0].body
     used = {n.id for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-    assert not (used & set(_aot.GEMM_FLAGS)), used & set(_aot.GEMM_FLAGS)
+    assert not (used & (set(_aot.GEMM_FLAGS) | {"hs", "self_pairs"})), used
     for name, kern in (("coef_kernel", K.coef_kernel.fn), ("epilogue_kernel", K.epilogue_kernel)):
         params = set(kern.arg_names) & kind_flags
         assert params == set(_aot.STRIP_FLAGS[name]) | {"UNIFORM"}, (name, params)
+
+
+def test_one_compiled_kernel_per_config_and_variant():
+    """What ``_aot`` compiles is what a launch runs: each kernel's only constexprs are the compiled-in kind
+    flags (``KIND``, ``NORM``, ``UNIFORM``), the product modes, the tile and the product's dtypes; every
+    other argument is a pointer (compiled 16-byte aligned, as the launcher passes them), a float (never
+    specialized by Triton) or an int exempt from Triton's value specialization, which would otherwise
+    compile another kernel for an int equal to 1 or divisible by 16."""
+    from hsu_kernels.triton import kernels as K
+
+    allowed = {"KIND", "NORM", "UNIFORM", "PREC", "PREC2", "C_DTYPE", "UPCAST", "EPI", "BLOCK_D", "BLOCK_M",
+               "BLOCK_N", "BLOCK_K"}
+    for name in ("fused_kernel", "coef_kernel", "gemm_kernel", "epilogue_kernel"):
+        kern = getattr(K, name)
+        jit = kern.fn if hasattr(kern, "configs") else kern
+        constexprs = {p.name for p in jit.params if p.is_constexpr}
+        assert constexprs <= allowed and {"KIND", "NORM", "UNIFORM"} <= constexprs, (name, constexprs)
+        for p in jit.params:
+            if p.is_constexpr or p.name.endswith("_ptr") or p.name in _aot.FLOAT_ARGS:
+                continue
+            assert p.do_not_specialize, (name, p.name)  # an int: one compiled kernel for every value
+    # the runtime flags of the kinds are ints of every kernel that reads them
+    assert {"hs", "self_pairs", "pmode", "diag"} <= set(K.fused_kernel.fn.arg_names)
+    assert {"hs", "self_pairs", "pmode"} <= set(K.coef_kernel.fn.arg_names)
+    assert {"pmode", "diag"} <= set(K.epilogue_kernel.arg_names)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
@@ -145,10 +169,10 @@ def test_summary_and_row():
                      "128x64, BLOCK_D 64, 8 warps), max 255 registers, 1 FAILED to compile"]
     assert _aot._row(ok)[-2:] == ["8", "registers"]
     assert _aot._row(failed)[8] == "FAILED"
-    assert _aot._row(ok)[1] == "angular norm hs self diag ragged pow=general"
+    assert _aot._row(ok)[1] == "angular norm ragged"
     raw = dict(ok, kernel="coef_kernel", consts=dict(_aot.variant("gaussian", norm=False), BLOCK_M=32, BLOCK_N=32,
                                                      BLOCK_K=32))
-    assert _aot._row(raw)[1] == "gaussian raw hs self"
+    assert _aot._row(raw)[1] == "gaussian raw"
 
 
 def test_select_filters_tasks():

@@ -5,44 +5,49 @@ Triton wheel) without touching a device. This catches what the CPU interpreter c
 real frontend, layouts, and register spills (``ptxas -v``). It cannot check the numbers: only running on a
 GPU does. Run it without ``TRITON_INTERPRET``::
 
-    python -m hsu_kernels.triton._aot                  # every selectable config of every kind, sm_90 and sm_80
+    python -m hsu_kernels.triton._aot                  # every kernel a launch can run, sm_90 and sm_80
     python -m hsu_kernels.triton._aot --fail-on-spill --cache ~/.cache/hsu-kernels/triton-aot
                                                        # ... exit 1 if any spills (the CI gate,
                                                        # `make triton-aot-check`; see there for its time)
     python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
     python -m hsu_kernels.triton._aot --kind riesz --kernels fused --ds 256 --modes ieee --no-write  # a subset
-    python -m hsu_kernels.triton._aot --kind gaussian --norm 0 --self 0 --no-write  # another flag variant
+    python -m hsu_kernels.triton._aot --kind gaussian --norm 0 --uniform 1 --no-write  # one variant
 
-What is compiled (the default): every autotuning config the launcher can select, per kernel and kind:
+What is compiled (the default): every kernel a launch can run, that is every autotuning config the launcher
+can select, in every variant, per kernel:
 
 * ``fused_kernel`` for the padded row lengths of D in {3, 16, 32, 64, 128, 256} (``BLOCK_D`` 16, 32, 64,
   128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``): the configs ``kernels._prune_fused`` returns for that
-  ``BLOCK_D``, product mode and kind, called with a launch's constexpr keyword arguments as Triton's
-  autotuner calls it (``configs.FUSED_TABLE`` less ``configs.FUSED_SPILLS``);
+  ``BLOCK_D``, product mode and variant, called with a launch's constexpr keyword arguments as Triton's
+  autotuner calls it (``configs.FUSED_TABLE`` less ``configs.FUSED_SPILLS``, with the register cap of
+  ``configs.FUSED_LIFT`` where ptxas's own budget spills);
 * the strip path (D > 256): the ``coef_kernel`` configs ``kernels._prune_strip`` returns, the
   ``gemm_kernel`` configs ``kernels._prune_gemm`` keeps for the mode, and ``epilogue_kernel``;
 
-each in three product modes: float32 inputs with exact products (``ieee``), float32 with tensor-core
-products (``tf32``), and bfloat16 inputs. Pointers are compiled as 16-byte aligned, as torch allocates them.
+each in the three modes a launch can take: float32 inputs with exact products (``ieee``), float32 with
+tensor-core products (``tf32``), and bfloat16 inputs (float16 inputs run the float32 kernels in tf32 mode on
+a float32 copy: ``launch.run``).
 
-The kinds (:func:`gate_variants`): each of the five, normalized, and un-normalized for Riesz, log and
-Gaussian (a different per-pair path, neither a subset of the other), each for a ragged batch (sizes and
-offsets loaded from the table) and a uniform one (scalar sizes): 8 kind variants x 2 layouts. The other
-flags are the ones with the most live values per pair: half-space (both terms of a pair live until summed;
-without it the code is the same less the second term), a self energy with the half-space diagonal term
-(the ``i != j`` mask and, after the loop, the diagonal's row terms; the Gaussian kind has no diagonal term
-and carries its online log-sum-exp state instead: a running maximum per row that rescales the gradient
-accumulator and the row sums every tile), and the general exponent (``exp(-p log x)``).
+The variants (:func:`gate_variants`) are the compiled-in flags: the kind (five), normalized or not (Riesz,
+log and Gaussian have both), and the layout (a ragged batch, sizes and offsets loaded from a table, or a
+uniform one, scalar sizes with D a multiple of 16): 8 kind variants x 2 layouts. That is every variant
+there is, so the gate covers every kernel a GPU can run, not a sample:
 
-That choice is an argument from the live values, and ptxas does not follow it exactly: most spills seen
-here are 4-40 bytes at 80 or 128 registers, a budget ptxas picks for itself, and a flag that removes work
-can tip a config over as well as one that adds it. The uniform layout spilled in configs the ragged one
-fits (hence both are gated), and spot checks of other flags (``--pow``, ``--hs 0``, ``--self 0``; table in
-bench/results/) found a few more, which are pruned too. Every combination of the flags (136 variants with
-the exponent modes) is not compiled: that would take hours on 2 cores. ``--norm``, ``--hs``, ``--self``,
-``--uniform`` and ``--pow`` compile any other variant. The GEMM reads none of the kind flags (its body uses
-none: a test checks) and is compiled once per config; the coefficient and epilogue kernels once per
-distinct set of the flags they take (``STRIP_FLAGS``; the launcher passes them ``UNIFORM=False``).
+* the other flags (half-space, self energy, the exponent mode, the half-space self pair) are runtime
+  arguments of the kernels (``kernels._RUNTIME_INTS``): branches uniform across a launch, one compiled
+  kernel for all of their values. They were constexprs once (136 variants, hours of compiles on 2 cores,
+  of which only the most-live were gated, and spot checks of others found spills the gate had missed);
+* every integer argument is exempt from Triton's value specialization (``do_not_specialize``: an int equal
+  to 1 would be compiled in as a constant, one divisible by 16 would get an alignment attribute, each
+  another kernel). The one fact the uniform layout needs, D % 16 == 0, is stated in the kernel
+  (``tl.multiple_of``), and the launcher takes that layout only then (``launch.UNIFORM_D_MULTIPLE``);
+* pointers are compiled as 16-byte aligned, and the launcher only passes such (``launch._aligned`` copies
+  a view that starts off a 16-byte boundary; chunks of a large batch take the whole buffers and an offset
+  into them, never a slice).
+
+The float arguments are never specialized by Triton. The GEMM reads none of the kind flags (its body uses
+none: a test checks) and is compiled once per config; the coefficient and epilogue kernels once per kind
+variant (``STRIP_FLAGS``; the launcher passes them ``UNIFORM=False``).
 
 Per config it reports registers, spill stores/loads (bytes per thread), static shared memory, and the
 occupancy: resident warps per SM from registers (64K per SM, allocated per warp in units of 256) and shared
@@ -70,24 +75,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
-with open(__file__, "rb") as _f:
-    #: The hash of this module's text at import, part of every cache key (see :func:`cache_key`).
-    _SOURCE_HASH = hashlib.sha256(_f.read()).hexdigest()
-
 #: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
 FUSED_DS = (3, 16, 32, 64, 128, 256)
 MODES = ("ieee", "tf32", "bf16")
 KINDS = {"riesz": 0, "log": 1, "angular": 2, "angular_log": 3, "gaussian": 4}
 #: The kinds with an un-normalized form (the angular kinds measure angles: always normalized).
 UNNORMALIZED_KINDS = ("riesz", "log", "gaussian")
-#: Exponent modes of ``kernels.pow_mode``.
-POW_MODES = {"general": 0, "rsqrt": 1, "recip": 2, "recip2": 3}
-#: The kind flags each strip-path kernel's body reads (the launcher always passes ``UNIFORM=False`` to them):
-#: a variant that differs from another only in flags a kernel does not read compiles the same kernel.
-STRIP_FLAGS = {"coef_kernel": ("KIND", "POW", "HS", "NORM", "SELF"),
-               "epilogue_kernel": ("KIND", "POW", "NORM", "DIAG")}
-#: The GEMM's kind flags, fixed: its body reads none of them (they only key its autotuning).
-GEMM_FLAGS = dict(KIND=0, HS=True, NORM=True, SELF=True)
+#: The compiled-in kind flags each strip-path kernel reads (the launcher always passes ``UNIFORM=False`` to
+#: them, so the two layouts of a kind compile one kernel each).
+STRIP_FLAGS = {"coef_kernel": ("KIND", "NORM"), "epilogue_kernel": ("KIND", "NORM")}
+#: The kernels' float arguments (compiled as fp32; Triton never specializes a float on its value). Every
+#: other argument is a pointer, a constexpr or an int exempt from specialization (``kernels._RUNTIME_INTS``).
+FLOAT_ARGS = ("s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale", "tau")
+#: The GEMM's kind flags, fixed: its body reads neither (they only key its autotuning).
+GEMM_FLAGS = dict(KIND=0, NORM=True)
 
 #: Per-SM resources (CUDA occupancy calculator): registers, shared memory usable by blocks, the shared
 #: memory reserved per block, the most resident warps and blocks.
@@ -130,42 +131,31 @@ def _mode_consts(mode: str) -> Tuple[str, dict]:
         return "fp32", dict(PREC="tf32", PREC2="tf32", C_DTYPE="fp32")
     if mode == "bf16":
         return "bf16", dict(PREC="tf32", PREC2="tf32", C_DTYPE="bf16")
-    if mode == "fp16":
-        return "fp16", dict(PREC="tf32", PREC2="tf32", C_DTYPE="fp32")
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def variant(kind: str = "angular", norm: bool = True, hs: bool = True, self_: bool = True,
-            uniform: bool = False, pow_: int = 0) -> dict:
-    """The kind flags of one launch, as the launcher passes them (``DIAG`` follows from the others:
-    ``launch.run`` adds the half-space self pair to a self energy of every kind but the Gaussian)."""
-    return dict(KIND=KINDS[kind], POW=pow_, HS=hs, NORM=norm, SELF=self_, UNIFORM=uniform,
-                DIAG=self_ and hs and kind != "gaussian")
+def variant(kind: str = "angular", norm: bool = True, uniform: bool = False) -> dict:
+    """The compiled-in flags of one launch, as the launcher passes them (the half-space, self-energy,
+    exponent-mode and diagonal flags are runtime arguments: one compiled kernel serves them all)."""
+    return dict(KIND=KINDS[kind], NORM=norm, UNIFORM=uniform)
 
 
 def gate_variants(kinds=tuple(KINDS)) -> List[dict]:
-    """The variants the default run compiles: per kind, the flags with the most live values (half-space with
-    its diagonal term, self energy, general exponent), normalized and, for the kinds that allow it,
-    un-normalized (a different per-pair path, neither a subset of the other), each for a ragged and a
-    uniform batch (scalar sizes let the compiler vectorize loads and schedule differently: the uniform
-    variant spills in configs the ragged one fits, and the other way round; only the fused kernel takes
-    a uniform batch, so the strip path's tasks of the two are one)."""
+    """Every variant a launch can compile: per kind, normalized and, for the kinds that allow it,
+    un-normalized, each for a ragged and a uniform batch (only the fused kernel takes a uniform batch, so
+    the strip path's tasks of the two are one)."""
     return [variant(kind, norm=norm, uniform=uniform) for kind in kinds
             for norm in ((True, False) if kind in UNNORMALIZED_KINDS else (True,)) for uniform in (False, True)]
 
 
 def variant_label(task: dict) -> str:
-    """A short name of the kind flags a task's kernel reads, e.g. ``riesz raw hs self diag ragged pow=general``."""
+    """A short name of the compiled-in flags a task's kernel reads, e.g. ``riesz raw uniform``."""
     c = task["consts"]
     if task["kernel"] == "gemm_kernel":
         return "every kind (reads no kind flag)"
     parts = [{v: k for k, v in KINDS.items()}[c["KIND"]], "norm" if c["NORM"] else "raw"]
-    flags = {"fused_kernel": ("HS", "SELF", "DIAG"), "coef_kernel": ("HS", "SELF"), "epilogue_kernel": ("DIAG",)}
-    parts += [f.lower() if c[f] else "no-" + f.lower() for f in flags[task["kernel"]]]
     if task["kernel"] == "fused_kernel":
         parts.append("uniform" if c["UNIFORM"] else "ragged")
-    if c["KIND"] in (KINDS["riesz"], KINDS["angular"]):
-        parts.append("pow=" + {v: k for k, v in POW_MODES.items()}[c["POW"]])
     return " ".join(parts)
 
 
@@ -278,8 +268,7 @@ def compile_one(task: dict) -> dict:
     kern = getattr(K, task["kernel"])
     jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern  # unwrap autotuning
     consts = {k: tl_dtype[v] if k in ("C_DTYPE", "EPI") else v for k, v in task["consts"].items()}
-    floats = {"s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale", "tau"}
-    sig = {a: ("constexpr" if a in consts else task["ptrs"].get(a, "fp32" if a in floats else "i32"))
+    sig = {a: ("constexpr" if a in consts else task["ptrs"].get(a, "fp32" if a in FLOAT_ARGS else "i32"))
            for a in jit.arg_names}
     sig = {a: ("*" + v if a.endswith("_ptr") else v) for a, v in sig.items()}
     # torch allocations are 16-byte aligned: the launcher's pointers carry tt.divisibility=16
@@ -325,8 +314,10 @@ def cache_key(task: dict) -> str:
     """What a task's report depends on, hashed: the kernel's source with every jit function and global it
     uses (Triton's own ``JITFunction.cache_key``), the task (arch, mode, pointer types, constexprs, warps,
     stages), the Triton version, the ptxas that compiles for the arch (its ``--version``), the ``TRITON_*``
-    environment, and this module's text as it was imported (:data:`_SOURCE_HASH`: the code that compiles
-    and reads the report; read at import, so that an edit made while a run is going does not enter it)."""
+    environment, and the source of the code that compiles a task and reads its report (:data:`_SOURCE_HASH`:
+    :func:`compile_one`, :func:`cubin_usage`, the workers' environment and :data:`FLOAT_ARGS`, read at import,
+    so that an edit made while a run is going does not enter it; the rest of this module, tables and
+    command line, does not change a report)."""
     import json
 
     import triton
@@ -396,6 +387,18 @@ def _worker_init():
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
+def _report_code_hash() -> str:
+    """The hash of the source of what compiles a task and reads its report (see :func:`cache_key`)."""
+    import inspect
+
+    src = "".join(inspect.getsource(f) for f in (compile_one, cubin_usage, _worker_init)) + repr(FLOAT_ARGS)
+    return hashlib.sha256(src.encode()).hexdigest()
+
+
+#: :func:`_report_code_hash` at import, part of every cache key.
+_SOURCE_HASH = _report_code_hash()
+
+
 def _config_str(t: dict) -> str:
     c = t["consts"]
     cap = f", maxnreg {t['maxnreg']}" if t.get("maxnreg") else ""
@@ -449,7 +452,7 @@ def spill_free(results: List[dict]) -> List[str]:
         if "error" not in t:
             groups.setdefault((t["kernel"], t["mode"], t["D"], t["arch"]), []).append(t)
     lines = []
-    order = ("ieee", "tf32", "bf16", "fp16")
+    order = MODES
     # stable sort: the Ds keep the order they were compiled in (ascending)
     for (kernel, mode, d, arch), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]),
                                                                                    -kv[0][3])):
@@ -491,11 +494,11 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         "the GEMM reads none): "
         + "; ".join(sorted({variant_label(t) for t in results if t["kernel"] == "fused_kernel"})
                     or sorted({variant_label(t) for t in results}))
-        + ". norm/raw: normalized rows or not; hs: half-space; self: a self energy (i != j); diag: the "
-        "half-space self pair; ragged: sizes loaded from the table; pow: the exponent mode. Pointers 16-byte "
-        "aligned",
+        + ". norm/raw: normalized rows or not; ragged: sizes loaded from the table; uniform: scalar sizes, "
+        "D % 16 == 0. Half-space, self energy, exponent mode and the half-space self pair are runtime "
+        "arguments of each compiled kernel; integer arguments unspecialized; pointers 16-byte aligned",
         "- modes: ieee = float32 inputs, exact fp32 products; tf32 = float32 inputs, tensor-core products; "
-        "bf16 = bfloat16 inputs",
+        "bf16 = bfloat16 inputs (float16 inputs run the tf32 kernels on a float32 copy)",
         "- D: the row lengths a fused config serves (D = 3 and 16 pad to BLOCK_D = 16); the strip path "
         "(D > 256) does not depend on D",
         "- warps/SM: resident warps per SM (of 64) from registers (64K per SM, per-warp units of 256) and "
@@ -533,13 +536,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hsu_kernels.triton._aot", description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCH_LIMITS),
                     help="compute capabilities (80: A100, 90: H100/H200)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16, fp16")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16")
     ap.add_argument("--kind", default=None, choices=sorted(KINDS),
                     help="only this kind's variants (default: every kind's, see gate_variants)")
-    for flag, what in (("norm", "normalized rows"), ("hs", "half-space"), ("self", "a self energy (else a cross "
-                       "energy: no diagonal term)"), ("uniform", "a uniform batch (fused kernel only)")):
-        ap.add_argument(f"--{flag}", type=int, choices=(0, 1), default=None, help=f"1/0: {what}")
-    ap.add_argument("--pow", default=None, choices=sorted(POW_MODES), help="the exponent mode (riesz, angular)")
+    for flag, what in (("norm", "normalized rows"), ("uniform", "a uniform batch (fused kernel only)")):
+        ap.add_argument(f"--{flag}", type=int, choices=(0, 1), default=None,
+                        help=f"1/0: only the variants with (without) {what}")
     ap.add_argument("--quick", action="store_true",
                     help="one config per kernel (the last of each list, a small tile), bf16, the first --arch only")
     ap.add_argument("--jobs", type=int, default=None,
@@ -571,14 +573,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsu_aot_")
     _worker_init()
     modes = ["bf16"] if args.quick else [m.strip() for m in args.modes.split(",") if m.strip()]
-    chosen = {k: getattr(args, k) for k in ("norm", "hs", "self", "uniform", "pow")}
     variants = None
-    if any(v is not None for v in chosen.values()):  # the given flags, the others as in gate_variants
-        one = dict(pow_=POW_MODES[chosen["pow"] or "general"])
-        one.update({k + ("_" if k == "self" else ""): bool(v) for k, v in chosen.items()
-                    if v is not None and k != "pow"})
-        kinds = [args.kind] if args.kind else list(KINDS)
-        variants = [variant(k, **one) for k in kinds if one.get("norm", True) or k in UNNORMALIZED_KINDS]
+    if args.norm is not None or args.uniform is not None:  # a subset of gate_variants
+        variants = [v for v in gate_variants((args.kind,) if args.kind else tuple(KINDS))
+                    if args.norm in (None, int(v["NORM"])) and args.uniform in (None, int(v["UNIFORM"]))]
         if not variants:
             print(f"--norm 0: the {args.kind} kind is always normalized", file=sys.stderr)
             return 2

@@ -3,7 +3,8 @@
 Kept apart from the kernels so that editing a table leaves the kernels' source, and so their compiled form
 and Triton's cache key (``JITFunction.cache_key``, which ``_aot --cache`` keys on), unchanged. Every config
 a pruner can return is compiled by ``python -m hsu_kernels.triton._aot --fail-on-spill`` (the CI gate) for
-sm_80 and sm_90, for every kind, with no register spills.
+sm_80 and sm_90, in every variant a launch can compile (kind, normalized or not, batch layout), with no
+register spills.
 """
 
 from __future__ import annotations
@@ -22,24 +23,22 @@ RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
 #: The fused kernel's GPU configs per product mode and padded row length ``BLOCK_D``:
 #: ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages[, maxnreg])``. ``BLOCK_K < BLOCK_D`` takes the first product in
 #: chunks of ``BLOCK_K`` columns; ``BLOCK_K = 256`` (``FUSED_MAX_D``) never chunks. ``maxnreg`` caps the
-#: registers per thread (PTX ``.maxnreg``); without it ptxas picks its own budget, and for 8 warps it settles
-#: on 128 registers (two blocks per SM) even where that spills: the ieee 16 x 16 tile at ``BLOCK_D = 256``
-#: with one stage spilled 40 bytes at 128 registers (Riesz, un-normalized, sm_80) and fits in 220 with 255
-#: allowed, so it is listed both ways. The tiles are small because the per-pair epilogue (acos, sqrt,
-#: exp/log, twice in half-space) holds many values per pair on top of the row tile, its gradient
-#: accumulator and the column tile: bigger tiles (e.g. 128 x 64 rows at BLOCK_D 64) spilled kilobytes per
-#: thread. Each config is compiled for sm_80 and sm_90 by ``python -m hsu_kernels.triton._aot
-#: --fail-on-spill`` in every kind's variant with the most live values; the few that spill for some kinds
-#: are left out for those (:data:`FUSED_SPILLS`). Modes: ``ieee`` is float32 with exact products (FMA),
-#: ``tf32`` float32 (or float16) on tensor cores, ``bf16`` bfloat16 inputs and coefficients.
+#: registers per thread (PTX ``.maxnreg``); without it ptxas picks its own budget for occupancy (64, 80, 96,
+#: 128 or 168 registers seen) and accepts a few bytes of spills to keep it: see :data:`FUSED_LIFT`. The
+#: tiles are small because the per-pair epilogue (acos, sqrt, exp/log, twice in half-space) holds many
+#: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles
+#: (e.g. 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 128 x 32 at BLOCK_D 16 (8 warps)
+#: spilled 4-32 bytes at 255 registers for 15 of the 16 variants. Each config is compiled for sm_80 and
+#: sm_90 by ``python -m hsu_kernels.triton._aot --fail-on-spill`` in every variant. Modes: ``ieee`` is
+#: float32 with exact products (FMA), ``tf32`` float32 (or float16, upcast) on tensor cores, ``bf16``
+#: bfloat16 inputs and coefficients.
 FUSED_TABLE = {
     "ieee": {
-        16: ((128, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2),
-             (64, 16, 256, 4, 2)),
+        16: ((32, 32, 256, 4, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (64, 16, 256, 4, 2)),
         32: ((32, 64, 256, 8, 2), (16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (32, 32, 256, 8, 2)),
         64: ((16, 64, 256, 8, 2), (16, 32, 256, 4, 2), (16, 32, 256, 8, 2), (16, 16, 256, 4, 2)),
-        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1)),
-        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1), (16, 16, 256, 8, 1, 255)),
+        128: ((16, 64, 256, 8, 2), (16, 32, 256, 8, 1), (16, 16, 256, 8, 2), (16, 32, 256, 8, 2)),
+        256: ((16, 16, 256, 8, 2), (16, 16, 256, 8, 1)),
     },
     "tf32": {
         16: ((32, 32, 256, 8, 2), (16, 32, 256, 8, 2), (32, 32, 256, 4, 2), (16, 32, 256, 4, 2)),
@@ -57,52 +56,55 @@ FUSED_TABLE = {
     },
 }
 
-_R1, _R0 = (RIESZ, True), (RIESZ, False)
-_L1, _L0 = (LOG, True), (LOG, False)
-_A, _AL = (ANGULAR, True), (ANGULAR_LOG, True)
-_G1, _G0 = (GAUSSIAN, True), (GAUSSIAN, False)
-_L1_RAGGED, _L1_UNIFORM = (LOG, True, False), (LOG, True, True)
+#: The register cap a config runs with where ptxas's own budget spills (:data:`FUSED_LIFT`).
+LIFT_MAXNREG = 255
 
-#: Configs of :data:`FUSED_TABLE` left out for some kinds: ``(mode, BLOCK_D, config)`` -> the ``(KIND, NORM)``
-#: launches that spill registers with it on sm_80 or sm_90 (4-52 bytes, measured by ``_aot``; see
-#: bench/results/triton-ptxas-*.md): in the variant ``_aot`` gates (ragged or uniform batch) or in a spot
-#: check of another flag (an exponent mode, no half-space, a cross energy). Most of these spill at 64-128
-#: registers, a budget ptxas picks for itself, not at the 255 limit, so which flag tips a config over is not
-#: predictable from its live values: the table follows the measurement. Every (kind, mode, BLOCK_D) keeps at
-#: least one config, and two but for the 11 named in tests/test_triton.py's ``ONE_CONFIG`` (mostly BLOCK_D
-#: 256: there 16 x 16 and 16 x 32 tiles with 4 or 8 warps, BLOCK_K 64, 128 or 256, one or two stages, with
-#: and without maxnreg, spilled 8-412 bytes for some kind).
+#: Configs of :data:`FUSED_TABLE` that run with ``maxnreg = 255`` (:data:`LIFT_MAXNREG`) for some launches:
+#: ``(mode, BLOCK_D, config)`` -> the launches, ``(KIND, NORM)`` (both batch layouts) or ``(KIND, NORM,
+#: UNIFORM)``. Without a cap ptxas picks a budget of 64-168 registers for occupancy and spills 4-64 bytes to
+#: keep it, in these (measured by ``_aot``, bench/results/triton-ptxas-*.md); with 255 allowed each fits
+#: without spills, at the occupancy its registers give (the launches not named keep ptxas's budget). Which
+#: variant tips a config over follows no rule from its live values, so the table follows the measurement.
+FUSED_LIFT = {
+    ("ieee", 16, (16, 64, 256, 8, 2)): ((RIESZ, True, False), (ANGULAR_LOG, True, False), (GAUSSIAN, False, True)),
+    ("ieee", 16, (32, 32, 256, 4, 2)): ((RIESZ, True, True), (RIESZ, False, False), (LOG, False), (ANGULAR, True),
+                                        (GAUSSIAN, False, True)),
+    ("ieee", 16, (64, 16, 256, 4, 2)): ((RIESZ, True, False), (RIESZ, False), (LOG, True, False), (ANGULAR, True),
+                                        (ANGULAR_LOG, True)),
+    ("ieee", 32, (16, 32, 256, 4, 2)): ((ANGULAR, True, True), (ANGULAR_LOG, True, True), (GAUSSIAN, False)),
+    ("ieee", 32, (16, 64, 256, 8, 2)): ((RIESZ, True, False), (GAUSSIAN, True, False)),
+    ("ieee", 32, (32, 32, 256, 8, 2)): ((RIESZ, True, False), (RIESZ, False, False), (LOG, True, False),
+                                        (LOG, False, False), (ANGULAR, True, False)),
+    ("ieee", 64, (16, 32, 256, 8, 2)): ((RIESZ, True, True), (ANGULAR, True, False), (ANGULAR_LOG, True, False),
+                                        (GAUSSIAN, True, False)),
+    ("ieee", 128, (16, 32, 256, 8, 1)): ((GAUSSIAN, True),),
+    ("ieee", 128, (16, 16, 256, 8, 2)): ((RIESZ, True), (LOG, True), (ANGULAR, True), (ANGULAR_LOG, True),
+                                         (GAUSSIAN, True)),
+    ("ieee", 256, (16, 16, 256, 8, 1)): ((RIESZ, False), (LOG, False, False), (GAUSSIAN, False)),
+    ("ieee", 256, (16, 16, 256, 8, 2)): ((RIESZ, False), (GAUSSIAN, False)),
+    ("tf32", 16, (16, 32, 256, 4, 2)): ((RIESZ, True, True), (RIESZ, False, True), (GAUSSIAN, False, False)),
+    ("tf32", 64, (16, 32, 256, 4, 2)): ((RIESZ, True, False), (LOG, True, False), (ANGULAR, True, False),
+                                        (GAUSSIAN, True, False)),
+    ("tf32", 64, (16, 64, 256, 8, 2)): ((RIESZ, False, False), (LOG, True, True), (GAUSSIAN, False, False)),
+    ("bf16", 16, (64, 32, 256, 4, 3)): ((RIESZ, False, True),),
+    ("bf16", 64, (16, 64, 256, 8, 2)): ((LOG, False, False), (GAUSSIAN, False, False)),
+}
+
+#: Configs of :data:`FUSED_TABLE` left out for some launches (named as in :data:`FUSED_LIFT`): they spill
+#: even with 255 registers. Every (variant, mode, BLOCK_D) keeps at least one config, and two but for those
+#: named in tests/test_triton.py's ``ONE_CONFIG``.
 FUSED_SPILLS = {
-    ("ieee", 16, (128, 32, 256, 8, 2)): (_R1, _L0, _L1, _A),
-    ("ieee", 16, (32, 32, 256, 4, 2)): (_R1, _L0, _A),
-    ("ieee", 16, (16, 64, 256, 8, 2)): (_R1, _L0, _G0),
-    ("ieee", 16, (16, 32, 256, 4, 2)): (_A,),
-    ("ieee", 16, (64, 16, 256, 4, 2)): (_L1, _AL),
-    ("ieee", 32, (32, 64, 256, 8, 2)): (_R1, _G0),
-    ("ieee", 32, (16, 64, 256, 8, 2)): (_R0, _G0),
-    ("ieee", 32, (16, 32, 256, 4, 2)): (_R0, _G1),
-    ("ieee", 32, (32, 32, 256, 8, 2)): (_A, _AL),
-    ("ieee", 64, (16, 64, 256, 8, 2)): (_R1, _L0, _A, _AL, _G0),
-    ("ieee", 64, (16, 32, 256, 8, 2)): (_A, _G0, _G1),
-    ("ieee", 128, (16, 64, 256, 8, 2)): (_G0,),
-    ("ieee", 256, (16, 16, 256, 8, 2)): (_R0, _L0, _G0, _G1),
-    ("ieee", 256, (16, 16, 256, 8, 1)): (_R0, _L0, _G1),
-    ("tf32", 16, (32, 32, 256, 8, 2)): (_R0, _L1),
-    ("tf32", 16, (16, 32, 256, 8, 2)): (_R0, _L1, _G0),
-    ("tf32", 16, (32, 32, 256, 4, 2)): (_A, _G0),
-    ("tf32", 16, (16, 32, 256, 4, 2)): (_L1, _A),
-    ("tf32", 64, (16, 64, 256, 8, 2)): (_R0, _L0, _L1),
-    ("tf32", 256, (16, 32, 64, 8, 2)): (_R1, _L1, _A, _AL),
-    ("bf16", 16, (64, 32, 256, 4, 3)): (_L0,),
-    ("bf16", 16, (32, 32, 256, 8, 2)): (_AL,),
-    ("bf16", 16, (16, 32, 256, 4, 2)): (_A, _AL),
-    ("bf16", 32, (16, 64, 256, 8, 2)): (_R0,),
-    ("bf16", 32, (16, 32, 256, 4, 2)): (_G1,),
-    ("bf16", 32, (16, 32, 256, 8, 2)): (_A,),
-    ("bf16", 64, (16, 64, 256, 8, 2)): (_R0,),
-    ("bf16", 256, (16, 16, 256, 8, 2)): (_L1_UNIFORM,),
-    ("bf16", 256, (16, 16, 256, 8, 1)): (_L1_UNIFORM,),
-    ("bf16", 256, (16, 16, 128, 8, 2)): (_R1, _A, _AL, _L1_RAGGED),
+    ("ieee", 32, (32, 64, 256, 8, 2)): ((RIESZ, True), (RIESZ, False), (LOG, False), (ANGULAR, True),
+                                        (ANGULAR_LOG, True), (GAUSSIAN, False)),
+    ("ieee", 64, (16, 64, 256, 8, 2)): ((RIESZ, False, True), (LOG, False, True), (ANGULAR_LOG, True, True),
+                                        (GAUSSIAN, True), (GAUSSIAN, False, True)),
+    ("ieee", 128, (16, 32, 256, 8, 1)): ((ANGULAR, True, True), (ANGULAR_LOG, True, False)),
+    ("ieee", 128, (16, 64, 256, 8, 2)): ((ANGULAR, True), (GAUSSIAN, True), (GAUSSIAN, False)),
+    ("ieee", 128, (16, 32, 256, 8, 2)): ((RIESZ, True, False), (ANGULAR, True), (ANGULAR_LOG, True, False),
+                                         (GAUSSIAN, True), (GAUSSIAN, False)),
+    ("tf32", 256, (16, 32, 64, 8, 2)): ((ANGULAR_LOG, True, True),),
+    ("bf16", 256, (16, 16, 128, 8, 2)): ((RIESZ, True, False), (LOG, True, False), (ANGULAR, True, False),
+                                         (ANGULAR_LOG, True, False), (GAUSSIAN, True, False)),
 }
 
 #: The coefficient kernel's configs per product precision, ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)``
@@ -113,11 +115,15 @@ STRIP_TABLE = {
     "ieee": ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 4, 3), (64, 32, 16, 8, 3)),
     "tf32": ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 4, 3)),
 }
-#: Configs of :data:`STRIP_TABLE` left out for some kinds, as :data:`FUSED_SPILLS`: ``(PREC, config)`` ->
-#: ``(KIND, NORM)`` launches.
+#: Configs of :data:`STRIP_TABLE` run with 255 registers for some launches, as :data:`FUSED_LIFT`:
+#: ``(PREC, config)`` -> ``(KIND, NORM)`` launches (the strip path is always ragged). Empty: the coefficient
+#: configs that spilled at ptxas's budget (ieee 32 x 32, 4 warps, at 168 registers) spilled with 255 too.
+STRIP_LIFT = {}
+#: Configs of :data:`STRIP_TABLE` left out for some launches, as :data:`FUSED_SPILLS`.
 STRIP_SPILLS = {
-    ("ieee", (32, 32, 32, 4, 3)): (_R1, _G0, _G1),
-    ("ieee", (64, 32, 32, 8, 3)): (_G0, _G1),
+    ("ieee", (32, 32, 32, 4, 3)): ((RIESZ, True), (LOG, True), (ANGULAR, True), (ANGULAR_LOG, True),
+                                   (GAUSSIAN, False)),
+    ("ieee", (64, 32, 32, 8, 3)): ((GAUSSIAN, False),),
 }
 
 
@@ -135,14 +141,18 @@ def _config(row, size: str = "BLOCK_N"):
 
 
 def _fused_configs(interpret: bool = INTERPRET):
-    """The fused kernel's autotuning list: every config of :data:`FUSED_TABLE` once (the pruner picks a
-    launch's own); under the interpreter one small config."""
+    """The fused kernel's autotuning list: every config of :data:`FUSED_TABLE` once, and the capped form of
+    those :data:`FUSED_LIFT` names (the pruner picks a launch's own); under the interpreter one small config."""
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=1)]
+    lifted = {(mode, bd, r) for mode, bd, r in FUSED_LIFT}
     seen = []
-    for per_d in FUSED_TABLE.values():
-        for rows in per_d.values():
-            seen += [r for r in rows if r not in seen]
+    for mode, per_d in FUSED_TABLE.items():
+        for bd, rows in per_d.items():
+            for r in rows:
+                for form in (r, r + (LIFT_MAXNREG,)) if (mode, bd, r) in lifted else (r,):
+                    if form not in seen:
+                        seen.append(form)
     return [_config(r) for r in seen]
 
 
@@ -170,19 +180,36 @@ def _left_out(var, launches) -> bool:
     return var in launches or var[:2] in launches
 
 
+def _launch_rows(table, spills, lift, var, tag=()):
+    """The rows of ``table`` a launch ``var`` may run, in order: less those ``spills`` leaves out for it, with
+    the register cap :data:`LIFT_MAXNREG` on those ``lift`` names for it (``tag`` prefixes a row in both)."""
+    rows = []
+    for r in table:
+        if _left_out(var, spills.get(tag + (r,), ())):
+            continue
+        rows.append(r + (LIFT_MAXNREG,) if _left_out(var, lift.get(tag + (r,), ())) else r)
+    return rows
+
+
+def _keep(configs, rows, table):
+    """The configs whose rows are ``rows``, in that order; a list holding no row of ``table`` nor of ``rows``
+    (a test's pinned config) as it is."""
+    if not any(_key(c) in table or _key(c) in rows for c in configs):
+        return list(configs)
+    return sorted((c for c in configs if _key(c) in rows), key=lambda c: rows.index(_key(c)))
+
+
 def _prune_fused(configs, named_args, **kwargs):
     """The configs of :data:`FUSED_TABLE` for the launch's product mode and padded D, less those
-    :data:`FUSED_SPILLS` leaves out for its kind, in the table's order (configs outside it may spill
-    registers: they are never autotuned on a GPU). A list that holds none of the table's configs (a test's
-    pinned config) is kept as it is. ``python -m hsu_kernels.triton._aot`` compiles what this returns."""
+    :data:`FUSED_SPILLS` leaves out for its variant, capped where :data:`FUSED_LIFT` says, in the table's
+    order (configs outside it may spill registers: they are never autotuned on a GPU). A list that holds
+    none of them (a test's pinned config) is kept as it is. ``python -m hsu_kernels.triton._aot`` compiles
+    what this returns."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
     mode = product_mode(kwargs.get("PREC", "ieee"), kwargs.get("C_DTYPE", tl.float32))
     table = FUSED_TABLE[mode][bd]
-    var = _launch_variant(kwargs)
-    rows = [r for r in table if not _left_out(var, FUSED_SPILLS.get((mode, bd, r), ()))]
-    if not any(_key(c) in table for c in configs):
-        return list(configs)
-    return sorted((c for c in configs if _key(c) in rows), key=lambda c: rows.index(_key(c)))
+    rows = _launch_rows(table, FUSED_SPILLS, FUSED_LIFT, _launch_variant(kwargs), (mode, bd))
+    return _keep(configs, rows, table)
 
 
 def _strip_configs(interpret: bool = INTERPRET):
@@ -192,22 +219,22 @@ def _strip_configs(interpret: bool = INTERPRET):
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     seen = []
-    for rows in STRIP_TABLE.values():
-        seen += [r for r in rows if r not in seen]
+    for prec, rows in STRIP_TABLE.items():
+        for r in rows:
+            for form in (r, r + (LIFT_MAXNREG,)) if (prec, r) in STRIP_LIFT else (r,):
+                if form not in seen:
+                    seen.append(form)
     return [_config(r) for r in seen]
 
 
 def _prune_strip(configs, named_args, **kwargs):
     """The configs of :data:`STRIP_TABLE` less those :data:`STRIP_SPILLS` leaves out for the launch's kind and
-    product precision, in the table's order; a list holding none of them (a test's pinned config) is kept.
-    ``python -m hsu_kernels.triton._aot`` compiles what this returns."""
-    var = _launch_variant(kwargs)
+    product precision, capped where :data:`STRIP_LIFT` says, in the table's order; a list holding none of
+    them (a test's pinned config) is kept. ``python -m hsu_kernels.triton._aot`` compiles what this returns."""
     prec = "ieee" if kwargs.get("PREC", "ieee") == "ieee" else "tf32"
     table = STRIP_TABLE[prec]
-    rows = [r for r in table if not _left_out(var, STRIP_SPILLS.get((prec, r), ()))]
-    if not any(_key(c) in table for c in configs):
-        return list(configs)
-    return sorted((c for c in configs if _key(c) in rows), key=lambda c: rows.index(_key(c)))
+    rows = _launch_rows(table, STRIP_SPILLS, STRIP_LIFT, _launch_variant(kwargs), (prec,))
+    return _keep(configs, rows, table)
 
 
 #: The GEMM kernel's configs per mode, ``(BLOCK_M, BLOCK_D, BLOCK_K, warps, stages)``: exact fp32 products

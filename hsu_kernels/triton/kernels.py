@@ -95,13 +95,14 @@ def _acos(x):
 
 
 @triton.jit
-def _pow_neg(x, p, MODE: tl.constexpr):
-    """``x^(-p)`` for ``x >= 0`` (``x = 0`` gives inf)."""
-    if MODE == 1:
+def _pow_neg(x, p, mode):
+    """``x^(-p)`` for ``x >= 0`` (``x = 0`` gives inf). ``mode`` (:func:`pow_mode`) is a runtime value: the
+    branch is uniform across a launch, and one compiled kernel serves every exponent."""
+    if mode == 1:
         y = 1.0 / tl.sqrt(x)
-    elif MODE == 2:
+    elif mode == 2:
         y = 1.0 / x
-    elif MODE == 3:
+    elif mode == 3:
         y = 1.0 / (x * x)
     else:
         y = tl.exp(-p * tl.log(x))
@@ -109,7 +110,7 @@ def _pow_neg(x, p, MODE: tl.constexpr):
 
 
 @triton.jit
-def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, POW: tl.constexpr):
+def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, pmode):
     """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0. ``f`` is NaN
     where ``d2 < lim`` (or d2 is NaN): a close pair (:func:`_close`), which poisons its row's energy so that
     the host recomputes the row; the check poisons the input, where ``d2`` is live anyway (no value is kept
@@ -117,7 +118,7 @@ def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, POW: tl.constexpr):
     d2 = tl.where(d2 >= lim, tl.maximum(d2, 0.0), float("nan"))
     if KIND == 0:
         half = 0.5 * s
-        f = _pow_neg(d2, half, POW)
+        f = _pow_neg(d2, half, pmode)
         df = -half * f / d2
     elif KIND == 1:
         f = -tl.log(d2)
@@ -129,7 +130,7 @@ def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, POW: tl.constexpr):
 
 
 @triton.jit
-def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr):
+def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, pmode):
     """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3); ``phi`` is NaN where
     ``1 - |g| < tau`` (see :func:`_phi_d2`)."""
     if KIND == 2 or KIND == 3:
@@ -139,7 +140,7 @@ def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr):
         sin_t = tl.sqrt(tl.maximum((1.0 - gc) * (1.0 + gc), 0.0))
         dtheta = -0.3183098861837907 / sin_t
         if KIND == 2:
-            f = _pow_neg(a, s, POW)
+            f = _pow_neg(a, s, pmode)
             df = -s * f / a * dtheta
         else:
             f = -tl.log(a)
@@ -148,32 +149,31 @@ def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr):
         # both sides, as the angular kinds: near g = -1 the row's gradient is nearly radial and the float32
         # epilogue cannot resolve it (two antipodes at D = 1)
         gq = tl.where(1.0 - tl.abs(g) >= tau, g, float("nan"))
-        f, dfd = _phi_d2(2.0 - 2.0 * gq, s, t, 0.0, KIND, POW)
+        f, dfd = _phi_d2(2.0 - 2.0 * gq, s, t, 0.0, KIND, pmode)
         df = -2.0 * dfd
     return f, df
 
 
 @triton.jit
-def _pair_terms(dot, si, sj, s, t, eps_ang, tau, KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr,
-                NORM: tl.constexpr):
+def _pair_terms(dot, si, sj, s, t, eps_ang, tau, KIND: tl.constexpr, pmode, hs, NORM: tl.constexpr):
     """``(e, cj, ci)`` of a tile of pairs (see the module docstring); ``si`` is ``[M, 1]``, ``sj`` ``[1, N]``.
     ``e`` is NaN for the pairs :func:`_close` names (the host recomputes their rows)."""
     if NORM:
         g = dot * si * sj
-        e, c = _phi_g(g, s, t, eps_ang, tau, KIND, POW)
-        if HS:
-            e2, c2 = _phi_g(-g, s, t, eps_ang, tau, KIND, POW)
+        e, c = _phi_g(g, s, t, eps_ang, tau, KIND, pmode)
+        if hs != 0:
+            e2, c2 = _phi_g(-g, s, t, eps_ang, tau, KIND, pmode)
             e = e + e2
             c = c - c2
         cj = c * sj
         ci = cj
     else:
         lim = tau * (si + sj)
-        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, lim, KIND, POW)
+        e, df = _phi_d2(si + sj - 2.0 * dot, s, t, lim, KIND, pmode)
         cj = -2.0 * df
         ci = 2.0 * df
-        if HS:
-            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, lim, KIND, POW)
+        if hs != 0:
+            e2, df2 = _phi_d2(si + sj + 2.0 * dot, s, t, lim, KIND, pmode)
             e = e + e2
             cj = cj + 2.0 * df2
             ci = ci + 2.0 * df2
@@ -187,7 +187,7 @@ def _finite(v):
 
 
 @triton.jit
-def _close(dot, si, sj, tau, HS: tl.constexpr, NORM: tl.constexpr):
+def _close(dot, si, sj, tau, hs, NORM: tl.constexpr):
     """The pairs of a tile that the fused path cannot get right from a float32 product (docs/spec.md §5):
     ``1 - |g| < tau`` (normalized), or an expanded distance (to ``y_j``, and to ``-y_j`` in half-space mode)
     below ``tau (|x_i|^2 + |y_j|^2)`` or not a number (un-normalized). Their rows are recomputed by the
@@ -198,13 +198,13 @@ def _close(dot, si, sj, tau, HS: tl.constexpr, NORM: tl.constexpr):
     else:
         sm = si + sj
         close = ~((sm - 2.0 * dot) >= tau * sm)
-        if HS:
+        if hs != 0:
             close = close | ~((sm + 2.0 * dot) >= tau * sm)
     return close
 
 
 @triton.jit
-def _gauss_logs(dot, si, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+def _gauss_logs(dot, si, sj, t, NORM: tl.constexpr):
     """The Gaussian kind's log terms ``x1 = -t d2`` (to ``y_j``) and ``x2`` (to ``-y_j``; half-space only,
     else unused) of a tile (docs/spec.md §4: the kind is reduced as a log-sum-exp)."""
     if NORM:
@@ -219,10 +219,10 @@ def _gauss_logs(dot, si, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
 
 
 @triton.jit
-def _gauss_coefs(w1, w2, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
+def _gauss_coefs(w1, w2, sj, t, hs, NORM: tl.constexpr):
     """``(e, cj, ci)`` of a Gaussian tile from its weights ``w1 = exp(x1 - m)``, ``w2`` (the row's shift
     ``m``): the same coefficients as :func:`_pair_terms` with ``exp(-t d2)`` replaced by the weights."""
-    if HS:
+    if hs != 0:
         e = w1 + w2
         c = 2.0 * t * (w1 - w2)
         ci = -2.0 * t * (w1 + w2)
@@ -239,7 +239,7 @@ def _gauss_coefs(w1, w2, sj, t, HS: tl.constexpr, NORM: tl.constexpr):
 
 
 @triton.jit
-def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr):
+def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, pmode, NORM: tl.constexpr):
     """The half-space self pair ``(w_i, -w_i)``: its energy and ``k`` with ``dE/dw_i += k w_i``.
 
     Normalized, ``g_ii = -|w|^2/n^2`` with ``n^2 = |w|^2 + eps_norm`` rounds to exactly -1 in float32 once
@@ -253,17 +253,17 @@ def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, POW: tl.constex
             a = theta * 0.3183098861837907 + eps_ang
             dtheta = -0.3183098861837907 * n2 / tl.sqrt(eps_norm * (2.0 * sq + eps_norm))
             if KIND == 2:
-                f = _pow_neg(a, s, POW)
+                f = _pow_neg(a, s, pmode)
                 df = -s * f / a * dtheta
             else:
                 f = -tl.log(a)
                 df = -dtheta / a
         else:
-            f, df = _phi_g(-(sq / n2), s, t, eps_ang, 0.0, KIND, POW)
+            f, df = _phi_g(-(sq / n2), s, t, eps_ang, 0.0, KIND, pmode)
         # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
         k = tl.where(eps_norm > 0, -df * 2.0 * eps_norm / (n2 * n2), 0.0)
     else:
-        f, df = _phi_d2(4.0 * sq, s, t, 0.0, KIND, POW)
+        f, df = _phi_d2(4.0 * sq, s, t, 0.0, KIND, pmode)
         k = 8.0 * df
     return f, k
 
@@ -292,10 +292,10 @@ def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
     """Sizes and offsets of matrix ``k``: (nx, ny, D, x element offset, y element offset, first output row,
     first coefficient element). ``tab_ptr`` is an int64 ``[7, K]`` table (ragged) or unused (uniform)."""
-    if UNIFORM:
+    if UNIFORM:  # the launcher takes this layout only for D % 16 == 0 (launch.UNIFORM_D_MULTIPLE)
         nx = nx_u
         ny = ny_u
-        D = d_u
+        D = tl.multiple_of(d_u, 16)
         kk = k.to(tl.int64)
         xoff = kk * nx * D
         yoff = kk * ny * D
@@ -320,7 +320,13 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 # configs.py (under the interpreter one small config keeps tests fast).
 
 
-_KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
+_KEYS = ["N_KEY", "D_KEY", "KIND", "hs", "NORM", "self_pairs"]
+#: Every integer argument of a kernel is exempt from Triton's specialization on its value (an int equal to 1
+#: becomes a constant, one divisible by 16 gets an alignment attribute: each a different compiled kernel).
+#: So the compiled kernels are exactly one per config and constexpr set, which is what ``_aot`` compiles and
+#: gates; what a size's divisibility would give the uniform layout, ``_matrix`` states with ``tl.multiple_of``.
+_RUNTIME_INTS = ["K", "k_base", "nx_u", "ny_u", "d_u", "row_lo", "row_hi", "hs", "self_pairs", "pmode", "diag",
+                 "N_KEY", "D_KEY"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -333,14 +339,14 @@ _KEYS = ["N_KEY", "D_KEY", "KIND", "HS", "NORM", "SELF"]
     key=_KEYS + ["UNIFORM", "BLOCK_D", "PREC", "C_DTYPE"],
     prune_configs_by={"early_config_prune": _prune_fused},
 )
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def fused_kernel(
-    x_ptr, y_ptr, g_ptr, e_ptr, f_ptr, tab_ptr, K,
+    x_ptr, y_ptr, g_ptr, e_ptr, f_ptr, tab_ptr, K, k_base,
     nx_u, ny_u, d_u,
     s, t, eps_norm, eps_ang, pair_scale, grad_scale, tau,
+    hs, self_pairs, pmode, diag,
     N_KEY, D_KEY,
-    KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
-    DIAG: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
+    KIND: tl.constexpr, NORM: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, PREC2: tl.constexpr,
     C_DTYPE: tl.constexpr, UPCAST: tl.constexpr, EPI: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -351,9 +357,15 @@ def fused_kernel(
     NaN) or a term that overflowed; the host recomputes such rows, and those whose gradient is not finite.
     The Gaussian kind is an online log-sum-exp (running maximum per row, as attention's softmax):
     ``e`` is the row's ``log sum_j exp(-t d2_ij)`` and ``g`` the gradient of that row sum divided by the sum.
+
+    Flags: ``KIND``, ``NORM`` and ``UNIFORM`` change what each pair holds and are compiled in; ``hs``
+    (half-space), ``self_pairs`` (skip ``j == i``), ``pmode`` (the exponent mode) and ``diag`` (add the
+    half-space self pair) are runtime ints, branches uniform across the launch, so that one compiled kernel
+    per config serves them all (see :data:`_RUNTIME_INTS`). ``k_base`` is the first matrix of the launch (a
+    batch of more matrices than the grid's y axis holds takes several launches): matrix ``k_base + y``.
     """
     pid = tl.program_id(0)
-    k = tl.program_id(1)
+    k = k_base + tl.program_id(1)
     nx, ny, D, xoff, yoff, xrow, cbase = _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM)
     row0 = pid * BLOCK_M
     if row0 >= nx:
@@ -393,13 +405,13 @@ def fused_kernel(
         else:
             dot = _mma(xi, tl.trans(yj), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         valid = rmask[:, None] & cmask[None, :]
-        if SELF:
+        if self_pairs != 0:
             valid = valid & (rows[:, None] != cols[None, :])
         if KIND == 4:
-            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, NORM)
             x1 = tl.where(valid, x1, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(x1, 1))
-            if HS:
+            if hs != 0:
                 x2 = tl.where(valid, x2, float("-inf"))
                 m_new = tl.maximum(m_new, tl.max(x2, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -410,15 +422,15 @@ def fused_kernel(
             m_run = m_new
             w1 = tl.exp(x1 - m_safe[:, None])
             w2 = w1
-            if HS:
+            if hs != 0:
                 w2 = tl.exp(x2 - m_safe[:, None])
-            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
-            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, hs, NORM)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, hs, NORM), float("nan"), e)
         else:
             # A close pair's energy is NaN (_phi_d2, _phi_g), which flags its row at the end, with no count
             # per tile (the tiles of the angular variant are at the register limit); a term or coefficient
             # that is not finite shows in the row's energy or gradient.
-            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, pmode, hs, NORM)
         # where, never a product with the mask: masked lanes may hold inf/NaN (zero rows of the padding).
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
@@ -440,8 +452,8 @@ def fused_kernel(
     xe = xi32.to(EPI)  # via fp32: the interpreter cannot convert bf16 to fp64 directly
     acc_e = acc.to(EPI)
     kd = tl.zeros([BLOCK_M], dtype=EPI)
-    if DIAG:
-        ed, kd32 = _diag_terms(sq_i, s, t, eps_norm, eps_ang, KIND, POW, NORM)
+    if diag != 0:
+        ed, kd32 = _diag_terms(sq_i, s, t, eps_norm, eps_ang, KIND, pmode, NORM)
         e_row += ed
         kd = kd32.to(EPI)
     if NORM:
@@ -486,14 +498,14 @@ def _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM: tl.constexpr, P
 
 @triton.autotune(configs=_strip_configs(), key=_KEYS + ["PREC"],
                  prune_configs_by={"early_config_prune": _prune_strip})
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def coef_kernel(
     x_ptr, y_ptr, c_ptr, e_ptr, b_ptr, f_ptr, tab_ptr, K,
     nx_u, ny_u, d_u, row_lo, row_hi,
     s, t, eps_norm, eps_ang, pair_scale, tau,
+    hs, self_pairs, pmode,
     N_KEY, D_KEY,
-    KIND: tl.constexpr, POW: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
-    UNIFORM: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    KIND: tl.constexpr, NORM: tl.constexpr, UNIFORM: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Rows ``[row_lo, row_hi)`` (of every matrix): the coefficient matrix ``C[i - row_lo, j] = cj_ij``
@@ -527,17 +539,17 @@ def coef_kernel(
             dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
                                       BLOCK_M, BLOCK_N, BLOCK_K)
             valid = rmask[:, None] & cmask[None, :]
-            if SELF:
+            if self_pairs != 0:
                 valid = valid & (rows[:, None] != cols[None, :])
-            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, NORM)
             x1 = tl.where(valid, x1, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(x1, 1))
-            if HS:
+            if hs != 0:
                 x2 = tl.where(valid, x2, float("-inf"))
                 m_new = tl.maximum(m_new, tl.max(x2, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             s_run = s_run * tl.exp(m_run - m_safe) + tl.sum(tl.exp(x1 - m_safe[:, None]), 1)
-            if HS:
+            if hs != 0:
                 s_run += tl.sum(tl.exp(x2 - m_safe[:, None]), 1)
             m_run = m_new
         # weights relative to the row sum: exp(x - m - log s); a row without pairs gets weights 0
@@ -550,18 +562,18 @@ def coef_kernel(
         dot, si, sj = _strip_tile(x_rows, y_rows, rmask, cmask, D, eps_norm, NORM, PREC, UPCAST,
                                   BLOCK_M, BLOCK_N, BLOCK_K)
         valid = rmask[:, None] & cmask[None, :]
-        if SELF:
+        if self_pairs != 0:
             valid = valid & (rows[:, None] != cols[None, :])
         if KIND == 4:
-            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, HS, NORM)
+            x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, NORM)
             w1 = tl.exp(x1 - shift[:, None])
             w2 = w1
-            if HS:
+            if hs != 0:
                 w2 = tl.exp(x2 - shift[:, None])
-            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, HS, NORM)
-            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, HS, NORM), float("nan"), e)
+            e, cj, ci = _gauss_coefs(w1, w2, sj[None, :], t, hs, NORM)
+            e = tl.where(_close(dot, si[:, None], sj[None, :], tau, hs, NORM), float("nan"), e)
         else:  # close pairs: NaN energies, as in fused_kernel
-            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, POW, HS, NORM)
+            e, cj, ci = _pair_terms(dot, si[:, None], sj[None, :], s, t, eps_ang, tau, KIND, pmode, hs, NORM)
         e_acc += tl.sum(tl.where(valid, e, 0.0), 1)
         if not NORM:
             b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
@@ -578,12 +590,13 @@ def coef_kernel(
 
 @triton.autotune(configs=_gemm_configs(), key=_KEYS + ["PREC2", "C_DTYPE"],
                  prune_configs_by={"early_config_prune": _prune_gemm})
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def gemm_kernel(
     c_ptr, y_ptr, a_ptr, tab_ptr, K,
     nx_u, ny_u, d_u, row_lo, row_hi,
+    hs, self_pairs,
     N_KEY, D_KEY,
-    KIND: tl.constexpr, HS: tl.constexpr, NORM: tl.constexpr, SELF: tl.constexpr,
+    KIND: tl.constexpr, NORM: tl.constexpr,
     UNIFORM: tl.constexpr, PREC2: tl.constexpr, C_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -616,12 +629,13 @@ def gemm_kernel(
              mask=rmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def epilogue_kernel(
     x_ptr, a_ptr, b_ptr, e_ptr, g_ptr, tab_ptr, K,
     nx_u, ny_u, d_u,
     s, t, eps_norm, eps_ang, grad_scale,
-    KIND: tl.constexpr, POW: tl.constexpr, NORM: tl.constexpr, DIAG: tl.constexpr, UNIFORM: tl.constexpr,
+    pmode, diag,
+    KIND: tl.constexpr, NORM: tl.constexpr, UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The row epilogue of the strip path (docs/spec.md §6) over D in chunks: one pass for ``|x_i|^2`` and
@@ -647,8 +661,8 @@ def epilogue_kernel(
     b = tl.load(b_ptr + xrow + rows, mask=rmask, other=0.0).to(tl.float64)
     r = 1.0 / tl.sqrt(sq + eps_norm)
     kd = tl.zeros([BLOCK_M], dtype=tl.float64)
-    if DIAG:
-        ed, kd32 = _diag_terms(sq.to(tl.float32), s, t, eps_norm, eps_ang, KIND, POW, NORM)
+    if diag != 0:
+        ed, kd32 = _diag_terms(sq.to(tl.float32), s, t, eps_norm, eps_ang, KIND, pmode, NORM)
         kd = kd32.to(tl.float64)
         e_old = tl.load(e_ptr + xrow + rows, mask=rmask, other=0.0)
         tl.store(e_ptr + xrow + rows, e_old + ed, mask=rmask)

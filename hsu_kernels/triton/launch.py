@@ -19,10 +19,14 @@ Precision (float32 inputs, ``precision=``): ``"ieee"`` (exact fp32 products) or 
 inputs rounded to 10 mantissa bits, ~5e-4 relative error in each cosine, which ``2 - 2g`` amplifies for nearly
 parallel rows). Default: ``"ieee"`` when ``D < TF32_MIN_D = 128``, where the per-pair transcendentals, not the
 products, bound the kernel and tf32 would lose accuracy for nothing; for larger D, ``"tf32"`` only if the user
-opted in with ``torch.set_float32_matmul_precision("high"|"medium")``, else ``"ieee"``. bf16/fp16 inputs: their
+opted in with ``torch.set_float32_matmul_precision("high"|"medium")``, else ``"ieee"``. bf16 inputs: their
 products are exact in the fp32 accumulator; the second product ``phi'(S) y`` takes ``phi'`` rounded to bf16
-(bf16 inputs, as attention does with ``P``) or in tf32 with ``y`` upcast (fp16, whose range cannot hold
-``phi'`` of close pairs). float64 is not supported (TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
+(as attention does with ``P``). fp16 inputs run the float32 kernels on a float32 copy (O(N D)) with tf32
+products: tf32 holds every float16 value exactly, so the first product is exact, and the second takes
+``phi'`` in tf32 (float16's range cannot hold ``phi'`` of close pairs); the gradient is rounded to float16
+once. (A float16 variant of the kernels would only halve their loads: at D <= 256 the per-pair math bounds
+them, and every variant is one more set of kernels to compile and gate, ``_aot``.) float64 is not supported
+(TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
 
 Determinism: no atomics anywhere. Every output element is written by exactly one program, per-row energies
 are reduced on the host in float64 in a fixed order, so two runs give bitwise the same result. The price:
@@ -70,6 +74,10 @@ MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 #: Matrices per launch (the grid's y or z size).
 MAX_MATRICES_PER_LAUNCH = MAX_GRID_YZ
+#: A uniform batch (``[B, N, D]``) passes its sizes as scalars only when D is a multiple of this (which the
+#: kernel states with ``tl.multiple_of``, so row loads are vectorized); other D read the table, as a ragged
+#: batch. One compiled kernel per layout (see ``kernels._RUNTIME_INTS``).
+UNIFORM_D_MULTIPLE = 16
 
 #: Pairs whose float32 ``1 - |g|`` (or expanded distance relative to ``|x_i|^2 + |x_j|^2``) is below this
 #: are not trusted to the kernels: their rows are recomputed by :func:`_fix_rows` (``close_tau<float,
@@ -117,13 +125,20 @@ def _modes(dtype: torch.dtype, d: int, precision: Optional[str]):
         return precision, precision, tl.float32, False, torch.float32
     if dtype == torch.bfloat16:
         return "tf32", "tf32", tl.bfloat16, upcast, torch.bfloat16
-    return "tf32", precision if K.INTERPRET else "tf32", tl.float32, upcast, torch.float32
+    raise TypeError(f"the Triton kernels take float32 or bfloat16 buffers, got {dtype} (run() upcasts float16)")
 
 
-def _kind_args(p: EnergyParams):
+def _pow_mode(p: EnergyParams) -> int:
+    """The kernels' exponent mode of the energy (``kernels.pow_mode``; general for the kinds without one)."""
     expo = p.s / 2 if p.kind == "riesz" else p.s
-    pow_mode = K.pow_mode(expo) if p.kind in ("riesz", "angular") else K.POW_GENERAL
-    return dict(KIND=p.code, POW=pow_mode, HS=p.half_space, NORM=p.normalize)
+    return K.pow_mode(expo) if p.kind in ("riesz", "angular") else K.POW_GENERAL
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it when its data is not 16-byte aligned: the kernels are compiled (and gated by
+    ``_aot``) for 16-byte-aligned pointers only, as torch allocates them; a view that starts inside a
+    buffer (``w[1:]``) would get another compiled kernel."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def batch_chunks(k: int, limit: Optional[int] = None) -> List[Tuple[int, int]]:
@@ -145,11 +160,6 @@ def grid_of(blocks_x: int, *blocks_yz: int) -> Tuple[int, ...]:
                              f"of {MAX_GRID_YZ} (the matrices of a batch are launched in chunks that fit, so "
                              "this is the strip path's D blocks: the rows are too long)")
     return (blocks_x,) + tuple(blocks_yz)
-
-
-def _span(t: torch.Tensor, per: int, k0: int, k1: int) -> torch.Tensor:
-    """Matrices ``[k0, k1)`` of a uniform batch stored back to back, ``per`` elements each (a view)."""
-    return t.view(-1)[k0 * per: k1 * per]
 
 
 def _bucket(n: int) -> int:
@@ -175,8 +185,8 @@ class _Layout:
 
     @property
     def tab(self) -> torch.Tensor:
-        """The int64 ``[7, K]`` table on the device, built on first use (a uniform fused launch never
-        reads it and gets a placeholder, saving a host-to-device copy per call)."""
+        """The int64 ``[7, K]`` table on the device, built on first use (a uniform fused launch with
+        D % 16 == 0 never reads it and gets a placeholder, saving a host-to-device copy per call)."""
         if self._tab is None:
             self._tab = self.table(range(self.k), with_cbase=True)
         return self._tab
@@ -223,6 +233,10 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         row sums divided by each row's sum), and ``f``, int32 per row: non-zero where the kernels
         cannot be trusted with the row (a close pair, or an energy that is not finite).
     """
+    if x.dtype == torch.float16:  # the float32 kernels with tf32 products (see the module docstring)
+        x32 = x.float()
+        e, g, f = run(x32, x32 if y is x else y.float(), lay, p, self_mode, "tf32")
+        return e, g.to(torch.float16), f
     dev = x.device
     gauss = p.kind == "gaussian"
     pair_scale = 1.0 if (p.half_space or not self_mode or gauss) else 0.5
@@ -230,9 +244,17 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
     diag = self_mode and p.half_space and not gauss
     max_nx, max_ny, max_d = max(lay.nx), max(lay.ny), max(lay.d)
     prec, prec2, c_dtype, upcast, c_torch = _modes(x.dtype, max_d, precision)
-    kind = _kind_args(p)
-    nx_u, ny_u, d_u = lay.scalars()
-    scal = dict(s=p.s, t=p.t, eps_norm=p.eps_norm, eps_ang=p.eps_ang)
+    x, y = (_aligned(x),) * 2 if y is x else (_aligned(x), _aligned(y))
+    # the kind flags: KIND and NORM are compiled in, the others are runtime ints (kernels._RUNTIME_INTS)
+    flags = dict(hs=int(p.half_space), self_pairs=int(self_mode))
+    consts = dict(KIND=p.code, NORM=p.normalize)
+    pmode = _pow_mode(p)
+    # the uniform layout (sizes as scalars) only where D % 16 == 0, which the kernel assumes (tl.multiple_of);
+    # a uniform batch of other D takes the table, as a ragged one
+    uniform = lay.uniform and lay.d[0] % UNIFORM_D_MULTIPLE == 0
+    nx_u, ny_u, d_u = lay.scalars() if uniform else (1, 1, 1)
+    # floats as Python floats: an int would be typed (and specialized) as one, another compiled kernel
+    scal = dict(s=float(p.s), t=float(p.t), eps_norm=float(p.eps_norm), eps_ang=float(p.eps_ang))
     keys = dict(N_KEY=_bucket(max(max_nx, max_ny)), D_KEY=_bucket(max_d))
     e = torch.empty(lay.total_rows, dtype=torch.float32, device=dev)
     f = torch.zeros(lay.total_rows, dtype=torch.int32, device=dev)
@@ -240,21 +262,16 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
     with torch.cuda.device(dev) if dev.type == "cuda" else _nullctx():
         if max_d <= FUSED_MAX_D:
             block_d = max(16, triton.next_power_of_2(max_d))
+            tab = _placeholder(dev) if uniform else lay.tab  # matrix k_base + y of the whole table
             for k0, k1 in batch_chunks(lay.k):
                 kk = k1 - k0
                 grid = lambda meta: grid_of(triton.cdiv(max_nx, meta["BLOCK_M"]), kk)  # noqa: E731
-                if lay.uniform:  # sizes are scalars: the chunk is a slice of the buffers
-                    xs, ys = _span(x, nx_u * d_u, k0, k1), _span(y, ny_u * d_u, k0, k1)
-                    gs, es, tab = _span(g, nx_u * d_u, k0, k1), _span(e, nx_u, k0, k1), _placeholder(dev)
-                    fs = _span(f, nx_u, k0, k1)
-                else:
-                    xs, ys, gs, es, fs, tab = x, y, g, e, f, lay.tab_of(k0, k1)
                 K.fused_kernel[grid](
-                    xs, ys, gs, es, fs, tab, kk, nx_u, ny_u, d_u,
+                    x, y, g, e, f, tab, lay.k, k0, nx_u, ny_u, d_u,
                     scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale, CLOSE_TAU,
-                    keys["N_KEY"], keys["D_KEY"],
-                    SELF=self_mode, DIAG=diag, UNIFORM=lay.uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype,
-                    UPCAST=upcast, EPI=EPILOGUE_DTYPE, BLOCK_D=block_d, **kind,
+                    flags["hs"], flags["self_pairs"], pmode, int(diag), keys["N_KEY"], keys["D_KEY"],
+                    UNIFORM=uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, EPI=EPILOGUE_DTYPE,
+                    BLOCK_D=block_d, **consts,
                 )
             return e, g, f
         a = torch.empty(x.shape, dtype=torch.float32, device=dev)
@@ -272,28 +289,26 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
                     hi = min(lay.nx[k], lo + rows)
                     windows.append((tab_k, 1, lo, hi, lay.ny[k], (hi - lo) * lay.ny[k]))
         c = torch.empty(max(w[5] for w in windows), dtype=c_torch, device=dev)
-        flags = dict(KIND=kind["KIND"], HS=p.half_space, NORM=p.normalize, SELF=self_mode)
         for tab, kk, lo, hi, _, _ in windows:
             span = hi - lo
             grid = lambda meta: grid_of(triton.cdiv(span, meta["BLOCK_M"]), kk)  # noqa: E731
             K.coef_kernel[grid](
                 x, y, c, e, b, f, tab, kk, 1, 1, 1, lo, hi,
                 scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, CLOSE_TAU,
-                keys["N_KEY"], keys["D_KEY"],
-                POW=kind["POW"], UNIFORM=False, PREC=prec, UPCAST=upcast, **flags,
+                flags["hs"], flags["self_pairs"], pmode, keys["N_KEY"], keys["D_KEY"],
+                UNIFORM=False, PREC=prec, UPCAST=upcast, **consts,
             )
             grid2 = lambda meta: grid_of(  # noqa: E731
                 triton.cdiv(span, meta["BLOCK_M"]), triton.cdiv(max_d, meta["BLOCK_D"]), kk)
             K.gemm_kernel[grid2](
-                c, y, a, tab, kk, 1, 1, 1, lo, hi, keys["N_KEY"], keys["D_KEY"],
-                UNIFORM=False, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, **flags,
+                c, y, a, tab, kk, 1, 1, 1, lo, hi, flags["hs"], flags["self_pairs"], keys["N_KEY"], keys["D_KEY"],
+                UNIFORM=False, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, **consts,
             )
         for k0, k1 in batch_chunks(lay.k):
             K.epilogue_kernel[grid_of(triton.cdiv(max_nx, _EPILOGUE_BLOCK_M), k1 - k0)](
                 x, a, b, e, g, lay.tab_of(k0, k1), k1 - k0, 1, 1, 1,
-                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], grad_scale,
-                KIND=kind["KIND"], POW=kind["POW"], NORM=p.normalize, DIAG=diag, UNIFORM=False,
-                BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D,
+                scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], grad_scale, pmode, int(diag),
+                UNIFORM=False, BLOCK_M=_EPILOGUE_BLOCK_M, BLOCK_D=_EPILOGUE_BLOCK_D, **consts,
             )
     return e, g, f
 
