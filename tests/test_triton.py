@@ -789,15 +789,16 @@ def test_batch_over_grid_limit_is_chunked(monkeypatch, strip, d):
         assert tuple(tab1.shape) == (7, 4_465) and int(tab1[3, 0]) == 65_535 * n * d
 
 
-@pytest.mark.parametrize("case", ["uniform", "cross", "ragged", "strip"])
+@pytest.mark.parametrize("case", ["uniform", "uniform_d6", "cross", "ragged", "strip"])
 def test_chunked_launches_match(monkeypatch, case):
     """With the chunk limit lowered to 2 matrices per launch, the kernels give bitwise the results of one
-    launch (uniform slices, cross energies, ragged tables, the strip path)."""
+    launch (a uniform batch by its scalar sizes, D = 16, and by the table, D = 6; cross energies; ragged
+    tables; the strip path)."""
     p = make_params("angular", 1.0, half_space=True)
 
     def run():
-        if case in ("uniform", "strip"):
-            return ht.energy_grad(_rand((5, 9, 300 if case == "strip" else 6), 61), p)
+        if case in ("uniform", "uniform_d6", "strip"):
+            return ht.energy_grad(_rand((5, 9, {"strip": 300, "uniform": 16}.get(case, 6)), 61), p)
         if case == "cross":
             return ht.cross_energy_grad(_rand((5, 4, 6), 62), _rand((5, 11, 6), 63), p)
         return launch.energy_many_grad([_rand((3 + k, 5 + k), 64 + k) for k in range(5)], p)
