@@ -191,3 +191,81 @@ def test_select_filters_tasks():
     assert _aot.select(todo) == todo
     with pytest.raises(SystemExit, match="unknown kernel"):
         _aot.select(todo, kernels="fuse")
+
+
+class _Recorder:
+    """Stands for a kernel: records each launch's positional and keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="needs Triton's compiled JITFunctions")
+@pytest.mark.parametrize("case", ["f32-uniform", "f32-d3", "bf16-misaligned", "f16", "cross", "ragged",
+                                  "strip-f32", "strip-bf16"])
+def test_a_launch_specializes_to_a_gated_kernel(monkeypatch, case):
+    """What a real launch compiles is a kernel the gate compiled: the launcher's arguments (recorded, not
+    run) go through Triton's own binder for a CUDA target, which computes the specialization a GPU launch
+    would compile (argument types, int constants, alignment attributes), and that must be the signature
+    ``_aot.compile_one`` compiles for a task of ``_aot.tasks()`` with the same constexprs (the tile, which
+    the autotuner adds, aside)."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from hsu_kernels._params import make_params
+    from hsu_kernels.triton import kernels as K
+    from hsu_kernels.triton import launch
+
+    names = ("fused_kernel", "coef_kernel", "gemm_kernel", "epilogue_kernel")
+    real = {n: getattr(K, n) for n in names}
+    rec = {n: _Recorder() for n in names}
+    for n in names:
+        monkeypatch.setattr(K, n, rec[n])
+    if case.startswith("strip"):
+        monkeypatch.setattr(launch, "FUSED_MAX_D", 0)
+    dtype = torch.bfloat16 if "bf16" in case else torch.float16 if case == "f16" else torch.float32
+    d = {"f32-d3": 3, "bf16-misaligned": 40, "ragged": 5}.get(case, 16)
+    base = torch.zeros(1 + 3 * 7 * d, dtype=dtype)
+    x = base[1:] if case == "bf16-misaligned" else base[:-1]
+    p = make_params("riesz", 1.0, half_space=case != "cross")
+    if case == "ragged":
+        lay = launch._Layout([4, 3, 7], [4, 3, 7], [5, 5, 5], x.device, uniform=False)
+        launch.run(x[:14 * 5], x[:14 * 5], lay, p, True)
+    elif case == "cross":
+        lay = launch._Layout([7] * 3, [7] * 3, [d] * 3, x.device, uniform=True)
+        launch.run(x, x.clone(), lay, p, False)
+    else:
+        launch.run(x, x, launch._Layout([7] * 3, [7] * 3, [d] * 3, x.device, uniform=True), p, True)
+    target = make_backend(GPUTarget("cuda", 90, 32))
+    todo = _aot.tasks()
+    tile = {"BLOCK_M", "BLOCK_N", "BLOCK_K"}
+    seen = 0
+    for n in names:
+        tuned = isinstance(real[n], triton.runtime.Autotuner)
+        jit = real[n].fn if tuned else real[n]
+        binder = create_function_from_signature(jit.signature, jit.params, target)
+        for args, kwargs in rec[n].calls:
+            given = dict(kwargs)
+            if tuned:  # the tile comes from the autotuner: any of them
+                given.update({k: 16 for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D") if k not in given})
+            _, spec, _ = binder(*args, **given)
+            # the launch's constexprs as a task writes them (tl dtypes by name: "fp32", "bf16")
+            consts = {k: str(v) if k in ("C_DTYPE", "EPI") else v for k, v in kwargs.items() if k not in tile}
+            match = [t for t in todo if t["kernel"] == n
+                     and all(k in t["consts"] and t["consts"][k] == v for k, v in consts.items())]
+            assert match, (n, consts)
+            got = {prm.name: tuple(sp) for prm, sp in zip(jit.params, spec) if not prm.is_constexpr}
+
+            def compiled(t):  # the signature compile_one gives the task's non-constexpr arguments
+                return {a: ("*" + t["ptrs"][a], "D") if a in t["ptrs"] else ("fp32", None)
+                        if a in _aot.FLOAT_ARGS else ("i32", None) for a in got}
+
+            assert any(compiled(t) == got for t in match), (n, got, [compiled(t) for t in match])
+            seen += 1
+    assert seen == (3 if case.startswith("strip") else 1), case
