@@ -428,7 +428,7 @@ def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, se
     e, g, f = run(xs, ys, lay, p, self_mode, precision)
     redo = (f > 0) | ~_rows_finite(g, lay)  # before any scaling: an unscaled row that overflows is redone
     if fac is not None or cs != 1.0:
-        g = _by_row(g, lay, cs * fac if fac is not None else torch.full_like(e, cs)).to(g.dtype)
+        g = (_by_row(g, lay, cs * fac) if fac is not None else g.to(torch.float32) * cs).to(g.dtype)
     if cs != 1.0:
         e = e * cs
     if bad is not None:
@@ -513,6 +513,11 @@ def _segment_sums(e: torch.Tensor, lay: _Layout) -> torch.Tensor:
     return cs[ends] - cs[starts]
 
 
+def _check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+
+
 def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = None, scale: float = 1.0):
     """``E = scale * sum_{i<j} psi(w_i, w_j)`` of every matrix of a batch and ``dE/dw``, in one fused pass.
 
@@ -528,8 +533,7 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = Non
         log-sum ``log(scale * sum_{i<j} exp(-t d2_ij))``, docs/spec.md §4), ``G = dE/dw`` with ``w``'s shape
         and dtype.
     """
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+    _check_scale(scale)
     check_input(w, "w")
     if w.dim() != 3:
         raise ValueError(f"w must be [B, N, D], got shape {tuple(w.shape)}")
@@ -563,8 +567,7 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
         ``(E, Gx, Gy)``: float32 ``Tensor[B]`` (Gaussian: the log-sum ``log(scale * sum exp)``) and the
         gradients in the inputs' shapes and dtype.
     """
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+    _check_scale(scale)
     check_input(x, "x")
     check_input(y, "y")
     if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
@@ -579,7 +582,7 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
     xc, yc = x.contiguous(), y.contiguous()
     lay_x = _Layout([nx] * bsz, [ny] * bsz, [d] * bsz, x.device, uniform=True)
     lay_y = _Layout([ny] * bsz, [nx] * bsz, [d] * bsz, x.device, uniform=True)
-    cs = 1.0 if p.kind == "gaussian" else tiled._coef_scale(scale)
+    cs = tiled._coef_scale(scale)  # (row_pass takes none for the Gaussian kind, scaled below)
     ex, gx = row_pass(xc.view(-1), yc.view(-1), lay_x, p, False, precision, cs)
     ey, gy = row_pass(yc.view(-1), xc.view(-1), lay_y, p, False, precision, cs)
     if p.kind == "gaussian":  # both passes' rows sum to the same S: scale each row by its share of it
