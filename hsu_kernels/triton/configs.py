@@ -145,15 +145,20 @@ def _fused_configs(interpret: bool = INTERPRET):
     those :data:`FUSED_LIFT` names (the pruner picks a launch's own); under the interpreter one small config."""
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=1)]
-    lifted = {(mode, bd, r) for mode, bd, r in FUSED_LIFT}
+    tables = [((mode, bd), rows) for mode, per_d in FUSED_TABLE.items() for bd, rows in per_d.items()]
+    return [_config(r) for r in _autotune_rows(tables, FUSED_LIFT)]
+
+
+def _autotune_rows(tables, lift):
+    """Every row of ``tables`` (``(tag, rows)`` pairs) once, in order, each followed by its capped form where
+    ``lift`` has an entry for ``tag + (row,)``."""
     seen = []
-    for mode, per_d in FUSED_TABLE.items():
-        for bd, rows in per_d.items():
-            for r in rows:
-                for form in (r, r + (LIFT_MAXNREG,)) if (mode, bd, r) in lifted else (r,):
-                    if form not in seen:
-                        seen.append(form)
-    return [_config(r) for r in seen]
+    for tag, rows in tables:
+        for r in rows:
+            for form in (r, r + (LIFT_MAXNREG,)) if tag + (r,) in lift else (r,):
+                if form not in seen:
+                    seen.append(form)
+    return seen
 
 
 def product_mode(prec, c_dtype) -> str:
@@ -218,13 +223,7 @@ def _strip_configs(interpret: bool = INTERPRET):
     128 x 128 kilobytes)."""
     if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    seen = []
-    for prec, rows in STRIP_TABLE.items():
-        for r in rows:
-            for form in (r, r + (LIFT_MAXNREG,)) if (prec, r) in STRIP_LIFT else (r,):
-                if form not in seen:
-                    seen.append(form)
-    return [_config(r) for r in seen]
+    return [_config(r) for r in _autotune_rows([((prec,), rows) for prec, rows in STRIP_TABLE.items()], STRIP_LIFT)]
 
 
 def _prune_strip(configs, named_args, **kwargs):
