@@ -246,7 +246,7 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
     prec, prec2, c_dtype, upcast, c_torch = _modes(x.dtype, max_d, precision)
     x, y = (_aligned(x),) * 2 if y is x else (_aligned(x), _aligned(y))
     # the kind flags: KIND and NORM are compiled in, the others are runtime ints (kernels._RUNTIME_INTS)
-    flags = dict(hs=int(p.half_space), self_pairs=int(self_mode))
+    hs, self_pairs = int(p.half_space), int(self_mode)
     consts = dict(KIND=p.code, NORM=p.normalize)
     pmode = _pow_mode(p)
     # the uniform layout (sizes as scalars) only where D % 16 == 0, which the kernel assumes (tl.multiple_of);
@@ -269,7 +269,7 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
                 K.fused_kernel[grid](
                     x, y, g, e, f, tab, lay.k, k0, nx_u, ny_u, d_u,
                     scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, grad_scale, CLOSE_TAU,
-                    flags["hs"], flags["self_pairs"], pmode, int(diag), keys["N_KEY"], keys["D_KEY"],
+                    hs, self_pairs, pmode, int(diag), keys["N_KEY"], keys["D_KEY"],
                     UNIFORM=uniform, PREC=prec, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, EPI=EPILOGUE_DTYPE,
                     BLOCK_D=block_d, **consts,
                 )
@@ -295,13 +295,13 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
             K.coef_kernel[grid](
                 x, y, c, e, b, f, tab, kk, 1, 1, 1, lo, hi,
                 scal["s"], scal["t"], scal["eps_norm"], scal["eps_ang"], pair_scale, CLOSE_TAU,
-                flags["hs"], flags["self_pairs"], pmode, keys["N_KEY"], keys["D_KEY"],
+                hs, self_pairs, pmode, keys["N_KEY"], keys["D_KEY"],
                 UNIFORM=False, PREC=prec, UPCAST=upcast, **consts,
             )
             grid2 = lambda meta: grid_of(  # noqa: E731
                 triton.cdiv(span, meta["BLOCK_M"]), triton.cdiv(max_d, meta["BLOCK_D"]), kk)
             K.gemm_kernel[grid2](
-                c, y, a, tab, kk, 1, 1, 1, lo, hi, flags["hs"], flags["self_pairs"], keys["N_KEY"], keys["D_KEY"],
+                c, y, a, tab, kk, 1, 1, 1, lo, hi, hs, self_pairs, keys["N_KEY"], keys["D_KEY"],
                 UNIFORM=False, PREC2=prec2, C_DTYPE=c_dtype, UPCAST=upcast, **consts,
             )
         for k0, k1 in batch_chunks(lay.k):
