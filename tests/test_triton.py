@@ -545,14 +545,17 @@ def test_non_contiguous_inputs():
                                    rtol=1e-5, atol=0)
 
 
-class _KwRecorder:
-    """Stands for a kernel: records each launch's positional and keyword arguments."""
+class _RecordingKernel:
+    """Stands for an autotuned kernel: records each launch's grid (for ``BLOCK_M = 16``), positional and
+    keyword arguments."""
 
     def __init__(self):
         self.calls = []
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+        def launch_(*args, **kwargs):
+            self.calls.append(((grid({"BLOCK_M": 16, "BLOCK_D": 64}) if callable(grid) else grid), args, kwargs))
+        return launch_
 
 
 @pytest.mark.parametrize("dtype,d", [(torch.float16, 16), (torch.float32, 40), (torch.float32, 48),
@@ -562,14 +565,14 @@ def test_launches_are_the_compiled_kernels(monkeypatch, dtype, d):
     flags beyond KIND and NORM as plain ints, the uniform layout's scalar sizes only for D % 16 == 0,
     16-byte-aligned float32 or bfloat16 buffers (float16 runs the float32 kernels in tf32 mode; a view
     that starts off a 16-byte boundary is copied). The kernel is recorded, not run."""
-    rec = _KwRecorder()
+    rec = _RecordingKernel()
     monkeypatch.setattr(tk, "fused_kernel", rec)
     base = torch.zeros(1 + 2 * 5 * d, dtype=dtype, device=DEVICE)
     w = base[1:].view(2, 5, d)  # starts 2 bytes (4 for float32) into its buffer
     assert w.data_ptr() % 16 != 0
     launch.run(w.reshape(-1), w.reshape(-1), launch._Layout([5, 5], [5, 5], [d, d], w.device, uniform=True),
                make_params("riesz", 1.0, half_space=True), True)
-    ((args, kwargs),) = rec.calls
+    ((_, args, kwargs),) = rec.calls
     ptrs = [a for a in args if isinstance(a, torch.Tensor)]
     assert len(ptrs) == 6 and all(t.data_ptr() % 16 == 0 for t in ptrs)
     assert args[0].dtype == (torch.float32 if dtype == torch.float16 else dtype)
@@ -743,18 +746,6 @@ def test_batch_chunks_and_grid_limits():
         launch.grid_of(2**31, 1)
 
 
-class _RecordingKernel:
-    """Stands for an autotuned kernel: records each launch's grid (for ``BLOCK_M = 16``) and arguments."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getitem__(self, grid):
-        def launch_(*args, **kwargs):
-            self.calls.append(((grid({"BLOCK_M": 16, "BLOCK_D": 64}) if callable(grid) else grid), args))
-        return launch_
-
-
 @pytest.mark.parametrize("strip,d", [(False, 3), (False, 16), (True, 3)])
 def test_batch_over_grid_limit_is_chunked(monkeypatch, strip, d):
     """B = 70,000 > 65,535: every launch's grid fits and the chunks cover each matrix once. The fused kernel
@@ -778,7 +769,7 @@ def test_batch_over_grid_limit_is_chunked(monkeypatch, strip, d):
             k_arg = {"coef_kernel": 7, "gemm_kernel": 4, "epilogue_kernel": 6}[name]
             assert [c[1][k_arg] for c in calls] == [65_535, 4_465], name  # K: the matrices of this launch
     if not strip:
-        (_, a0), (_, a1) = rec["fused_kernel"].calls
+        (_, a0, _), (_, a1, _) = rec["fused_kernel"].calls
         assert (a0[6], a0[7], a1[6], a1[7]) == (b, 0, b, 65_535)  # K (the whole batch) and k_base
         assert all(u is v for u, v in zip(a0[:6], a1[:6]))  # the same buffers and table, not slices
         assert all(t.data_ptr() % 16 == 0 for t in a0[:6])
