@@ -1,25 +1,35 @@
-# hsu-kernels: `make test` and `make bench` do all their own set-up from a fresh clone.
+# hsu-kernels: every target does its own set-up from a fresh clone.
 #
-#   make test                 venv in .venv, torch==2.13.0 (CPU wheel) and the test/example tools, the package
-#                             installed editable into it (`pip install --no-build-isolation -e .`, which compiles
-#                             the extension in place), then the whole suite (Triton tests under
-#                             TRITON_INTERPRET=1 in their own process) and the CMake/ctest compile check of the
-#                             CUDA sources and header. Afterwards `.venv/bin/python` runs every README command.
-#   make bench                the same set-up, then the benchmark table and the scaling plot.
+#   make dev                  the development set-up alone: venv in .venv with torch==2.13.0 (CPU wheel) and the
+#                             test/example tools, the package installed editable into it (`pip install
+#                             --no-build-isolation -e .`, which compiles the extension in place, printing each
+#                             compile step), and an import check. Then `source .venv/bin/activate`.
+#   make test                 `make dev`, then the suite in stages: pytest (tests/), the Triton tests under
+#                             TRITON_INTERPRET=1 in their own process, and the CMake/ctest compile check of the
+#                             CUDA sources and header. A failing stage does not stop the others; the summary
+#                             names every failed stage and make exits non-zero. Afterwards `.venv/bin/python`
+#                             runs every README command.
+#   make test-long            the property suites (tests/test_properties.py, tests/test_triton_properties.py)
+#                             with HSU_HYPOTHESIS_PROFILE=long: 10,000 examples per backend (hours on 2 cores;
+#                             `make test` runs the ci profile, under a minute).
+#   make bench                the same set-up, then the benchmark table and the scaling plot (into bench/out/).
 #   make test PYTHON=python3  on a machine that already has torch (e.g. a CUDA build on a GPU box, no
 #                             internet): no venv, nothing downloaded or installed, the extension built in place
 #                             against that torch (run from the repository root).
-#   HSU_DEBUG=1 make test     the extension with debug info (-g); the default is a release build.
+#   HSU_DEBUG=1 make dev      the extension with debug info (-g); the default is a release build.
+#   HSU_CPU_ARCH=native make dev   a build for this CPU only (the default is portable: see setup.py).
 #   make test PYTEST_ARGS="--durations=15"   extra pytest options.
-#   HSU_HYPOTHESIS_PROFILE=long make test    the property suites (tests/test_properties.py,
-#                             tests/test_triton_properties.py) with 10,000 examples per backend instead of the
-#                             ci profile's 400 (hours on 2 cores; `make test` runs ci, under a minute).
 #   make triton-aot-check     every Triton autotuning config of every kind compiled for sm_80/sm_90 with ptxas
 #                             (no GPU), failing on any register spill (the committed table:
 #                             bench/results/triton-ptxas-*); reports cached under the same cache directory.
 #   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
 #                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
 #                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
+#   .ci/run                   what CI runs: make test, make triton-aot-check, make cuda-check, each stage
+#                             timed, all of them run even when one fails.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 PYTHON ?=
 VENV ?= .venv
@@ -41,7 +51,7 @@ endif
 PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS)
 EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: test bench bench-pytest build lint cmake-check clean
+.PHONY: dev test test-long bench bench-pytest build lint cmake-check clean
 
 # What the tests and the README's commands need, nothing more: hypothesis for the property suites, triton for
 # the Triton tests (under the interpreter), tqdm/matplotlib/scikit-learn for the examples and the plots
@@ -59,8 +69,10 @@ $(VENV)/.deps-installed: pyproject.toml
 # all use this checkout. (setuptools' note on flat-layout editable installs, that a folder named like the
 # package may shadow it, does not apply: that folder is the package installed here.)
 $(VENV)/.hsu-installed: $(DEPS) $(EXT_SOURCES)
-	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (a few minutes on 2 cores)"
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (about 3 minutes on 2 idle cores)"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -v --no-build-isolation --no-deps -e . \
+		2>&1 | python3 tools/build_progress.py build/build.log \
+		|| { echo "---- the build failed; the last lines of build/build.log:"; tail -60 build/build.log; exit 1; }
 	touch $@
 
 build: $(DEPS) $(INSTALLED)
@@ -69,11 +81,21 @@ ifneq ($(strip $(PYTHON)),)
 endif
 	$(PY) -c "import hsu_kernels._ext as e; assert e.available(), e.load_error(); print('hsu_kernels._C loaded; backends on cpu:', __import__('hsu_kernels').available_backends('cpu'))"
 
+dev: build
+
+TRITON_TESTS := tests/test_triton.py tests/test_triton_transforms.py tests/test_triton_properties.py
+
+# Each stage runs whatever happened before it; .ci/stages.sh prints a summary naming the failed ones.
 test: build
-	$(PYTEST) tests --ignore=tests/test_triton.py --ignore=tests/test_triton_transforms.py \
-		--ignore=tests/test_triton_properties.py
-	TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py tests/test_triton_transforms.py tests/test_triton_properties.py
-	$(MAKE) cmake-check
+	bash .ci/stages.sh \
+		"pytest" "$(PYTEST) tests $(addprefix --ignore=,$(TRITON_TESTS))" \
+		"triton-interpreter" "TRITON_INTERPRET=1 $(PYTEST) $(TRITON_TESTS)" \
+		"cmake-check" "$(MAKE) --no-print-directory cmake-check"
+
+test-long: build
+	bash .ci/stages.sh \
+		"properties-long" "HSU_HYPOTHESIS_PROFILE=long $(PYTEST) tests/test_properties.py" \
+		"triton-properties-long" "HSU_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PYTEST) tests/test_triton_properties.py"
 
 # The CUDA sources compile on their own (no torch, no GPU needed) and the per-pair header is tested on
 # the host with ctest. Without nvcc, CMake still builds and runs the host test.

@@ -6,8 +6,16 @@ still build the CUDA kernels), or when FORCE_CUDA=1. Environment:
   FORCE_CUDA=1            build the CUDA sources even if the check above says no
   HSU_NO_CUDA=1           never build them
   TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0")
-  HSU_CPU_ARCH            -march for the CPU kernel (default "native": the extension is built where it runs;
-                          set e.g. "x86-64-v2" to build a portable binary)
+  HSU_CPU_ARCH            the CPU kernel's target. "portable" (the default): on x86-64 with GCC, the CPU
+                          kernel is compiled three times, for x86-64-v2 (the build's baseline), AVX2 + FMA
+                          (x86-64-v3) and AVX-512 (x86-64-v4), and the widest the CPU runs is chosen when the
+                          extension is first used (csrc/cpu/hsu_cpu_dispatch.cpp; HSU_CPU_CAPABILITY=default,
+                          avx2 or avx512 overrides it), so one binary runs on any x86-64-v2 CPU; elsewhere
+                          (another architecture or compiler) one copy for the compiler's default target.
+                          Any other value is a -march value (e.g. "native": one copy, for this CPU only).
+                          "" : one copy, no -march.
+  HSU_AVX512_WIDE=1       the AVX-512 copy vectorizes loops with 512-bit vectors (GCC's default tuning for
+                          x86-64-v4 uses 256-bit ones); see docs/development.md for what it measured
   MAX_JOBS                parallel compile jobs (ninja)
   HSU_DEBUG=1             compile with debug info (-g); the default is a release build without it
   CUDA_HOME               the CUDA toolkit; when unset (and CUDA_PATH too), nvcc on PATH is asked where its
@@ -120,6 +128,41 @@ def _set_cuda_home(torch_cuda: Optional[str]) -> None:
         print(f"hsu_kernels setup: CUDA toolkit {home} (from {how})")
 
 
+def _is_gcc(compiler: str) -> bool:
+    """Whether ``compiler --version`` names GCC (not clang, which also answers to ``g++``/``c++`` on macOS)."""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "clang" not in out.lower() and ("gcc" in out.lower() or "free software foundation" in out.lower())
+
+
+def cpu_build(arch: str, machine: str, gcc: bool) -> Tuple[list, list, bool]:
+    """The CPU kernel's build for ``HSU_CPU_ARCH=arch`` on ``machine`` (``platform.machine()``).
+
+    Returns ``(flags, isa_sources, dispatch)``: compiler flags for every C++ file, the per-instruction-set
+    copies of the kernel (csrc/cpu/isa/, linked after the baseline objects), and whether they are built.
+    """
+    if arch == "portable":
+        if machine.lower() in ("x86_64", "amd64") and gcc:
+            # link order: every AVX2 object before every AVX-512 one (the linker keeps the first copy of a
+            # header function emitted by several files, so each copy calls one compiled for its own level or
+            # below: the baseline objects come first, these after them)
+            here = os.path.dirname(os.path.abspath(__file__))
+            isa = [p for level in ("avx2", "avx512")
+                   for p in sorted(glob.glob(os.path.join(here, f"csrc/cpu/isa/*_{level}.cpp")))]
+            flags = ["-march=x86-64-v2", "-mtune=generic", "-DHSU_CPU_DISPATCH"]
+            if os.environ.get("HSU_AVX512_WIDE") == "1":
+                flags.append("-DHSU_AVX512_WIDE")
+            return flags, isa, True
+        return [], [], False
+    if arch:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arch):
+            raise SystemExit(f"HSU_CPU_ARCH must be 'portable', '' or a -march value, got {arch!r}")
+        return [f"-march={arch}", f"-DHSU_CPU_ARCH_ID={arch}"], [], False
+    return [], [], False
+
+
 def _extensions():
     import torch
 
@@ -128,7 +171,8 @@ def _extensions():
 
     root = os.path.dirname(os.path.abspath(__file__))
     cpu_sources = sorted(glob.glob(os.path.join(root, "csrc/cpu/*.cpp")))
-    sources = [os.path.relpath(p, root) for p in ["csrc/hsu_ops.cpp", "csrc/hsu_autocast.cpp", *cpu_sources]]
+    # the CPU kernels first: ninja starts the compiles in this order, and they are the long ones
+    sources = [os.path.relpath(p, root) for p in [*cpu_sources, "csrc/hsu_ops.cpp", "csrc/hsu_autocast.cpp"]]
     cuda_sources = [os.path.relpath(p, root) for p in sorted(glob.glob(os.path.join(root, "csrc/cuda/*.cu")))]
     force = os.environ.get("FORCE_CUDA", "0") == "1"
     no_cuda = os.environ.get("HSU_NO_CUDA", "0") == "1"
@@ -140,12 +184,20 @@ def _extensions():
         raise SystemExit("FORCE_CUDA=1 but no CUDA toolkit was found (" + find_cuda_home(os.environ)[1] + "): "
                          "set CUDA_HOME to the toolkit folder (the one with bin/nvcc and include/cuda_runtime.h)")
 
-    arch = os.environ.get("HSU_CPU_ARCH", "native")
+    import platform
+    import sysconfig
+
+    arch = os.environ.get("HSU_CPU_ARCH", "portable")
+    compiler = os.environ.get("CXX") or (sysconfig.get_config_var("CXX") or "c++").split()[0]
+    arch_flags, isa_sources, dispatch = cpu_build(arch, platform.machine(), _is_gcc(compiler))
+    # after the baseline objects: the linker keeps the first copy of a header function, the baseline one
+    sources += [os.path.relpath(p, root) for p in isa_sources]
+    what = "copies for x86-64-v2, AVX2 and AVX-512, chosen at run time" if dispatch else "for one target: "
+    print(f"hsu_kernels setup: CPU kernel {what}{'' if dispatch else (arch or 'the compiler default')}")
     cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
     # Python's own CFLAGS carry -g (a 32 MB extension, slower compiles); the last -g option wins
     cxx.append("-g" if os.environ.get("HSU_DEBUG") == "1" else "-g0")
-    if arch:
-        cxx.append(f"-march={arch}")
+    cxx += arch_flags
     # torch's vector headers (ATen/cpu/vec, used by csrc/cpu/hsu_cpu_small.cpp) carry clang's '#pragma unroll',
     # which GCC reports once per use; a diagnostic pragma cannot silence these before GCC 13
     cxx.append("-Wno-unknown-pragmas")
@@ -177,12 +229,23 @@ def _cmdclass():
         """torch's BuildExtension, then the build's torch version next to the extension (only after a
         successful build, so it always describes the binary beside it)."""
 
+        def build_extensions(self):
+            # the linker's map (which object each function came from), kept beside the extension as _C.map
+            # for tools/check_isa.py, which checks that the baseline objects hold no AVX instruction
+            os.makedirs(self.build_temp, exist_ok=True)
+            self._map = os.path.abspath(os.path.join(self.build_temp, "hsu_C.map"))
+            for ext in self.extensions:
+                ext.extra_link_args = [*ext.extra_link_args, f"-Wl,-Map={self._map}"]
+            super().build_extensions()
+
         def run(self):
             super().run()
             import torch
 
             # get_ext_fullpath names the build folder, or the source tree for --inplace and editable installs
             folder = os.path.dirname(self.get_ext_fullpath("hsu_kernels._C"))
+            if self.inplace and os.path.exists(getattr(self, "_map", "")):  # not into wheels
+                shutil.copyfile(self._map, os.path.join(folder, "_C.map"))
             with open(os.path.join(folder, "_build_info.py"), "w") as f:
                 f.write('"""Written by setup.py with hsu_kernels._C: the torch it was compiled against."""\n\n'
                         f"TORCH_VERSION = {str(torch.__version__)!r}\n"

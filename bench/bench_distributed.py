@@ -1,7 +1,7 @@
 """Benchmark of hsu_kernels.distributed on gloo: time ratios over 1, 2 and 4 processes, memory per rank over 1-8.
 
     python bench/bench_distributed.py                     # defaults: N = 8192, D = 128, worlds 1 2 4
-    python bench/bench_distributed.py --n 8192 --worlds 1 2 --json bench/results/distributed.json
+    python bench/bench_distributed.py --n 8192 --worlds 1 2 --json bench/out/distributed.json
 
 Two measurements, each in fresh processes (one thread per rank, so P ranks use P cores):
 
@@ -161,7 +161,8 @@ def main():
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a run's processes are killed")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", default=None,
+                    help="also write the results to this file (folders created; default: print only)")
     ap.add_argument("--malloc-default", action="store_true",
                     help="keep glibc's dynamic mmap threshold (then freed ring buffers stay in the heap and RSS "
                          "creeps up with the number of ring steps, which says more about malloc than about us)")
@@ -193,6 +194,7 @@ def main():
               f"{r['ring_bytes_owner'] / mib:11.1f} {r['rss_growth_pair'] / mib:10.1f} "
               f"{r['rss_growth_owner'] / mib:11.1f}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"info": info, "time": rows, "memory": mem}, f, indent=1)
 

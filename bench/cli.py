@@ -49,7 +49,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                          "call would take longer; default 20 on CPU, 300 on GPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="results file; default bench/results/<device>-<date>.md")
+    ap.add_argument("--out", default=None,
+                    help="results file, written exactly there (folders created); default "
+                         "bench/out/<device>-<date>.md (git-ignored; the sweep: bench/out/sweep-<device>-<date>"
+                         ".png and .md). Pass bench/results/NAME.md to add a run to the committed results")
     ap.add_argument("--sweep", action="store_true", help="run the scaling sweep (time and memory against N)")
     ap.add_argument("--sweep-d", type=int, default=64, help="fixed D of the sweep")
     ap.add_argument("--sweep-n", default=None, help="comma list of N for the sweep; default by device")

@@ -1,4 +1,7 @@
-"""The markdown table and the results file (``bench/results/<device>-<date>.md``)."""
+"""The markdown table and the results file (``bench/out/<device>-<date>.md`` unless ``--out`` names one).
+
+``bench/out/`` is git-ignored: a run never overwrites a committed result. ``bench/results/`` holds the runs
+the README quotes; a run goes there only when ``--out`` names it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from . import measure
 from .runner import Row, speedups
 from .workloads import LABELS
 
+#: Where a run writes when ``--out`` is not given (created on demand, git-ignored).
+OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+#: The committed results the README quotes (written only when ``--out`` names a file there).
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 COLUMNS = ["backend", "workload", "N", "D", "dtype", "time", "vs reference", "GFLOP/s", "% of peak",
@@ -100,7 +106,7 @@ def command_line() -> str:
 
 def default_path(device: str, prefix: str = "", ext: str = ".md") -> str:
     date = datetime.date.today().isoformat()
-    return os.path.join(RESULTS_DIR, f"{prefix}{measure.device_slug(device)}-{date}{ext}")
+    return os.path.join(OUT_DIR, f"{prefix}{measure.device_slug(device)}-{date}{ext}")
 
 
 def write(path: str, title: str, body: str) -> str:

@@ -1,5 +1,6 @@
 """The scaling sweep: time and peak memory of energy + gradient against N at fixed D, one line per backend,
-on log-log axes (``bench/results/sweep-<device>-<date>.png``, data in the ``.md`` beside it).
+on log-log axes (``bench/out/sweep-<device>-<date>.png``, data in the ``.md`` beside it; with ``--out PATH``,
+``PATH`` with its suffix replaced by ``.png`` and ``.md``).
 
 The O(N^2) time of every backend and the O(N^2) memory of the reference against the O(N) memory of the tiled
 and fused ones are what the plot should make visible. Each backend runs in its own fresh process on CPU
@@ -135,6 +136,7 @@ def main(args, max_matrix: float) -> int:
     info = measure.hardware(device)
     png = report.default_path(device, "sweep-", ".png") if not args.out else os.path.splitext(args.out)[0] + ".png"
     md = os.path.splitext(png)[0] + ".md"
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     plot(results, args.sweep_d, dtype, info["device"], png)
     lines = [f"- command: `{report.command_line()}`", f"- commit: `{measure.git_commit()}`"]
     lines += [f"- {k}: {v}" for k, v in info.items()]

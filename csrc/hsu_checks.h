@@ -6,8 +6,10 @@
 #include <cmath>
 
 #include "hsu_pair.h"
+#include "hsu_isa.h"
 
 namespace hsu {
+HSU_ISA_BEGIN
 
 // Every numeric parameter is checked for finiteness too: NaN fails no comparison and would pass a plain
 // "must be > 0" test written as a negation.
@@ -58,4 +60,5 @@ Params<T> make_params(int64_t kind, double s, double t, double eps_ang, bool hal
   return Params<T>{kind, static_cast<T>(s), static_cast<T>(t), static_cast<T>(eps_ang), half_space, normalize};
 }
 
+HSU_ISA_END
 }  // namespace hsu

@@ -1,12 +1,17 @@
 // Schemas of the hsu ops. Kernels register themselves per dispatch key: csrc/cpu/ for CPU,
 // csrc/cuda/ for CUDA. Autograd and fake (meta) kernels are registered once, in hsu_kernels/_ext.py.
 #include <Python.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <exception>
+#include <string>
 
 namespace hsu {
-extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu.cpp
+extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu_dispatch.cpp
+std::string cpu_capability();                 // csrc/cpu/hsu_cpu_dispatch.cpp
+std::string cpu_capabilities_built();
 }
 
 extern "C" {
@@ -18,8 +23,26 @@ static PyObject* set_close_pair_check(PyObject*, PyObject* arg) {
   return PyBool_FromLong(hsu::g_close_pair_check.exchange(on != 0));
 }
 
+// _cpu_capability() -> str: the instruction set the CPU kernels run with ("default", "avx2", "avx512", or the
+// -march value of a build for one CPU); ValueError for a bad HSU_CPU_CAPABILITY.
+static PyObject* cpu_capability(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(hsu::cpu_capability().c_str());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+// _cpu_capabilities_built() -> str: the comma-separated copies of the CPU kernels this build holds.
+static PyObject* cpu_capabilities_built(PyObject*, PyObject*) {
+  return PyUnicode_FromString(hsu::cpu_capabilities_built().c_str());
+}
+
 static PyMethodDef methods[] = {
     {"_set_close_pair_check", set_close_pair_check, METH_O, "Benchmark switch of the CPU close-pair check."},
+    {"_cpu_capability", cpu_capability, METH_NOARGS, "The instruction set the CPU kernels run with."},
+    {"_cpu_capabilities_built", cpu_capabilities_built, METH_NOARGS, "The CPU kernel copies of this build."},
     {nullptr, nullptr, 0, nullptr}};
 
 // Importing hsu_kernels._C runs the static registrations below; the module holds the build fact `openmp`

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include "hsu_isa.h"
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define HSU_HD __host__ __device__ __forceinline__
@@ -15,6 +16,7 @@
 #endif
 
 namespace hsu {
+HSU_ISA_BEGIN
 
 // Kind codes: the Python side (hsu_kernels/_params.py) uses the same numbers.
 enum Kind : int64_t {
@@ -739,4 +741,5 @@ HSU_HD void row_grad(bool normalize, const T* w, double r, const A* acc, double 
   }
 }
 
+HSU_ISA_END
 }  // namespace hsu

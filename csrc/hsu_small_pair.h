@@ -17,8 +17,10 @@
 #pragma once
 
 #include "hsu_pair.h"
+#include "hsu_isa.h"
 
 namespace hsu {
+HSU_ISA_BEGIN
 
 // The pair's energy f (phi, plus phi(-g) in half-space mode) and its coefficients cm, cp (see above), from
 // its squared distances d2m and d2p (d2p is read by the half-space and angular kinds only).
@@ -68,4 +70,5 @@ HSU_HD void small_row_grad(bool normalize, const double* w, const double* u, dou
   }
 }
 
+HSU_ISA_END
 }  // namespace hsu

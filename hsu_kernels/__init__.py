@@ -1,7 +1,10 @@
 """hsu-kernels: fused, tiled kernels for hyperspherical-uniformity regularizers (MHE and its family).
 
 The public API: :func:`energy`, :func:`energy_many`, :func:`cross_energy`, :func:`uniformity_loss`,
-:func:`align_loss`, :func:`min_separation`, and the regularizer modules. See docs/spec.md for the numbers.
+:func:`align_loss`, :func:`min_separation`, the model-level :class:`MHERegularizer` and its per-layer
+functions, and :mod:`hsu_kernels.distributed`; each function's docstring lists its arguments. docs/spec.md
+states the numbers, docs/backends.md the backends (``backend=``), docs/porting.md the mapping from the papers'
+original code.
 """
 
 from . import distributed, reference
@@ -39,6 +42,7 @@ from .regularizers import (
     uniformity_align_loss,
 )
 
+#: The package version, defined here only: pyproject.toml reads it statically (keep it a string literal).
 __version__ = "0.1.0"
 
 __all__ = [

@@ -7,6 +7,7 @@ call never reaches a kernel. The numeric kind codes match ``csrc/hsu_pair.h``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -67,6 +68,17 @@ def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = Fa
     return value
 
 
+def check_power(power) -> str:
+    """``power`` as one of the :data:`POWERS` strings: the ints 0, 1, 2 stand for ``"0"``, ``"1"``, ``"2"``
+    (as users write ``power=2``); anything else (bools, other numbers, other strings) is a ``ValueError``
+    naming ``power`` and the allowed values."""
+    if isinstance(power, numbers.Integral) and not isinstance(power, bool) and str(int(power)) in POWERS:
+        return str(int(power))
+    if not isinstance(power, str) or power not in POWERS:
+        raise ValueError(f"power must be one of {sorted(POWERS)} (or the int 0, 1 or 2), got {power!r}")
+    return power
+
+
 def make_params(
     kind: str = "riesz",
     s: float = 1.0,
@@ -80,9 +92,7 @@ def make_params(
 ) -> EnergyParams:
     """Validate the scalar arguments of an energy and resolve ``power`` into ``kind``/``s``."""
     if power is not None:
-        if not isinstance(power, str) or power not in POWERS:
-            raise ValueError(f"power must be one of {sorted(POWERS)}, got {power!r}")
-        kind, s = POWERS[power]
+        kind, s = POWERS[check_power(power)]
     if not isinstance(kind, str) or kind not in KIND_CODE:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if kind in ("riesz", "angular"):

@@ -177,22 +177,41 @@ def energy(
 
     Args:
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``, float32/float64 (float16/bfloat16 computed in float32).
-        kind: the per-pair term, see above.
+        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
+            ``"gaussian"``, see above.
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: the energy of the 2N points ``{u_i} u {-u_i}`` (mean over their ``N(2N-1)`` pairs),
             computed without concatenating ``[W, -W]``.
-        normalize: project rows onto the sphere first. With ``False`` the rows are used as given and
+        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
             ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
-        eps_norm: added to ``|w_i|^2`` inside the square root (the reference code's 1e-4); 0 gives
-            exact unit rows, and then a zero row is an error.
-        eps_ang: the angular kinds' offset.
-        t: the Gaussian kind's temperature (> 0).
-        reduction: ``"mean"`` over unordered pairs (the reference code's value) or ``"sum"``.
-        backend: see the module docstring.
-        power: the reference code's shorthand ``"0","1","2","a0","a1","a2"``; overrides ``kind``/``s``.
-        precision: float32 products on the Triton backend: ``"ieee"`` (exact), ``"tf32"`` (tensor
-            cores), or None (exact where D is small, tf32 for large D only if the user opted in with
-            ``torch.set_float32_matmul_precision``). Other backends always compute exactly.
+        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
+            code's value); 0 gives exact unit rows, and then a zero row is an error.
+        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
+        t: the Gaussian kind's temperature (> 0, default 2).
+        reduction: ``"mean"`` over unordered pairs (default, the original code's value) or ``"sum"``.
+        backend: where to compute; ``"auto"`` (default) or a backend name:
+
+            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
+              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
+              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
+              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
+              for float64. Other devices: ``"torch"``.
+            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
+              the float64 oracle of the tests; O(N^2) memory.
+            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
+            - ``"cpu"``: the C++ kernel, CPU tensors.
+            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
+            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
+              triton; float32 and half types only.
+
+            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
+        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
+            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
+            (default): ``kind`` and ``s`` as given.
+        precision: the float32 products of the Triton backend (the other backends always compute exactly and
+            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
+            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
+            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
 
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
@@ -232,9 +251,48 @@ def energy_many(
 ) -> torch.Tensor:
     """The energies of several matrices of different shapes (a network's layers) in one call.
 
+    The same energy as :func:`energy` (``E = sum_{i<j} phi(g_ij)`` of each matrix's rows), with one set of
+    arguments shared by every matrix.
+
     Args:
-        ws: a non-empty sequence of ``Tensor[N_k, D_k]`` on one device; ``N_k``/``D_k`` may all differ.
-        other arguments: as in :func:`energy`, shared by every matrix.
+        ws: a non-empty sequence of ``Tensor[N_k, D_k]`` on one device, of one dtype; ``N_k``/``D_k`` may all
+            differ.
+        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
+            ``"gaussian"`` (as in :func:`energy`).
+        s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
+        half_space: each energy over the 2N points ``{u_i} u {-u_i}`` of its matrix (mean over their
+            ``N(2N-1)`` pairs).
+        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
+            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
+        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
+            code's value); 0 gives exact unit rows, and then a zero row is an error.
+        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
+        t: the Gaussian kind's temperature (> 0, default 2).
+        reduction: ``"mean"`` over each matrix's unordered pairs (default) or ``"sum"``.
+        backend: where to compute; ``"auto"`` (default) or a backend name:
+
+            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
+              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
+              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
+              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
+              for float64. Other devices: ``"torch"``.
+              One backend serves the whole list, chosen with the largest ``D_k``.
+            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
+              the float64 oracle of the tests; O(N^2) memory.
+            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
+            - ``"cpu"``: the C++ kernel, CPU tensors.
+            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
+            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
+              triton; float32 and half types only.
+
+            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
+        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
+            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
+            (default): ``kind`` and ``s`` as given.
+        precision: the float32 products of the Triton backend (the other backends always compute exactly and
+            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
+            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
+            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
 
     Returns:
         ``Tensor[K]``, one energy per matrix, differentiable with respect to each. The Triton backend runs
@@ -289,8 +347,41 @@ def cross_energy(
     Args:
         x: ``Tensor[Nx, D]`` or ``Tensor[B, Nx, D]``.
         y: ``Tensor[Ny, D]`` or ``Tensor[B, Ny, D]``, same batch size, D, device and dtype as ``x``.
-        reduction: ``"sum"`` (default) or ``"mean"`` over the ``Nx * Ny`` pairs.
-        other arguments: as in :func:`energy`.
+        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
+            ``"gaussian"`` (as in :func:`energy`).
+        s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
+        half_space: also the pairs of ``x`` with ``-y`` (adds ``phi(-g)``).
+        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
+            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
+        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
+            code's value); 0 gives exact unit rows, and then a zero row is an error.
+        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
+        t: the Gaussian kind's temperature (> 0, default 2).
+        reduction: ``"sum"`` (default) or ``"mean"`` over the ``Nx * Ny`` pairs (``2 Nx Ny`` terms are still
+            divided by ``Nx * Ny`` with ``half_space``).
+        backend: where to compute; ``"auto"`` (default) or a backend name:
+
+            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
+              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
+              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
+              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
+              for float64. Other devices: ``"torch"``.
+            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
+              the float64 oracle of the tests; O(N^2) memory.
+            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
+            - ``"cpu"``: the C++ kernel, CPU tensors.
+            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
+            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
+              triton; float32 and half types only.
+
+            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
+        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
+            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
+            (default): ``kind`` and ``s`` as given.
+        precision: the float32 products of the Triton backend (the other backends always compute exactly and
+            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
+            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
+            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
 
     Returns:
         A scalar, or ``Tensor[B]`` for batched input.
@@ -334,7 +425,22 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     Args:
         x: ``Tensor[N, D]`` or ``Tensor[B, N, D]`` features, N >= 2.
         t: temperature, > 0 (2 in the paper).
-        backend: see the module docstring.
+        backend: where to compute; ``"auto"`` (default) or a backend name:
+
+            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
+              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
+              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
+              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
+              for float64. Other devices: ``"torch"``.
+            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
+              the float64 oracle of the tests; O(N^2) memory.
+            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
+            - ``"cpu"``: the C++ kernel, CPU tensors.
+            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
+            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
+              triton; float32 and half types only.
+
+            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
 
     Returns:
         A scalar (``Tensor[B]`` for batched input).
@@ -349,7 +455,8 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
-    """The contrastive alignment loss ``mean_i |x_i - y_i|^alpha`` of positive pairs (rows as given).
+    """The contrastive alignment loss ``mean_i |x_i - y_i|^alpha`` of positive pairs (rows as given),
+    computed with plain PyTorch operations (O(N D): no backend to choose).
 
     Args:
         x, y: ``Tensor[N, D]`` of the same shape.
@@ -431,8 +538,10 @@ def min_separation(
     Args:
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``.
         half_space: the minimum over the 2N points ``{u_i} u {-u_i}``.
-        eps_norm: as in :func:`energy`.
-        block: rows per tile, an int >= 1.
+        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the
+            original code's value); 0 gives exact unit rows, and then a zero row is an error.
+        block: rows per tile, an int >= 1 (memory O(N * block)). The search runs in tiled PyTorch on ``w``'s
+            device (no ``backend`` argument), in float64 for float64 input and float32 otherwise.
 
     Returns:
         A scalar (``Tensor[B]`` batched). Its gradient goes to every pair attaining the minimum, shared

@@ -26,7 +26,7 @@ whose ``2 - 2g`` is below ~1e-200 overflows.
 
 A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
 Riesz and log energies are ``+inf`` there, and autograd gives NaN in the rows of such a pair (the same
-convention as the kernels, see README "Precision"). The reference does not guard against overflow of the
+convention as the kernels, see docs/precision.md). The reference does not guard against overflow of the
 per-pair terms themselves (e.g. angular ``s = 50`` in float32): the kernels do.
 """
 

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import reference
-from ._params import POWERS, check_matrix
+from ._params import check_matrix, check_power
 from .layers import NeuronLayer, Selector, collect_layers, neuron_matrix
 from .ops import BACKENDS, align_loss, cross_energy, energy, energy_many, uniformity_loss
 
@@ -59,9 +59,8 @@ _EPS = 1e-4
 
 
 def _check_power(power) -> str:
-    if not isinstance(power, str) or power not in POWERS:
-        raise ValueError(f"power must be one of {sorted(POWERS)}, got {power!r}")
-    return power
+    """``power`` as its string (``2`` -> ``"2"``); see :func:`hsu_kernels._params.check_power`."""
+    return check_power(power)
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -125,6 +124,8 @@ def mhe_loss(w: torch.Tensor, power: str = "2", half_space: bool = False, *, bac
         w: ``Tensor[N, D]`` (or ``Tensor[B, N, D]``) neuron matrix.
         power: ``"0","1","2","a0","a1","a2"`` (docs/spec.md §3).
         half_space: the half-space variant.
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         A scalar (``Tensor[B]`` batched).
@@ -178,6 +179,8 @@ def comhe_random_loss(
         half_space: the half-space energy of the projected neurons.
         generator: a seeded ``torch.Generator`` on ``w``'s device makes the draws reproducible.
         p: ``Tensor[pn, pd, D]`` projections to use instead of drawing (``pd``/``pn``/``generator`` ignored).
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         A scalar: ``mean_k energy(W P_k^T)``.
@@ -238,6 +241,8 @@ def comhe_adversarial_objective(
         w: ``Tensor[N, D]``.
         power: the energy.
         weight_decay: the weight of ``|P|^2`` (the original's 2.5e-7, as in :func:`comhe_angle_loss`).
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         A scalar, differentiable in ``p`` and ``w``.
@@ -407,6 +412,8 @@ def pole_potential(
         v: ``Tensor[K, D]`` poles (not normalized: any nonzero scale works).
         half_space: include the antipodes ``-u_i``.
         s: Riesz exponent (> 0).
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         ``Tensor[K]``, differentiable in ``w`` and ``v``.
@@ -427,6 +434,8 @@ def pole_softmin(
         v: ``Tensor[K, D]`` poles.
         half_space: include the antipodes ``-u_i``.
         beta: the soft-min sharpness (> 0).
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         ``Tensor[K]``, differentiable in ``w`` and ``v``.
@@ -445,6 +454,9 @@ def mhp_loss(w: torch.Tensor, v: torch.Tensor, half_space: bool = False, *, back
 
     Args:
         w: ``Tensor[N, D]``; v: ``Tensor[K, D]`` poles (K independent copies of the term).
+        half_space: include the antipodes ``-u_i``.
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         A scalar.
@@ -463,6 +475,9 @@ def mhc_loss(w: torch.Tensor, v: torch.Tensor, half_space: bool = False, *, beta
 
     Args:
         w: ``Tensor[N, D]``; v: ``Tensor[K, D]`` poles; beta: soft-min sharpness (10).
+        half_space: include the antipodes ``-u_i``.
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
 
     Returns:
         A scalar.
@@ -503,6 +518,8 @@ def neuron_uniformity(w: torch.Tensor, t: float = 2.0, half_space: bool = False,
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``.
         t: temperature (> 0).
         half_space: over ``{u_i} u {-u_i}``.
+        backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
+            to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
     """
     return torch.log(energy(w, "gaussian", t=t, half_space=half_space, backend=backend))
 
@@ -634,7 +651,7 @@ class MHE(Preset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_power(self.power)
+        self.power = _check_power(self.power)
 
     def coefficients(self) -> Tuple[float, float]:
         return (0.1, 1.0) if self.power in ("a1", "a2") else self.coefs
@@ -660,7 +677,7 @@ class _CoMHE(Preset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_power(self.power)
+        self.power = _check_power(self.power)
         _check_int("pd", self.pd)
         _check_int("pn", self.pn)
 
@@ -987,15 +1004,23 @@ class MHERegularizer(nn.Module):
 
     Args:
         model: the network.
-        power: ``"0","1","2","a0","a1","a2"``: the energy of ``mhe`` and the CoMHE methods (default ``"2"``).
+        power: the energy of ``mhe`` and the CoMHE methods, in the original code's shorthand: ``"0"`` log,
+            ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2 (default), ``"a0"`` angular log, ``"a1"`` angular s = 1,
+            ``"a2"`` angular s = 2 (see :func:`hsu_kernels.energy`).
         half_space: half-space values for the hidden layers; ``None``: the method's default (True, except
             ``rmhp``, which has no half-space variant).
         hidden_coef: coefficient of the hidden layers' sum; ``None``: :func:`default_coefs`.
         output_coef: coefficient of the output layer; ``None``: :func:`default_coefs`.
-        method: one of :data:`METHODS`.
-        include, exclude, output_layer: which layers, see :func:`hsu_kernels.layers.collect_layers`
-            (``output_layer="auto"``: the last ``nn.Linear``; the original's CIFAR network has a 1x1
-            convolution there, so name it).
+        method: ``"mhe"`` (default), ``"comhe_random"``, ``"comhe_angle"``, ``"comhe_adversarial"``, ``"mhs"``,
+            ``"mgd"``, ``"mhp"``, ``"mhc"``, ``"rmhp"`` or ``"uniformity"`` (:data:`METHODS`; the table of the
+            module docstring gives each one's per-layer value and coefficients).
+        include: only layers matching one of these: a qualified name (``"features.0"``), a glob pattern
+            (``"features.*"``), a layer type (``nn.Conv2d``) or a module object. ``None``: every
+            ``Linear``/``ConvNd``/``ConvTransposeNd`` (see :func:`hsu_kernels.layers.collect_layers`).
+        exclude: drop layers matching one of these (same forms), after ``include``.
+        output_layer: the output (classifier) layer: ``"auto"`` (the last ``nn.Linear``), a qualified name,
+            a module, or ``None`` (no output layer). The original's CIFAR network has a 1x1 convolution
+            there, so name it.
         pd: projected dimension of the CoMHE methods (40 random, 30 learned); layers with ``D <= pd``
             are regularized without projection.
         pn: projections per layer (20 random, 1 learned).
@@ -1008,7 +1033,11 @@ class MHERegularizer(nn.Module):
             (the original's ``1e-3 * l2_regularizer(5e-4)``), 2.5e-4 for poles (``l2_regularizer(5e-4)``,
             the original network's weight decay; ``torch.optim.SGD``'s ``weight_decay=5e-4``).
         t: temperature of ``uniformity`` (2).
-        backend: passed to every kernel call (checked here).
+        backend: passed to every kernel call (checked here): ``"auto"`` (default: the C++ kernel for CPU
+            tensors, the CUDA or Triton kernel for CUDA tensors, the tiled ``"torch"`` path where neither can
+            run; never ``"reference"`` unless nothing else can), ``"reference"`` (plain PyTorch, N x N
+            matrices: the tests' oracle), ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``; see
+            :func:`hsu_kernels.energy` for the full rule.
 
     Method-specific options (``power``, ``pd``, ``pn``, ``aux_*``, ``weight_decay``, ``t``) left at
     ``None`` take the method's default; giving one the method does not use is an error.

@@ -3,7 +3,10 @@
 ``python -m hsu_kernels.thomson --n 470 --dim 3`` minimizes the Coulomb energy ``sum_{i<j} 1/|x_i - x_j|`` of 470
 points on the unit sphere (the Thomson problem) and compares the result with the published minimum. The same
 solver handles every Riesz exponent (``--s``), the logarithmic energy (``--kind log``, Smale's 7th problem) and
-maximal separation (``--kind tammes``, the Tammes problem), in any dimension.
+maximal separation (``--kind tammes``, the Tammes problem), in any dimension. While it runs, a progress line on
+stderr (when stderr is a terminal, or with ``--progress``) shows the running minimization's iteration, lowest
+energy and largest gradient row; files are written only where ``--save``/``--plot`` say (the README uses
+``examples/out/``, which git ignores), missing folders created.
 
 How it searches (energies; the Tammes problem below):
 
@@ -67,6 +70,10 @@ KINDS = ("riesz", "log", "tammes")
 #: ``(x [b, N, dim], members [b]) -> (values [b], gradients [b, N, dim])``: ``members`` are the indices, in the
 #: batch given to :func:`descend`, of the configurations in ``x`` (a per-member objective needs them).
 Objective = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+#: Called by :func:`descend` after each iteration: ``(iteration, active [b], values [B], gradients [B, N, dim])``
+#: (``active``: the members still running; values and tangent gradients of the whole batch, so far).
+Monitor = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -225,7 +232,7 @@ def nearest_neighbour_distance(x: torch.Tensor) -> torch.Tensor:
 
 
 def descend(x: torch.Tensor, objective: Objective, *, max_iter: int = 3000, history: int = 12,
-            gtol: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+            gtol: float = 0.0, monitor: Optional[Monitor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Minimize ``objective`` over unit rows: batched Riemannian L-BFGS on the product of spheres.
 
     Each iteration evaluates the whole active batch at once (one kernel call). A member stops when its
@@ -235,6 +242,7 @@ def descend(x: torch.Tensor, objective: Objective, *, max_iter: int = 3000, hist
     Args:
         x: ``Tensor[B, N, dim]`` float64 unit rows.
         objective: see :data:`Objective`.
+        monitor: see :data:`Monitor` (the progress display; it must be cheap or throttle itself).
 
     Returns:
         ``(x, E)``: the minimized unit rows and their objective values.
@@ -249,7 +257,7 @@ def descend(x: torch.Tensor, objective: Objective, *, max_iter: int = 3000, hist
     n = x.shape[1]
     spacing = math.sqrt(4 * math.pi / n) if x.shape[2] == 3 else 2 * math.pi / n
     tiny = torch.finfo(torch.float64).tiny
-    for _ in range(max_iter):
+    for it in range(max_iter):
         xa, ga, ea = x[active], g[active], e[active]
         # a first step moves the fastest point by a tenth of the spacing
         first = 0.1 * spacing / ga.norm(dim=-1).amax(-1).clamp_min(tiny)
@@ -299,6 +307,8 @@ def descend(x: torch.Tensor, objective: Objective, *, max_iter: int = 3000, hist
         R.append(torch.where(good, 1.0 / sy.clamp_min(tiny), torch.zeros_like(sy)))
         if len(S) > history:
             S.pop(0), Y.pop(0), R.pop(0)
+        if monitor is not None:
+            monitor(it, active, e, g)
         stop = ~done | (ea - e_new <= 1e-16 * ea.abs()) | (g_new.norm(dim=-1).amax(-1) <= gtol)
         if stop.any():
             keep = ~stop
@@ -453,12 +463,22 @@ class Result:
 
 
 class _Progress:
-    """A progress bar on stderr (tqdm when installed, else a status line), or nothing."""
+    """Progress on stderr (tqdm when installed, else a status line), or nothing.
 
-    def __init__(self, enabled: bool, desc: str):
+    It counts the L-BFGS iterations and shows, at most every ``interval`` seconds, what runs (the batch of
+    starts or the basin-hopping round), inside the running minimization its iteration, how many of its
+    configurations still run, their lowest value and largest gradient row, then the minimizations done
+    and the best value so far. Between displays an iteration costs one clock reading.
+    """
+
+    def __init__(self, enabled: bool, desc: str, interval: float = 0.5):
         self.bar = None
-        self.enabled = enabled
-        self.count, self.desc = 0, desc
+        self.enabled, self.desc, self.interval = enabled, desc, interval
+        self.iterations = 0
+        self.minimizations = 0
+        self.stage = self.current = self.best = ""
+        self._shown = -math.inf
+        self._width = 0
         if not enabled:
             return
         try:
@@ -466,24 +486,75 @@ class _Progress:
 
             # no total: a run usually ends early (published optimum reached, time limit), and an estimate of
             # the time left from the total would mislead
-            self.bar = tqdm(desc=desc, unit=" minimizations", file=sys.stderr, dynamic_ncols=True)
+            # the displays are throttled here (``interval``), so tqdm shows each one it is given
+            self.bar = tqdm(desc=desc, unit=" it", file=sys.stderr, dynamic_ncols=True, mininterval=0, miniters=1)
         except ImportError:
             self.bar = None
 
-    def update(self, k: int, post: str) -> None:
+    def start(self, stage: str) -> None:
+        """A minimization (a batch of starts, a hop, a Tammes round) begins."""
+        if self.enabled:
+            self.stage, self.current = stage, ""
+            if self._due():
+                self._show()
+
+    def monitor(self, it: int, active: torch.Tensor, e: torch.Tensor, g: torch.Tensor) -> None:
+        """:data:`Monitor` of :func:`descend` for energies: the batch's lowest value (finished members
+        included, so it never rises) and the largest gradient row of the members still running."""
         if not self.enabled:
             return
-        self.count += k
+        self.iterations += 1
+        if not self._due():
+            return
+        gmax = float(g[active].norm(dim=-1).amax())
+        self.current = (f"iter {it + 1}: {len(active)} of {len(e)} running, lowest E {float(e.min()):.9f}, "
+                        f"max |grad| {gmax:.1e}")
+        self._show()
+
+    def tick(self, it: int, active: torch.Tensor, e: torch.Tensor, g: torch.Tensor) -> None:
+        """:data:`Monitor` that only counts (the Tammes penalties are no value to show)."""
+        if not self.enabled:
+            return
+        self.iterations += 1
+        if self._due():
+            self._show()
+
+    def update(self, k: int, best: str) -> None:
+        """``k`` minimizations done; ``best``: the best value so far."""
+        if not self.enabled:
+            return
+        self.minimizations += k
+        self.best, self.current = best, ""
+        if self._due():
+            self._show()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._shown >= self.interval
+
+    def _show(self) -> None:
+        self._shown = time.monotonic()
+        done = f"{self.minimizations} minimizations" + (" done" if self.stage else "")
+        post = "; ".join(t for t in (self.stage, self.current, done, self.best) if t)
         if self.bar is not None:
             self.bar.set_postfix_str(post, refresh=False)
-            self.bar.update(k)
+            if self.iterations > self.bar.n:
+                self.bar.update(self.iterations - self.bar.n)
+            else:
+                self.bar.refresh()
         else:
-            print(f"\r{self.desc}: {self.count} minimizations, {post}", end="", file=sys.stderr, flush=True)
+            line = f"{self.desc}: {self.iterations} it; {post}"
+            print("\r" + line.ljust(self._width), end="", file=sys.stderr, flush=True)
+            self._width = len(line)
 
     def close(self) -> None:
+        """The final state (the minimizations and the best value), then the line ends."""
+        if not self.enabled:
+            return
+        self.stage = self.current = ""
+        self._show()
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
+        else:
             print(file=sys.stderr)
 
 
@@ -581,9 +652,9 @@ def minimize(
         if better(float(values[i])):
             result.points, result.value = x[i].clone(), float(values[i])
             result.history.append((time.perf_counter() - t0, result.value))
-        post = f"best {result.value:.9f}"
+        post = f"best {result.value:.9f}" if kind != "tammes" else f"best {math.degrees(result.value):.8f} deg"
         if result.gap is not None:
-            post += f", {result.gap:+.1e} from published"
+            post += f" ({result.gap:+.1e} from published)"
         bar.update(count, post)
 
     def reached() -> bool:
@@ -603,11 +674,12 @@ def minimize(
     if left > 0:
         batches += list(torch.split(random_points(left, n, dim, gen), batch))
     found_x, found_e = [], []
-    for x in batches:
+    for k, x in enumerate(batches):
+        bar.start(f"batch {k + 1}/{len(batches)} ({len(x)} starts)")
         if kind == "tammes":
-            x, v = _tammes(x, backend)
+            x, v = _tammes(x, backend, bar=bar)
         else:
-            x, v = descend(x, objective)
+            x, v = descend(x, objective, monitor=bar.monitor)
         found_x.append(x)
         found_e.append(v)
         record(x, v, len(x))
@@ -619,12 +691,14 @@ def minimize(
         walkers = torch.cat([xs[pick]] * math.ceil(batch / len(pick)))[:batch].clone()
         we = torch.cat([es[pick]] * math.ceil(batch / len(pick)))[:batch].clone()
         temperature = 1e-4 * float(we.min()) / n
-        for _ in range(hops):
+        for h in range(hops):
+            bar.start(f"hop {h + 1}/{hops} ({batch} walkers)")
             a = nearest_neighbour_distance(walkers)
             centre = walkers[torch.arange(batch), torch.randint(0, n, (batch,), generator=gen)]
             inside = ((walkers - centre[:, None]).norm(dim=-1) < 2.5 * a[:, None]).to(torch.float64)
             noise = torch.randn(walkers.shape, generator=gen, dtype=torch.float64)
-            y, ey = descend(walkers + 0.5 * a[:, None, None] * inside[..., None] * noise, objective)
+            y, ey = descend(walkers + 0.5 * a[:, None, None] * inside[..., None] * noise, objective,
+                            monitor=bar.monitor)
             luck = torch.rand(batch, generator=gen, dtype=torch.float64)
             accept = (ey < we) | (luck < torch.exp(-(ey - we) / temperature))
             walkers[accept], we[accept] = y[accept], ey[accept]
@@ -648,21 +722,28 @@ def _chord(x: torch.Tensor) -> torch.Tensor:
     return 2 * torch.sin(_angle(x) / 2)
 
 
-def _tammes(x: torch.Tensor, backend: str, rtol: float = 1e-10) -> Tuple[torch.Tensor, torch.Tensor]:
+def _tammes(x: torch.Tensor, backend: str, rtol: float = 1e-10,
+            bar: Optional[_Progress] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Largest smallest angle from the starts ``x: [B, N, dim]`` (module docstring). Two candidates per start:
     the start itself and its Riesz continuation (s = 8, 32, 128); each is then pushed apart by bisection on
     the separation t with the overlap penalty, between its own separation and 1.03 times the best of the
     continuations. Returns the better candidate of each start and its angle, ``([B, N, dim], [B])``."""
+    bar = bar or _Progress(False, "")
+    stage = bar.stage
     b = x.shape[0]
     smooth = x.clone()
     for s in (8.0, 32.0, 128.0):
-        smooth, _ = descend(smooth, _log_riesz_objective(s, backend), max_iter=1000)
+        bar.start(f"{stage}, Riesz s = {s:g} continuation")
+        smooth, _ = descend(smooth, _log_riesz_objective(s, backend), max_iter=1000, monitor=bar.tick)
     y = torch.cat([smooth, x])
     lo = _chord(y)
     hi = torch.full_like(lo, 1.03 * float(lo[:b].max()))
-    for _ in range(60):
+    for r in range(60):
+        if bar.enabled:
+            widest = math.degrees(2 * math.asin(min(1.0, float(lo.max()) / 2)))
+            bar.start(f"{stage}, bisection {r + 1}: widest {widest:.8f} deg")
         mid = 0.5 * (lo + hi)
-        z, _ = descend(y, _overlap_objective(mid), max_iter=200)
+        z, _ = descend(y, _overlap_objective(mid), max_iter=200, monitor=bar.tick)
         got = _chord(z)
         better = got > lo
         y[better], lo[better] = z[better], got[better]
@@ -727,13 +808,23 @@ def _positive_float(text: str) -> float:
 
 
 def _check_output(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        parser.error(f"{option} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{option} {path}: the folder {folder} is not writable")
+    """Before the run: ``path`` can be written, its missing folders created (by :func:`_make_folder`, after
+    the run); errors name ``option``."""
     if os.path.isdir(path):
         parser.error(f"{option} {path}: is a folder, expected a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        parser.error(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        what = "the folder" if existing == folder else f"cannot create {folder}: the folder"
+        parser.error(f"{option} {path}: {what} {existing} is not writable")
+
+
+def _make_folder(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -754,9 +845,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not stop when the published optimum is reached")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--backend", default="auto", help="kernel backend (default auto)")
-    parser.add_argument("--save", metavar="points.npy", help="save the points (numpy .npy, float64 [n, dim])")
-    parser.add_argument("--plot", metavar="out.png", help="save a picture of the points (needs matplotlib)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--save", metavar="PATH.npy",
+                        help="save the points (numpy .npy, float64 [n, dim]), e.g. examples/out/points.npy; "
+                             "missing folders are created (default: not saved)")
+    parser.add_argument("--plot", metavar="PATH.png",
+                        help="save a picture of the points (needs matplotlib), e.g. examples/out/thomson.png")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="progress on stderr even when it is not a terminal (default: only on a terminal)")
+    shown.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -783,7 +880,8 @@ def main(argv=None) -> int:
 
     res = minimize(args.n, args.dim, kind=args.kind, s=args.s, restarts=args.restarts, hops=args.hops,
                    batch=args.batch, seeds=not args.no_seeds, seed=args.seed, time_limit=args.time_limit,
-                   stop_at_published=not args.keep_going, backend=args.backend, progress=not args.no_progress)
+                   stop_at_published=not args.keep_going, backend=args.backend,
+                   progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
     what = {"riesz": f"Riesz s = {args.s:g} energy", "log": "log energy (sum -log r^2)",
             "tammes": "smallest angle"}[args.kind]
     shown = f"{res.value:.9f}" if args.kind != "tammes" else f"{res.value:.12f} rad = {math.degrees(res.value):.8f} deg"
@@ -798,9 +896,12 @@ def main(argv=None) -> int:
     if args.save:
         import numpy as np
 
-        np.save(args.save, res.points.numpy())
+        _make_folder(args.save)
+        with open(args.save, "wb") as f:  # a file object: np.save would append .npy to another suffix
+            np.save(f, res.points.numpy())
         print(f"points saved to {args.save}")
     if args.plot:
+        _make_folder(args.plot)
         plot_points(res.points, args.plot, f"N = {args.n}, {what} = {res.value:.9g}")
         print(f"plot saved to {args.plot}")
     return 0

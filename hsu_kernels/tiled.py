@@ -13,7 +13,7 @@ Every backend's pass is described by one contract, used by ``ops.py``:
 For the Gaussian kind ``E`` is the log-sum ``log(scale * sum exp(-t d2))`` and ``G`` its gradient (docs/spec.md §4).
 ``E`` is in the accumulation dtype (float32 for half inputs), ``G`` in the input dtype.
 
-Numerics (README "Precision"): rows are normalized in float64 after a power-of-two rescaling (no ``|w|^2``
+Numerics (docs/precision.md): rows are normalized in float64 after a power-of-two rescaling (no ``|w|^2``
 overflows or underflows); every pair whose ``1 - |g|`` (or expanded distance) is small, or whose term
 overflows the compute dtype, is recomputed in float64 from coordinate differences, and its gradient is
 split into a small tangential vector and a radial coefficient the epilogue applies in closed form (no

@@ -317,22 +317,23 @@ def test_half_space_exact_antipodes_eps_norm_zero(backend):
 
 @pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
 def test_close_pair_switch_changes_only_close_pairs():
-    """The benchmark's switch (_set_close_pair_check): without the check the duplicates come out wrong,
-    with it right; on rows without close pairs both agree bitwise. The switch is restored."""
+    """The benchmark's switch (_set_close_pair_check) is restored after use; with the check on, duplicates
+    come out within the float32 error model; on rows without close pairs the two settings agree bitwise (the
+    check's whole cost there is the test itself). Nothing is asserted about the unchecked result on close
+    pairs: how far off it is depends on the CPU's vector width and FMA contraction."""
     from hsu_kernels import _C
 
     dup = _duplicates(40, 100.0, seed=1)[0]
     far = rand_rows(300, 40, dtype=torch.float32)
     try:
         assert _C._set_close_pair_check(False) is True
-        off_dup = hk.energy(dup, backend="cpu")
         off_far = torch.ops.hsu.energy_grad(far[None], 0, 1.0, 2.0, 1e-4, 1e-4, False, True)
     finally:
         assert _C._set_close_pair_check(True) is False
     on_dup = hk.energy(dup, backend="cpu")
     on_far = torch.ops.hsu.energy_grad(far[None], 0, 1.0, 2.0, 1e-4, 1e-4, False, True)
     e_true = truth64(Problem(dup[None], "riesz"))[0]
-    assert rel_err(on_dup, e_true[0]) < 1e-6 < rel_err(off_dup, e_true[0])
+    assert rel_err(on_dup, e_true[0]) < 1e-6
     assert torch.equal(off_far[0], on_far[0]) and torch.equal(off_far[1], on_far[1])
 
 

@@ -157,11 +157,12 @@ def test_cli_argument_errors(argv, message, capsys, no_run):
 
 
 def test_cli_checks_plot_and_save_before_the_run(tmp_path, monkeypatch, capsys, no_run):
-    missing = tmp_path / "no" / "such" / "folder"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
     for option in ("--save", "--plot"):
         with pytest.raises(SystemExit) as exc:
-            thomson.main(["--n", "12", option, str(missing / "out.x")])
-        assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+            thomson.main(["--n", "12", option, str(blocked / "sub" / "out.x")])
+        assert exc.value.code == 2 and "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         thomson.main(["--n", "12", "--save", str(tmp_path)])
     assert "is a folder" in capsys.readouterr().err
@@ -182,19 +183,50 @@ def test_cli_refuses_an_unwritable_folder(tmp_path, capsys, no_run):
     with pytest.raises(SystemExit):
         thomson.main(["--n", "12", "--save", str(locked / "p.npy")])
     assert "not writable" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder to create inside it
+        thomson.main(["--n", "12", "--save", str(locked / "out" / "p.npy")])
+    assert "cannot create" in capsys.readouterr().err
 
 
 def test_cli_run_save_plot_and_progress(tmp_path, capsys):
+    """--save and --plot create their missing folders (the README writes to examples/out/, which a fresh
+    checkout lacks) and write exactly the paths given; progress goes to stderr only when asked for or when
+    stderr is a terminal (under pytest it is not)."""
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
-    pts, png = tmp_path / "points.npy", tmp_path / "out.png"
-    assert thomson.main(["--n", "12", "--restarts", "2", "--save", str(pts), "--plot", str(png)]) == 0
+    pts, png = tmp_path / "examples" / "out" / "points.data", tmp_path / "examples" / "out" / "thomson.png"
+    assert thomson.main(["--n", "12", "--restarts", "2", "--save", str(pts), "--plot", str(png), "--progress"]) == 0
     captured = capsys.readouterr()
     assert "energy = 49.165253058" in captured.out and "published optimum 49.165253058" in captured.out
-    assert "riesz N=12" in captured.err  # the progress bar (or status line), on by default
-    x = np.load(pts)
+    assert f"points saved to {pts}" in captured.out and f"plot saved to {png}" in captured.out
+    assert "riesz N=12" in captured.err and "minimizations; best 49.165253058" in captured.err  # when asked
+    x = np.load(pts)  # the path as given: no .npy appended
     assert x.shape == (12, 3) and png.stat().st_size > 1000
-    assert thomson.main(["--n", "12", "--restarts", "2", "--no-progress"]) == 0
-    assert capsys.readouterr().err == ""
+    for quiet in ([], ["--no-progress"]):
+        assert thomson.main(["--n", "12", "--restarts", "2", *quiet]) == 0
+        assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        thomson.main(["--progress", "--no-progress"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tqdm_installed", [True, False])
+def test_progress_inside_a_minimization(tqdm_installed, capsys, monkeypatch):
+    """The progress shows the running minimization's iteration, its lowest energy and largest gradient row
+    while it runs (N = 470 spends minutes in its first minimization on a busy machine)."""
+    if not tqdm_installed:
+        monkeypatch.setitem(sys.modules, "tqdm", None)
+    bar = thomson._Progress(True, "riesz N=40", interval=0.0)
+    assert (bar.bar is not None) == tqdm_installed
+    bar.start("batch 1/1 (2 starts)")
+    x = thomson.random_points(2, 40, 3, torch.Generator().manual_seed(0))
+    _, e = thomson.descend(x, thomson.energy_objective("riesz", 1.0), max_iter=5, monitor=bar.monitor)
+    bar.update(2, f"best {float(e.min()):.9f}")
+    bar.close()
+    err = capsys.readouterr().err
+    assert bar.iterations == 5
+    for text in ("riesz N=40", "batch 1/1 (2 starts)", "iter 5: 2 of 2 running, lowest E ", "max |grad| ",
+                 "2 minimizations", f"best {float(e.min()):.9f}"):
+        assert text in err, (text, err)
 
 
 def test_cli_log_and_tammes_reports(capsys):

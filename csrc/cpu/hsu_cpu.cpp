@@ -46,8 +46,9 @@ namespace hsu {
 // benchmark's "close-pair check off" column times the kernel without it on inputs that have no close
 // pair, which is the check's whole cost there. Set from Python through hsu_kernels._C._set_close_pair_check;
 // it applies to the Riesz kind (see row_pass_kind), and in the D <= 4 kernel to float64 rows of every kind.
-std::atomic<bool> g_close_pair_check{true};
+extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu_dispatch.cpp
 
+HSU_ISA_BEGIN
 namespace {
 
 constexpr int64_t kDirectMaxD = 32;  // cross energies: direct engine up to this D
@@ -1078,13 +1079,13 @@ bool float_acc_overflowed(const at::Tensor& w, const at::Tensor& grad) {
   return w.scalar_type() == at::kFloat && w.size(2) > kPreciseMaxD && !at::isfinite(grad).all().item<bool>();
 }
 
-std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
+std::tuple<at::Tensor, at::Tensor> energy_grad_impl(const at::Tensor& w_in, int64_t kind, double s, double t,
                                                    double eps_norm, double eps_ang, bool half_space, bool normalize,
                                                    double scale) {
   check_common(w_in, "w", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
   if (raw_rows_need_double(w_in, normalize, kind, t)) {
-    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    auto [e, g] = energy_grad_impl(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
     return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
   }
   if (small_d_serves(w_in, kind))  // points on a circle or a low-dimensional sphere: csrc/cpu/hsu_cpu_small.cpp
@@ -1135,10 +1136,18 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
     grad = buf.grad;
   });
   if (float_acc_overflowed(w, grad)) {
-    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    auto [e, g] = energy_grad_impl(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
     return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
   }
   return {energy.to(out_dtype(w_in)), grad.to(w_in.scalar_type())};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
+                                                   double eps_norm, double eps_ang, bool half_space, bool normalize,
+                                                   double scale) {
+  return energy_grad_impl(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
@@ -1199,11 +1208,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
   return {energy.to(out_dt), gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(hsu, CPU, m) {
-  m.impl("energy_grad", &energy_grad_cpu);
-  m.impl("cross_energy_grad", &cross_energy_grad_cpu);
-}
-
+HSU_ISA_END
 }  // namespace hsu

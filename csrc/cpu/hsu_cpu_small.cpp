@@ -46,7 +46,13 @@
 #elif defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY_AVX2 1
 #endif
+#ifdef HSU_ISA_NS  // one name per compiled instruction set (see csrc/hsu_isa.h)
+#define HSU_CAT2(a, b) a##b
+#define HSU_CAT(a, b) HSU_CAT2(a, b)
+#define CPU_CAPABILITY HSU_CAT(hsu_small_d_, HSU_ISA_NS)
+#else
 #define CPU_CAPABILITY hsu_small_d
+#endif
 
 #include "hsu_cpu_small.h"
 
@@ -65,7 +71,9 @@
 
 namespace hsu {
 
-extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu.cpp: the benchmark's switch of the check
+extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu_dispatch.cpp: the benchmark's switch
+
+HSU_ISA_BEGIN
 
 namespace {
 
@@ -633,4 +641,5 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w_in,
   return {energy.to(dt), grad.to(w_in.scalar_type())};
 }
 
+HSU_ISA_END
 }  // namespace hsu

@@ -5,8 +5,10 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include "../hsu_isa.h"
 
 namespace hsu {
+HSU_ISA_BEGIN
 
 constexpr int64_t kSmallMaxD = 4;
 
@@ -20,4 +22,5 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w, in
                                                          double eps_norm, double eps_ang, bool half_space,
                                                          bool normalize, double scale);
 
+HSU_ISA_END
 }  // namespace hsu
