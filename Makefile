@@ -49,7 +49,8 @@ endif
 
 # -rs: every skipped test prints its reason
 PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS)
-EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
+EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cpu/isa/*.h csrc/cpu/isa/*.cpp \
+	csrc/cuda/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 .PHONY: dev test test-long bench bench-pytest build lint cmake-check clean
 
