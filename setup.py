@@ -201,6 +201,9 @@ def _extensions():
     # torch's vector headers (ATen/cpu/vec, used by csrc/cpu/hsu_cpu_small.cpp) carry clang's '#pragma unroll',
     # which GCC reports once per use; a diagnostic pragma cannot silence these before GCC 13
     cxx.append("-Wno-unknown-pragmas")
+    # GCC notes that passing 32-byte vectors changed ABI in GCC 4.6 (the baseline copy's ATen vectors); these
+    # functions are internal to one file, so the note is noise
+    cxx.append("-Wno-psabi")
     # at::parallel_for is an inline template: compiled without OpenMP it runs its body on one thread.
     # With torch's OpenMP backend we compile and link with -fopenmp; the loader then binds libgomp.so.1 to
     # the copy torch has already loaded, so the kernel shares torch's thread pool and thread count.

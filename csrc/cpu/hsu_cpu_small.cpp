@@ -41,7 +41,11 @@
 // compiles its own per-ISA kernel files. This file is compiled for the machine it runs on, so it picks the
 // implementation from the compiler's target; the inline namespace gets a name of its own, so that none of
 // its symbols can be confused with torch's copies built for another ISA.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+// (The portable build's AVX2 and AVX-512 copies set the macro themselves: csrc/cpu/isa/hsu_isa_*.h.)
+#if defined(HSU_ISA_NS) && !defined(CPU_CAPABILITY_AVX512) && !defined(CPU_CAPABILITY_AVX2)
+#error "an instruction-set copy must name its ATen vector implementation (csrc/cpu/isa/hsu_isa_*.h)"
+#elif defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #define CPU_CAPABILITY_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY_AVX2 1

@@ -1,10 +1,14 @@
 // Included first by the avx512 copies of the CPU kernels (csrc/cpu/isa/*_avx512.cpp): their namespace
-// (csrc/hsu_isa.h) and AVX-512 F/BW/CD/DQ/VL (x86-64-v4) for every function compiled after this point, headers included.
+// (csrc/hsu_isa.h) and AVX-512 F/BW/CD/DQ/VL (x86-64-v4)
+// for every function compiled after this point, headers included.
 // csrc/cpu/hsu_cpu_dispatch.cpp runs this copy only on a CPU that has these instructions.
 #if !defined(__GNUC__) || defined(__clang__)
 #error "the per-instruction-set copies need GCC's #pragma GCC target; build with HSU_CPU_ARCH=native instead"
 #endif
 #define HSU_ISA_NS avx512
+// ATen's Vectorized (csrc/cpu/hsu_cpu_small.cpp) picks its implementation from this macro, as in torch's own
+// per-ISA files.
+#define CPU_CAPABILITY_AVX512 1
 // HSU_AVX512_WIDE (setup.py, HSU_AVX512_WIDE=1): 512-bit vectors in loops too; GCC's default tuning for
 // these targets vectorizes loops with 256-bit vectors
 #ifdef HSU_AVX512_WIDE
@@ -12,3 +16,22 @@
 #else
 #pragma GCC target("arch=x86-64-v4")
 #endif
+// In C++, GCC's target pragma does not define the feature macros that -march would (seen with GCC 12), and
+// headers choose code by them: the intrinsics, Sleef's vector functions and ATen's Vectorized declare their wide
+// forms only under __AVX2__ / __AVX512F__; without them ATen's portable vectors load through the stack (2-12x
+// slower at D = 3, measured). So the macros of this target (gcc -march=... -dM -E, less the baseline's) are
+// defined here, after the pragma, as -march would.
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __BMI__ 1
+#define __BMI2__ 1
+#define __F16C__ 1
+#define __FMA__ 1
+#define __LZCNT__ 1
+#define __MOVBE__ 1
+#define __XSAVE__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512CD__ 1
+#define __AVX512DQ__ 1
+#define __AVX512VL__ 1
