@@ -39,7 +39,7 @@ LABELS = {
 #: Backends that build the full N x N matrix (skipped where it would not fit, see ``matrix_bytes``).
 MATERIALIZING = ("reference", "compile")
 
-#: docs/spec.md §8: the reference code's CIFAR-100 VGG network, (N, D) per regularized layer. The hidden layers are
+#: docs/spec.md §8: the original code's CIFAR-100 VGG network, (N, D) per regularized layer. The hidden layers are
 #: regularized in half-space mode (coefficient 1), the output layer without (coefficient 10).
 VGG_HIDDEN = [(64, 27), (64, 576), (64, 576), (128, 576), (128, 1152), (128, 1152), (256, 1152), (256, 2304),
               (256, 2304), (256, 4096)]
@@ -165,7 +165,7 @@ def _loss_fn(case: Case, e: Energy, backend: str) -> Callable[[Sequence[torch.Te
     elif case.kind == "network":
         def loss(ws):
             hidden, out = list(ws[:-1]), ws[-1]
-            if backend == "reference":  # the reference code's way: one call per layer
+            if backend == "reference":  # the original code's way: one call per layer
                 h = torch.stack([H.energy(w, e.kind, e.s, half_space=True, backend=backend) for w in hidden])
             else:
                 h = H.energy_many(hidden, e.kind, e.s, half_space=True, backend=backend)

@@ -1,6 +1,6 @@
 """Full MHE of a big classifier head: energy and gradient over all N classes in one call.
 
-The reference code could only afford mini-batch approximations for heads of 10k classes and more: its
+The original code could only afford mini-batch approximations for heads of 10k classes and more: its
 ``N x N`` matrix at N = 100,000 is 40 GB in float32. The fused kernels never store it, so the whole head is
 one call whose memory is O(N * D):
 

@@ -18,7 +18,7 @@ KIND_CODE = {name: code for code, name in enumerate(KINDS)}
 ANGULAR_KINDS = ("angular", "angular_log")
 REDUCTIONS = ("mean", "sum")
 
-#: The reference code's ``power`` strings and the (kind, s) they stand for.
+#: The original code's ``power`` strings and the (kind, s) they stand for.
 POWERS = {
     "0": ("log", 0.0),
     "1": ("riesz", 1.0),

@@ -47,7 +47,7 @@ Published values (``PUBLISHED``), printed beside the result whenever ``N`` is li
   van der Waerden 1951) and N = 13, 14 (Musin and Tarasov, Discrete Comput. Geom. 48 (2012) 128-141 and
   Exp. Math. 24 (2015) 460-468; digits from OEIS A217695, A383860).
 
-Conventions: the package's ``log`` kind is ``-log |x_i - x_j|^2`` (the MHE reference code's), twice the usual
+Conventions: the package's ``log`` kind is ``-log |x_i - x_j|^2`` (the original MHE code's), twice the usual
 log energy ``sum log(1/|x_i - x_j|)`` of Smale's problem; results are reported in both.
 """
 

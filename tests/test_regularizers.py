@@ -1,5 +1,5 @@
 """MHERegularizer and the uniformity family against independent float64 forms built here from docs/spec.md §1/§7
-and the reference code's behaviour (wy1iu/MHE, rmlin/CoMHE), forward and gradient."""
+and the original code's behaviour (wy1iu/MHE, rmlin/CoMHE), forward and gradient."""
 
 import math
 
@@ -45,11 +45,11 @@ def make_model(seed, dtype=torch.float64):
     return model
 
 
-# -- the reference code's per-layer loss, written independently (TF layout: neurons are columns) -------------
+# -- the original code's per-layer loss, written independently (TF layout: neurons are columns) -------------
 
 
 def tf_filter(module):
-    """The reference code's ``tf.reshape(filt, [-1, n_filt])``: a ``[D, N]`` matrix, one column per neuron,
+    """The original code's ``tf.reshape(filt, [-1, n_filt])``: a ``[D, N]`` matrix, one column per neuron,
     built from the PyTorch weight by moving the output-channel axis last (docs/spec.md §1's layout)."""
     w = module.weight.detach().to(torch.float64)
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):

@@ -1,4 +1,4 @@
-"""The C++ kernel gives bitwise the same energy and gradient on 1, 2, 3 and 4 threads (README: Determinism);
+"""The C++ kernel gives bitwise the same energy and gradient on 1, 2, 3 and 4 threads (docs/backends.md: Determinism);
 the tiled torch backend gives bitwise the same result run to run at a given thread count.
 
 The grid covers both scheduling modes of the symmetric tiles (few tiles, N <= 512 or so: each tile's chunks
@@ -78,7 +78,7 @@ def test_cpu_cross_energy_and_normalize_off_bitwise(d):
 @pytest.mark.parametrize("n,d", [(100, 64), (300, 33), (1000, 40)])
 def test_torch_backend_repeatable_at_each_thread_count(n, d):
     # the tiled backend's products are torch's own matmuls, whose rounding may depend on the thread count
-    # (README: Determinism); at one thread count, two runs agree bitwise
+    # (docs/backends.md: Determinism); at one thread count, two runs agree bitwise
     w = rand_rows(n, d, dtype=torch.float32)
     first = _at_threads(lambda: _energy_and_grad(w, "torch", half_space=True))
     again = _at_threads(lambda: _energy_and_grad(w, "torch", half_space=True))

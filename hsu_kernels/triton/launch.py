@@ -35,7 +35,7 @@ transcendentals but must add the column side's gradient into rows owned by other
 partial-gradient buffer of ``N^2 D / BLOCK_M`` elements); it is not implemented, since whether it wins can
 only be measured on a GPU.
 
-Numerics (docs/spec.md §5, README "Precision"; issue 13), in :func:`row_pass`: the kernels flag the rows
+Numerics (docs/spec.md §5, docs/precision.md; issue 13), in :func:`row_pass`: the kernels flag the rows
 they cannot be trusted with (a pair whose float32 ``1 - |g|`` is below :data:`CLOSE_TAU`, or whose expanded
 distance is below that fraction of ``|x_i|^2 + |x_j|^2``: its energy is made NaN; an energy that is not
 finite) in an int32 per row written by the row's own program; those rows, rows whose gradient is not finite,
