@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -63,6 +64,11 @@ def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = Fa
         raise ValueError(f"{name} must be finite, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if positive and value < sys.float_info.min:
+        # a subnormal exponent or scale: every term rounds to its value at 0 (s = 1e-320 gave an energy of
+        # exactly 1), and the float32 kernels would flush it to 0
+        raise ValueError(f"{name} must be at least the smallest normal float64, {sys.float_info.min!r}, "
+                         f"got {value!r}")
     if nonneg and value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value

@@ -459,7 +459,7 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Te
     computed with plain PyTorch operations (O(N D): no backend to choose).
 
     Args:
-        x, y: ``Tensor[N, D]`` of the same shape.
+        x, y: ``Tensor[N, D]`` of the same shape, dtype and device (mixed dtypes are refused, not promoted).
         alpha: exponent, a finite number > 0.
 
     Returns:
@@ -469,6 +469,10 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Te
     check_matrix(y, "y", allow_batch=False, min_rows=1)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dtype != y.dtype:  # no silent promotion: the pair would be computed in the wider dtype
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     return (x - y).norm(dim=1).pow(alpha).mean()

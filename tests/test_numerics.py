@@ -358,6 +358,10 @@ W = rand_rows(8, 5)
     "call,exc,match",
     [
         (lambda: hk.align_loss(W, W, alpha=float("nan")), ValueError, r"alpha must be a finite number > 0"),
+        (lambda: hk.align_loss(W.double(), W.float(), alpha=2.0), TypeError,
+         r"x and y must have the same dtype, got torch.float64 and torch.float32"),
+        (lambda: hk.energy(W, "riesz", s=1e-320), ValueError, r"s must be at least the smallest normal float64"),
+        (lambda: hk.energy(W, "gaussian", t=5e-324), ValueError, r"t must be at least the smallest normal"),
         (lambda: hk.align_loss(W, W, alpha=float("inf")), ValueError, r"alpha must be a finite number > 0"),
         (lambda: hk.min_separation(W, block=0), ValueError, r"block must be >= 1, got 0"),
         (lambda: hk.min_separation(W, block=-3), ValueError, r"block must be >= 1"),
