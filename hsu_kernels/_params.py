@@ -137,6 +137,12 @@ def check_matrix(
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if torch.jit.is_tracing():
+        # a trace records the Python-side sizes of this call (the mean's pair count, the tiling) as constants:
+        # traced at N = 5, called at N = 9, the mean came out 3.6x too large
+        raise RuntimeError(f"hsu_kernels does not support torch.jit.trace ({name} of shape {tuple(w.shape)}): the "
+                           "trace would fix this call's sizes (the pair count of the mean, the tiling) and give "
+                           "wrong results at other sizes; use torch.compile(..., dynamic=True) or call eagerly")
     if w.is_nested:
         raise TypeError(f"{name} must be a dense (strided) tensor, got a nested tensor")
     if w.layout != torch.strided:
