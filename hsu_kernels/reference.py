@@ -19,10 +19,9 @@ on valid inputs (docs/spec.md §1, §4, §5):
   ``|w|^2`` overflows (or underflows) are normalized exactly.
 - the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
 
-Being plain, it inherits autograd's limits: the half-space angular energy with ``eps_norm = 0`` (or rows
-whose ``eps_norm / |w|^2`` underflows, norms beyond ~1e154) meets ``1/sin(pi)`` times zero in the pair
-``(u_i, -u_i)`` (NaN; the kernels take that pair in closed form: derivative 0), and the derivative of a pair
-whose ``2 - 2g`` is below ~1e-200 overflows.
+Being plain, it inherits autograd's limits in one place: the derivative of a pair whose ``2 - 2g`` is below
+~1e-200 overflows. (An angle at exactly 0 or pi, as in the half-space pair ``(u_i, -u_i)`` with
+``eps_norm = 0``, gets derivative 0, as in the kernels, not autograd's ``inf * 0``.)
 
 A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
 Riesz and log energies are ``+inf`` there, and autograd gives NaN in the rows of such a pair (the same
@@ -82,7 +81,10 @@ def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """The per-pair term (docs/spec.md §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
     if p.kind in ("angular", "angular_log"):
-        half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
+        # sqrt has no derivative at 0: where om is exactly 0 (the half-space pair (u_i, -u_i), or duplicates, with
+        # eps_norm = 0) the angle's derivative is taken as 0, as the kernels take it (not inf * 0 = NaN)
+        pos = om > 0
+        half = torch.where(pos, 2 * torch.asin(torch.sqrt(torch.where(pos, om, 1.0) / 2)), 0.0)
         theta = torch.where(g >= 0, half, math.pi - half)
         a = theta / math.pi + p.eps_ang
         return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)

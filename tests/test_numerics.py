@@ -406,3 +406,18 @@ def test_op_refuses_bad_parameters(args, match):
         torch.ops.hsu.energy_grad(rand_rows(1, 5, 3), *args)
     with pytest.raises(ValueError, match=match):
         torch.ops.hsu.cross_energy_grad(rand_rows(1, 5, 3), rand_rows(1, 4, 3), *args)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("kind", ["angular", "angular_log"])
+def test_reference_angular_half_space_gradient_at_eps_norm_zero(kind, dtype, tol):
+    """The half-space pair (u_i, -u_i) has angle exactly pi with eps_norm = 0: the reference took the angle's
+    derivative as sqrt'(0) * 0 = NaN in every row; it is 0 there (the kernels' closed form)."""
+    w = rand_rows(9, 5, dtype=dtype).requires_grad_()
+    e_ref = hk.energy(w, kind, s=1.5, half_space=True, eps_norm=0.0, backend="reference")
+    (g_ref,) = torch.autograd.grad(e_ref, w)
+    e_t = hk.energy(w, kind, s=1.5, half_space=True, eps_norm=0.0, backend="torch")
+    (g_t,) = torch.autograd.grad(e_t, w)
+    assert torch.isfinite(g_ref).all()
+    assert abs(e_ref.item() - e_t.item()) <= tol * abs(e_t.item())
+    assert (g_ref - g_t).abs().max() <= tol * g_t.abs().max()
