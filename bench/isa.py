@@ -20,11 +20,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from typing import Dict, List, Tuple
+
+from bench.measure import cpu_model
 
 #: (N, D, dtype): the small-D kernel (D <= 4), the direct-geometry GEMM engine (D <= 32), the GEMM engine.
 WORKLOADS = [(8192, 3, "float64"), (8192, 3, "float32"), (4096, 16, "float32"), (4096, 16, "float64"),
@@ -83,17 +84,6 @@ def run_round(builds, threads: int, reps: int, workloads) -> Dict[str, dict]:
             raise SystemExit(f"build {name} ({tree}) failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
         out[name] = json.loads(line[7:])
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,58 @@ BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 CUDA_SMALL_D = 32
 
 
+# The arguments whose description every public function shares, written once: ``@name@`` lines of a docstring
+# are replaced by these (see _shared_args).
+_SHARED_ARGS = {
+    "@backend@": """
+        backend: where to compute; ``"auto"`` (default) or a backend name:
+
+            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
+              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
+              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
+              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
+              for float64. Other devices: ``"torch"``.
+            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
+              the float64 oracle of the tests; O(N^2) memory.
+            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
+            - ``"cpu"``: the C++ kernel, CPU tensors.
+            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
+            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
+              triton; float32 and half types only.
+
+            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
+""",
+    "@geometry@": """
+        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
+            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
+        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
+            code's value); 0 gives exact unit rows, and then a zero row is an error.
+        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
+        t: the Gaussian kind's temperature (> 0, default 2).
+""",
+    "@power@": """
+        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
+            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
+            (default): ``kind`` and ``s`` as given.
+""",
+    "@precision@": """
+        precision: the float32 products of the Triton backend (the other backends always compute exactly and
+            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
+            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
+            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
+
+""",
+}
+
+
+def _shared_args(fn):
+    """Fills the ``@geometry@``, ``@backend@``, ``@power@`` and ``@precision@`` lines of ``fn``'s docstring."""
+    if fn.__doc__:  # None under python -OO
+        for marker, text in _SHARED_ARGS.items():
+            fn.__doc__ = fn.__doc__.replace("        " + marker + "\n", text[1:])  # text[0] is a newline
+    return fn
+
+
 def _triton_module():
     """The Triton backend module, or None when Triton is not installed."""
     try:
@@ -149,6 +201,7 @@ def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Opti
     return e if inside else _divided(e, count, _is_log(p))
 
 
+@_shared_args
 def energy(
     w: torch.Tensor,
     kind: str = "riesz",
@@ -182,37 +235,11 @@ def energy(
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: the energy of the 2N points ``{u_i} u {-u_i}`` (mean over their ``N(2N-1)`` pairs),
             computed without concatenating ``[W, -W]``.
-        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
-            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
-        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
-            code's value); 0 gives exact unit rows, and then a zero row is an error.
-        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
-        t: the Gaussian kind's temperature (> 0, default 2).
+        @geometry@
         reduction: ``"mean"`` over unordered pairs (default, the original code's value) or ``"sum"``.
-        backend: where to compute; ``"auto"`` (default) or a backend name:
-
-            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
-              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
-              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
-              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
-              for float64. Other devices: ``"torch"``.
-            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
-              the float64 oracle of the tests; O(N^2) memory.
-            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
-            - ``"cpu"``: the C++ kernel, CPU tensors.
-            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
-            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
-              triton; float32 and half types only.
-
-            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
-        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
-            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
-            (default): ``kind`` and ``s`` as given.
-        precision: the float32 products of the Triton backend (the other backends always compute exactly and
-            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
-            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
-            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
-
+        @backend@
+        @power@
+        @precision@
     Returns:
         A scalar for ``[N, D]`` input, ``Tensor[B]`` for ``[B, N, D]``; float32 for half inputs, else
         ``w``'s dtype, whatever ``torch.autocast`` is active (the products are never autocast); the gradient
@@ -234,6 +261,7 @@ def energy(
     return e if w.dim() == 3 else e[0]
 
 
+@_shared_args
 def energy_many(
     ws: Sequence[torch.Tensor],
     kind: str = "riesz",
@@ -262,38 +290,12 @@ def energy_many(
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: each energy over the 2N points ``{u_i} u {-u_i}`` of its matrix (mean over their
             ``N(2N-1)`` pairs).
-        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
-            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
-        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
-            code's value); 0 gives exact unit rows, and then a zero row is an error.
-        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
-        t: the Gaussian kind's temperature (> 0, default 2).
+        @geometry@
         reduction: ``"mean"`` over each matrix's unordered pairs (default) or ``"sum"``.
-        backend: where to compute; ``"auto"`` (default) or a backend name:
-
-            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
-              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
-              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
-              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
-              for float64. Other devices: ``"torch"``.
-              One backend serves the whole list, chosen with the largest ``D_k``.
-            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
-              the float64 oracle of the tests; O(N^2) memory.
-            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
-            - ``"cpu"``: the C++ kernel, CPU tensors.
-            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
-            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
-              triton; float32 and half types only.
-
-            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
-        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
-            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
-            (default): ``kind`` and ``s`` as given.
-        precision: the float32 products of the Triton backend (the other backends always compute exactly and
-            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
-            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
-            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
-
+        @backend@
+            Here one backend serves the whole list, chosen with the largest ``D_k``.
+        @power@
+        @precision@
     Returns:
         ``Tensor[K]``, one energy per matrix, differentiable with respect to each. The Triton backend runs
         the whole list in a few launches (a ragged batch); the others loop over the list.
@@ -325,6 +327,7 @@ def energy_many(
     return torch.exp(e) if _is_log(p) else e
 
 
+@_shared_args
 def cross_energy(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -351,38 +354,12 @@ def cross_energy(
             ``"gaussian"`` (as in :func:`energy`).
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: also the pairs of ``x`` with ``-y`` (adds ``phi(-g)``).
-        normalize: project rows onto the sphere first (default). With ``False`` the rows are used as given and
-            ``d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` clamped at 0 (not allowed for angular kinds).
-        eps_norm: added to ``|w_i|^2`` inside the square root of the normalization (default 1e-4, the original
-            code's value); 0 gives exact unit rows, and then a zero row is an error.
-        eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
-        t: the Gaussian kind's temperature (> 0, default 2).
+        @geometry@
         reduction: ``"sum"`` (default) or ``"mean"`` over the ``Nx * Ny`` pairs (``2 Nx Ny`` terms are still
             divided by ``Nx * Ny`` with ``half_space``).
-        backend: where to compute; ``"auto"`` (default) or a backend name:
-
-            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
-              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
-              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
-              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
-              for float64. Other devices: ``"torch"``.
-            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
-              the float64 oracle of the tests; O(N^2) memory.
-            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
-            - ``"cpu"``: the C++ kernel, CPU tensors.
-            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
-            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
-              triton; float32 and half types only.
-
-            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
-        power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
-            angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
-            (default): ``kind`` and ``s`` as given.
-        precision: the float32 products of the Triton backend (the other backends always compute exactly and
-            ignore it): ``"ieee"`` (exact), ``"tf32"`` (tensor cores, ~5e-4 relative error in each cosine), or
-            ``None``: ``"ieee"`` for D < 128; for D >= 128 ``"tf32"`` only if the user opted in with
-            ``torch.set_float32_matmul_precision("high")`` (or ``"medium"``), else ``"ieee"``.
-
+        @backend@
+        @power@
+        @precision@
     Returns:
         A scalar, or ``Tensor[B]`` for batched input.
     """
@@ -415,6 +392,7 @@ def cross_energy(
     return e if x.dim() == 3 else e[0]
 
 
+@_shared_args
 def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -> torch.Tensor:
     """The contrastive uniformity loss ``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given
     (the caller normalizes features if it wants them on the sphere).
@@ -425,22 +403,7 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     Args:
         x: ``Tensor[N, D]`` or ``Tensor[B, N, D]`` features, N >= 2.
         t: temperature, > 0 (2 in the paper).
-        backend: where to compute; ``"auto"`` (default) or a backend name:
-
-            - ``"auto"``: the fastest backend available for the tensor's device, D and dtype, never
-              ``"reference"`` unless nothing else can run. CPU tensors: ``"cpu"`` when the compiled
-              extension is loaded, else ``"torch"``. CUDA tensors: for D <= 32 ``"cuda"``, then ``"triton"``,
-              then ``"torch"``; for D > 32 ``"triton"``, then ``"cuda"``, then ``"torch"``; never ``"triton"``
-              for float64. Other devices: ``"torch"``.
-            - ``"reference"``: plain PyTorch that materializes the N x N matrix (``hsu_kernels/reference.py``),
-              the float64 oracle of the tests; O(N^2) memory.
-            - ``"torch"``: tiled PyTorch, any device, O(N * block) memory.
-            - ``"cpu"``: the C++ kernel, CPU tensors.
-            - ``"cuda"``: the CUDA C++ kernel, CUDA tensors (an extension built with CUDA).
-            - ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``); needs
-              triton; float32 and half types only.
-
-            A backend that cannot run here raises ``ValueError``; :func:`available_backends` lists those that can.
+        @backend@
 
     Returns:
         A scalar (``Tensor[B]`` for batched input).

@@ -16,20 +16,8 @@
 #else
 #pragma GCC target("arch=x86-64-v4")
 #endif
-// In C++, GCC's target pragma does not define the feature macros that -march would (seen with GCC 12), and
-// headers choose code by them: the intrinsics, Sleef's vector functions and ATen's Vectorized declare their wide
-// forms only under __AVX2__ / __AVX512F__; without them ATen's portable vectors load through the stack (2-12x
-// slower at D = 3, measured). So the macros of this target (gcc -march=... -dM -E, less the baseline's) are
-// defined here, after the pragma, as -march would.
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __BMI__ 1
-#define __BMI2__ 1
-#define __F16C__ 1
-#define __FMA__ 1
-#define __LZCNT__ 1
-#define __MOVBE__ 1
-#define __XSAVE__ 1
+#include "hsu_isa_macros_v3.h"
+// and those x86-64-v4 adds
 #define __AVX512F__ 1
 #define __AVX512BW__ 1
 #define __AVX512CD__ 1
