@@ -5,8 +5,8 @@
 #                             --no-build-isolation -e .`, which compiles the extension in place, printing each
 #                             compile step), and an import check. Then `source .venv/bin/activate`.
 #   make test                 `make dev`, then the suite in stages: pytest (tests/), the Triton tests under
-#                             TRITON_INTERPRET=1 in their own process, and the CMake/ctest compile check of the
-#                             CUDA sources and header. A failing stage does not stop the others; the summary
+#                             TRITON_INTERPRET=1 in their own process, and the CMake/ctest host tests of the
+#                             per-pair header and the emulated CUDA kernels. A failing stage does not stop the others; the summary
 #                             names every failed stage and make exits non-zero. Afterwards `.venv/bin/python`
 #                             runs every README command.
 #   make test-long            the property suites (tests/test_properties.py, tests/test_triton_properties.py)
@@ -22,7 +22,8 @@
 #   make triton-aot-check     every Triton autotuning config of every kind compiled for sm_80/sm_90 with ptxas
 #                             (no GPU), failing on any register spill (the committed table:
 #                             bench/results/triton-ptxas-*); reports cached under the same cache directory.
-#   make cuda-check           the CUDA build checked without a GPU (.ci/cuda_check.sh): a CUDA torch in its
+#   make cuda-check           the CUDA build checked without a GPU: the CMake compile check of the CUDA sources
+#                             with nvcc (make cmake-cuda-check), then .ci/cuda_check.sh: a CUDA torch in its
 #                             own cached venv, the extension for sm_80 and sm_90, its dispatch table and
 #                             SASS, the quick tests under that torch, bench/gpu_check.sh --dry-run.
 #   .ci/run                   what CI runs: make test, make triton-aot-check, make cuda-check, each stage
@@ -98,18 +99,26 @@ test-long: build
 		"properties-long" "HSU_HYPOTHESIS_PROFILE=long $(PYTEST) tests/test_properties.py" \
 		"triton-properties-long" "HSU_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PYTEST) tests/test_triton_properties.py"
 
-# The CUDA sources compile on their own (no torch, no GPU needed) and the per-pair header is tested on
-# the host with ctest. Without nvcc, CMake still builds and runs the host test.
+# The per-pair header and the CUDA kernels' device code tested on the host with ctest (the header against
+# closed forms, the kernels emulated on CPU threads); no torch, no GPU. `make test` runs it.
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \
-		cmake -S . -B _build_cmake -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+		cmake -S . -B _build_cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DHSU_CUDA=OFF >/dev/null && \
 		cmake --build _build_cmake -j $(MAX_JOBS) && \
 		ctest --test-dir _build_cmake --output-on-failure; \
 	else echo "cmake not found: compile check skipped"; fi
 
+# The same with nvcc: the CUDA sources compiled and linked on their own for sm_80 and sm_90 (a few minutes;
+# `make cuda-check` runs it, CI's CUDA stage). Without nvcc it fails: use cmake-check.
+.PHONY: cmake-cuda-check
+cmake-cuda-check:
+	cmake -S . -B _build_cmake_cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DHSU_CUDA=ON >/dev/null
+	cmake --build _build_cmake_cuda -j $(MAX_JOBS)
+	ctest --test-dir _build_cmake_cuda --output-on-failure
+
 # Needs python3 (with venv), nvcc and git; all else it installs into a venv cached under ~/.cache/hsu-kernels.
 .PHONY: cuda-check
-cuda-check:
+cuda-check: cmake-cuda-check
 	bash .ci/cuda_check.sh
 
 # Every Triton kernel a launch can run (each autotuning config the launcher can select, in each of the 16

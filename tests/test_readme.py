@@ -171,8 +171,8 @@ PLANS = [
          reason="test_torchrun_example runs examples/train_head.py with 2 processes, fewer classes and steps"),
     Plan(r"torchrun --nnodes[= ]\d+ .*", reason="needs two machines"),
     Plan(r"FORCE_CUDA=1 .*pip install --no-build-isolation -e \.",
-         reason="needs nvcc and a CUDA build of torch; make test's cmake-check compiles the CUDA sources when "
-                "nvcc is present"),
+         reason="needs nvcc and a CUDA build of torch; make cuda-check compiles the CUDA sources and the extension "
+                "with nvcc"),
     Plan(r"bash bench/gpu_check\.sh", reason="needs a GPU"),
     Plan(r"bash bench/gpu_check\.sh --dry-run", reason="make cuda-check runs it (after building the CUDA extension)"),
     Plan(r"make triton-aot-check",
