@@ -20,7 +20,7 @@ on valid inputs (docs/spec.md §1, §4, §5):
 - the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
 
 Being plain, it inherits autograd's limits in one place: the derivative of a pair whose ``2 - 2g`` is below
-~1e-200 overflows. (An angle at exactly 0 or pi, as in the half-space pair ``(u_i, -u_i)`` with
+~1e-200 overflows. (The half-space pair ``(u_i, -u_i)``, whose angle is pi whatever ``w`` is when
 ``eps_norm = 0``, gets derivative 0, as in the kernels, not autograd's ``inf * 0``.)
 
 A pair at distance exactly 0 (only possible with ``eps_norm=0`` or ``normalize=False``) has no derivative:
@@ -78,13 +78,18 @@ def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     return phi_of_d2(2 - 2 * g, p)
 
 
-def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term (docs/spec.md §3) as a function of the cosine ``g`` and ``om = 1 - |g|``."""
+def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams,
+              self_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The per-pair term (docs/spec.md §3) as a function of the cosine ``g`` and ``om = 1 - |g|``.
+    ``self_pair`` marks the half-space pairs ``(u_i, -u_i)``: with ``eps_norm = 0`` their angle is pi whatever
+    ``w`` is, so its derivative is 0 (as the kernels take it), not ``sqrt'(0) * 0 = NaN``. Other pairs at
+    ``om = 0`` (duplicates with ``eps_norm = 0``) have no derivative and keep NaN (docs/precision.md)."""
     if p.kind in ("angular", "angular_log"):
-        # sqrt has no derivative at 0: where om is exactly 0 (the half-space pair (u_i, -u_i), or duplicates, with
-        # eps_norm = 0) the angle's derivative is taken as 0, as the kernels take it (not inf * 0 = NaN)
-        pos = om > 0
-        half = torch.where(pos, 2 * torch.asin(torch.sqrt(torch.where(pos, om, 1.0) / 2)), 0.0)
+        if self_pair is None:
+            half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
+        else:
+            flat = self_pair & (om <= 0)
+            half = torch.where(flat, 0.0, 2 * torch.asin(torch.sqrt(torch.where(flat, 1.0, om.clamp_min(0)) / 2)))
         theta = torch.where(g >= 0, half, math.pi - half)
         a = theta / math.pi + p.eps_ang
         return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
@@ -178,14 +183,15 @@ def _careful_om(x64: torch.Tensor, y64: torch.Tensor, ii: torch.Tensor, jj: torc
 
 
 def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, p: EnergyParams,
-                keep: Optional[torch.Tensor] = None):
+                keep: Optional[torch.Tensor] = None, self_pair: Optional[torch.Tensor] = None):
     """``phi`` of the pairs ``(x[..., ii], y[..., jj])``, ``[..., P]``; with ``keep``, 0 where it is False
-    (those entries get a harmless geometry before ``phi``, so they never enter the graph as inf or NaN)."""
+    (those entries get a harmless geometry before ``phi``, so they never enter the graph as inf or NaN);
+    ``self_pair``: the half-space pairs ``(u_i, -u_i)`` (see :func:`phi_of_om`)."""
     if p.normalize:
         g, om = _geometry(x, y, ii, jj, p)
         if keep is not None:
             g, om = torch.where(keep, g, 0.0), torch.where(keep, om, 1.0)
-        terms = phi_of_om(g, om, p)
+        terms = phi_of_om(g, om, p, self_pair)
     else:
         d2 = _geometry(x, y, ii, jj, p)
         terms = phi_of_d2(d2 if keep is None else torch.where(keep, d2, 1.0), p)
@@ -221,8 +227,10 @@ def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
     half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
     diagonal (not a pair) never enters the graph."""
+    n = w.shape[-2]
     w, ii, jj, keep = _self_pairs(w, p)
-    return _pair_terms(w, w, ii, jj, p, keep).sum(-1)
+    self_pair = (jj - ii == n) if p.half_space else None  # (u_i, -u_i): point i and its antipode n + i
+    return _pair_terms(w, w, ii, jj, p, keep, self_pair).sum(-1)
 
 
 def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
