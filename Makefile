@@ -6,8 +6,8 @@
 #                             compile step), and an import check. Then `source .venv/bin/activate`.
 #   make test                 `make dev`, then the suite in stages: pytest (tests/), the Triton tests under
 #                             TRITON_INTERPRET=1 in their own process, and the CMake/ctest host tests of the
-#                             per-pair header and the emulated CUDA kernels. A failing stage does not stop the others; the summary
-#                             names every failed stage and make exits non-zero. Afterwards `.venv/bin/python`
+#                             per-pair header and the emulated CUDA kernels. A failing stage does not stop the
+#                             others; the summary names every failed stage and make exits non-zero. Afterwards `.venv/bin/python`
 #                             runs every README command.
 #   make test-long            the property suites (tests/test_properties.py, tests/test_triton_properties.py)
 #                             with HSU_HYPOTHESIS_PROFILE=long: 10,000 examples per backend (hours on 2 cores;
@@ -71,7 +71,7 @@ $(VENV)/.deps-installed: pyproject.toml
 # all use this checkout. (setuptools' note on flat-layout editable installs, that a folder named like the
 # package may shadow it, does not apply: that folder is the package installed here.)
 $(VENV)/.hsu-installed: $(DEPS) $(EXT_SOURCES)
-	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (about 3 minutes on 2 idle cores)"
+	@echo "building hsu_kernels._C and installing hsu-kernels into $(VENV) (about 4 minutes on 2 idle cores)"
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -v --no-build-isolation --no-deps -e . \
 		2>&1 | python3 tools/build_progress.py build/build.log \
 		|| { echo "---- the build failed; the last lines of build/build.log:"; tail -60 build/build.log; exit 1; }

@@ -34,7 +34,9 @@ EVEX_ONLY = ("vpternlog", "vpermt2", "vpermi2", "vrcp14", "vrsqrt14", "vscalef",
              "vpmaxuq", "vpminuq", "vpmullq", "vpsraq", "vprol", "vpror", "vblendm", "vpblendm", "vpbroadcastm",
              "vextractf32x", "vextractf64x", "vextracti32x", "vextracti64x", "vinsertf32x", "vinsertf64x",
              "vinserti32x", "vinserti64x", "vshuff", "vshufi", "valign", "vdbpsad", "vfpclass", "vptestm",
-             "vptestnm", "vcmppd", "vcmpps")
+             "vptestnm")
+# the mask-register instructions (kmovw, korw, kortestw, kshiftrw, ...)
+MASK_OPS = ("kmov", "kand", "kor", "kxor", "kxnor", "knot", "ktest", "kshift", "kadd", "kunpck")
 # VEX/EVEX mnemonics all start with "v"; these legacy ones do too
 NOT_VEX = {"verr", "verw", "vmcall", "vmlaunch", "vmresume", "vmxoff", "vmxon", "vmread", "vmwrite", "vmptrld",
            "vmptrst", "vmclear", "vmfunc"}
@@ -45,13 +47,10 @@ LEVELS = ["sse", "avx", "avx512"]
 
 def level_of(mnemonic: str, operands: str) -> int:
     """0: SSE or plain x86-64; 1: AVX/AVX2 (VEX); 2: AVX-512."""
-    if WIDE512.search(operands) or (mnemonic.startswith("k") and mnemonic[:4] in ("kmov", "kand", "kor", "kxor",
-                                                                                   "knot", "ktes", "kort", "kshi",
-                                                                                   "kadd", "kunp")):
+    if WIDE512.search(operands) or mnemonic.startswith(MASK_OPS):  # (vcmppd into a mask register: here too)
         return 2
     if mnemonic.startswith("v") and mnemonic not in NOT_VEX:
-        # vcmppd/vcmpps write a mask register with EVEX (caught above); with VEX they are AVX
-        return 2 if mnemonic.startswith(EVEX_ONLY[:-2]) or EVEX_PMOV.match(mnemonic) else 1
+        return 2 if mnemonic.startswith(EVEX_ONLY) or EVEX_PMOV.match(mnemonic) else 1
     return 1 if "%ymm" in operands else 0
 
 
