@@ -1079,13 +1079,15 @@ bool float_acc_overflowed(const at::Tensor& w, const at::Tensor& grad) {
   return w.scalar_type() == at::kFloat && w.size(2) > kPreciseMaxD && !at::isfinite(grad).all().item<bool>();
 }
 
-std::tuple<at::Tensor, at::Tensor> energy_grad_impl(const at::Tensor& w_in, int64_t kind, double s, double t,
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
                                                    double eps_norm, double eps_ang, bool half_space, bool normalize,
                                                    double scale) {
   check_common(w_in, "w", kind, s, t, eps_norm, eps_ang, normalize, scale);
   TORCH_CHECK_VALUE(w_in.size(1) >= 2, "w must have N >= 2 rows, got ", w_in.size(1));
   if (raw_rows_need_double(w_in, normalize, kind, t)) {
-    auto [e, g] = energy_grad_impl(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
     return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
   }
   if (small_d_serves(w_in, kind))  // points on a circle or a low-dimensional sphere: csrc/cpu/hsu_cpu_small.cpp
@@ -1136,18 +1138,10 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_impl(const at::Tensor& w_in, int6
     grad = buf.grad;
   });
   if (float_acc_overflowed(w, grad)) {
-    auto [e, g] = energy_grad_impl(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
+    auto [e, g] = energy_grad_cpu(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
     return {e.to(out_dtype(w_in)), g.to(w_in.scalar_type())};
   }
   return {energy.to(out_dtype(w_in)), grad.to(w_in.scalar_type())};
-}
-
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,
-                                                   double eps_norm, double eps_ang, bool half_space, bool normalize,
-                                                   double scale) {
-  return energy_grad_impl(w_in, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
