@@ -1,7 +1,7 @@
 """Argument parsing and validation shared by every public function.
 
 Every check runs before any work and raises ``ValueError``/``TypeError`` naming the argument, so a bad
-call never reaches a kernel. The numeric kind codes match ``csrc/hsu_pair.h``.
+call never reaches a kernel. The kinds themselves are defined in :mod:`hsu_kernels.kinds`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Optional, Tuple
 
 import torch
 
-KINDS = ("riesz", "log", "angular", "angular_log", "gaussian")
-KIND_CODE = {name: code for code, name in enumerate(KINDS)}
-ANGULAR_KINDS = ("angular", "angular_log")
+from .kinds import KIND_CODE, KIND_TABLE, KINDS, Kind, kind_by_name
+
+ANGULAR_KINDS = tuple(k.name for k in KIND_TABLE if k.angle)
 REDUCTIONS = ("mean", "sum")
 
 #: The original code's ``power`` strings and the (kind, s) they stand for.
@@ -48,8 +48,23 @@ class EnergyParams:
     normalize: bool
 
     @property
+    def spec(self) -> Kind:
+        """The kind's record in :data:`hsu_kernels.kinds.KIND_TABLE`."""
+        return kind_by_name(self.kind)
+
+    @property
     def code(self) -> int:
         return KIND_CODE[self.kind]
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pair term of the kind at ``x`` (``d2``, or ``theta / pi + eps_ang`` for angle kinds)."""
+        return self.spec.phi(x, self.s, self.t)
+
+    def phi_and_x_dphi(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``phi(x)`` and ``x phi'(x)`` (see :class:`hsu_kernels.kinds.Kind`)."""
+        k = self.spec
+        f = k.phi(x, self.s, self.t)
+        return f, k.x_dphi(x, f, self.s, self.t)
 
     def as_args(self) -> Tuple[int, float, float, float, float, bool, bool]:
         """Positional arguments of the compiled ops, in schema order."""
@@ -99,19 +114,15 @@ def make_params(
     """Validate the scalar arguments of an energy and resolve ``power`` into ``kind``/``s``."""
     if power is not None:
         kind, s = POWERS[check_power(power)]
-    if not isinstance(kind, str) or kind not in KIND_CODE:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    if kind in ("riesz", "angular"):
-        s = _check_number("s", s, positive=True)
-    else:
-        s = _check_number("s", s)
+    spec = kind_by_name(kind)
+    s = _check_number("s", s, positive=spec.power)
     t = _check_number("t", t, positive=True)
     eps_norm = _check_number("eps_norm", eps_norm, nonneg=True)
     eps_ang = _check_number("eps_ang", eps_ang, nonneg=True)
     for name, flag in (("half_space", half_space), ("normalize", normalize)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if kind in ANGULAR_KINDS and not normalize:
+    if spec.angle and not normalize:
         raise ValueError(f"kind={kind!r} measures angles and needs normalize=True")
     return EnergyParams(kind, s, t, eps_norm, eps_ang, half_space, normalize)
 
