@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import reference, tiled
-from ._params import KINDS, EnergyParams
+from ._params import KINDS, EnergyParams, compute_dtype
 
 #: Rows per block of the Hessian-vector product (each block's autograd graph holds a few block x N tensors).
 HVP_BLOCK = 256
@@ -44,11 +44,6 @@ HVP_BLOCK = 256
 _AUTOCAST_DEVICES = frozenset(
     d for d in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if torch.amp.is_autocast_available(d)
 )
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype every backend computes in: float64 for float64 inputs, float32 for the others."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def autocast_off(device: torch.device):
@@ -231,7 +226,7 @@ def _phi_shifted(d2: torch.Tensor, p: EnergyParams, shift: Optional[torch.Tensor
     """``phi`` of squared distances; the Gaussian kind with ``shift: [B]`` as ``exp(-t d2 - shift_b)`` (its
     terms relative to the log-sum, which alone would underflow for features of large norm)."""
     if shift is not None:
-        return torch.exp(-p.t * d2 - shift.reshape(-1, *([1] * (d2.dim() - 1))))
+        return torch.exp(p.log_phi(d2) - shift.reshape(-1, *([1] * (d2.dim() - 1))))
     return reference.phi_of_d2(d2, p)
 
 
@@ -277,10 +272,9 @@ def _self_pair_energy(w: torch.Tensor, p: EnergyParams, shift: Optional[torch.Te
     if not p.normalize:
         return _phi_shifted(4 * sq, p, shift).sum(-1)
     n2 = sq + p.eps_norm
-    if p.kind in ("angular", "angular_log"):
+    if p.spec.angle:
         theta = math.pi - 2 * torch.asin(torch.sqrt(0.5 * p.eps_norm / n2))  # acos(-g_ii)
-        a = theta / math.pi + p.eps_ang
-        return (a.pow(-p.s) if p.kind == "angular" else -torch.log(a)).sum(-1)
+        return p.phi(theta / math.pi + p.eps_ang).sum(-1)
     return _phi_shifted(2 + 2 * sq / n2, p, shift).sum(-1)
 
 
@@ -304,7 +298,7 @@ def _hvp(inputs: Sequence[torch.Tensor], vs: Sequence[torch.Tensor], parts) -> L
 
 def _log_shift(p: EnergyParams, e: Optional[torch.Tensor], out_scale: float, dt: torch.dtype):
     """The Gaussian kind's ``L = log S`` (the op returned ``e = L + log(out_scale)``), else None."""
-    if p.kind != "gaussian":
+    if not p.spec.logsum:
         return None
     return e.detach().to(dt) - math.log(out_scale)
 

@@ -75,21 +75,18 @@ def load_error() -> str:
     return "" if _LOAD_ERROR is None else f"{type(_LOAD_ERROR).__name__}: {_LOAD_ERROR}"
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 if available():
+    from ._params import compute_dtype
 
     @torch.library.register_fake("hsu::energy_grad")
     def _energy_grad_fake(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(w.dim() == 3, lambda: "w must have shape [B, N, D]")
-        return w.new_empty((w.shape[0],), dtype=_acc_dtype(w.dtype)), torch.empty_like(w)
+        return w.new_empty((w.shape[0],), dtype=compute_dtype(w.dtype)), torch.empty_like(w)
 
     @torch.library.register_fake("hsu::cross_energy_grad")
     def _cross_energy_grad_fake(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale=1.0):
         torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must have shape [B, N, D]")
-        dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+        dt = compute_dtype(x.dtype, y.dtype)
         return x.new_empty((x.shape[0],), dtype=dt), torch.empty_like(x), torch.empty_like(y)
 
     from ._autograd import register_op_autograd

@@ -18,6 +18,8 @@ from .kinds import KIND_CODE, KIND_TABLE, KINDS, Kind, kind_by_name
 
 ANGULAR_KINDS = tuple(k.name for k in KIND_TABLE if k.angle)
 REDUCTIONS = ("mean", "sum")
+BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
+PRECISIONS = ("ieee", "tf32")
 
 #: The original code's ``power`` strings and the (kind, s) they stand for.
 POWERS = {
@@ -56,22 +58,32 @@ class EnergyParams:
     def code(self) -> int:
         return KIND_CODE[self.kind]
 
-    def phi(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-pair term of the kind at ``x`` (``d2``, or ``theta / pi + eps_ang`` for angle kinds)."""
-        return self.spec.phi(x, self.s, self.t)
-
-    def phi_and_x_dphi(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``phi(x)`` and ``x phi'(x)`` (see :class:`hsu_kernels.kinds.Kind`)."""
-        k = self.spec
-        f = k.phi(x, self.s, self.t)
-        return f, k.x_dphi(x, f, self.s, self.t)
-
     def as_args(self) -> Tuple[int, float, float, float, float, bool, bool]:
         """Positional arguments of the compiled ops, in schema order."""
         return (self.code, self.s, self.t, self.eps_norm, self.eps_ang, self.half_space, self.normalize)
 
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pair term of the kind at ``x`` (``d2``, or ``theta / pi + eps_ang`` for angle kinds)."""
+        return self.spec.phi(x, self.s, self.t)
 
-def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = False) -> float:
+    def log_phi(self, x: torch.Tensor) -> torch.Tensor:
+        """``log phi(x)``, for the kinds reduced as a log-sum (``spec.logsum``)."""
+        if self.spec.log_phi is None:
+            raise ValueError(f"kind={self.kind!r} is not reduced as a log-sum")
+        return self.spec.log_phi(x, self.s, self.t)
+
+    def dphi(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """``phi'(x)``, given ``f = phi(x)``."""
+        return self.spec.dphi(x, f, self.s, self.t)
+
+    def x_dphi(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """``x phi'(x)``, given ``f = phi(x)`` (finite where ``phi'`` alone overflows for the singular kinds)."""
+        return self.spec.x_dphi(x, f, self.s, self.t)
+
+
+def check_number(name: str, value, *, positive: bool = False, nonneg: bool = False) -> float:
+    """``value`` as a finite float (``positive``: at least the smallest normal float64; ``nonneg``: >= 0);
+    ``TypeError``/``ValueError`` naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -87,6 +99,34 @@ def _check_number(name: str, value, *, positive: bool = False, nonneg: bool = Fa
     if nonneg and value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (bools refused); ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_backend(backend) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def check_precision(precision: Optional[str]) -> Optional[str]:
+    """``precision``: None, ``"ieee"`` or ``"tf32"`` (the Triton backend's float32 products)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
+    return precision
 
 
 def check_power(power) -> str:
@@ -115,13 +155,12 @@ def make_params(
     if power is not None:
         kind, s = POWERS[check_power(power)]
     spec = kind_by_name(kind)
-    s = _check_number("s", s, positive=spec.power)
-    t = _check_number("t", t, positive=True)
-    eps_norm = _check_number("eps_norm", eps_norm, nonneg=True)
-    eps_ang = _check_number("eps_ang", eps_ang, nonneg=True)
-    for name, flag in (("half_space", half_space), ("normalize", normalize)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    s = check_number("s", s, positive=spec.power)
+    t = check_number("t", t, positive=True)
+    eps_norm = check_number("eps_norm", eps_norm, nonneg=True)
+    eps_ang = check_number("eps_ang", eps_ang, nonneg=True)
+    check_bool("half_space", half_space)
+    check_bool("normalize", normalize)
     if spec.angle and not normalize:
         raise ValueError(f"kind={kind!r} measures angles and needs normalize=True")
     return EnergyParams(kind, s, t, eps_norm, eps_ang, half_space, normalize)
@@ -212,6 +251,12 @@ def _is_fake(t: torch.Tensor) -> bool:
         return isinstance(t, FakeTensor)
     except ImportError:  # pragma: no cover
         return False
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype every backend computes and returns in: float64 if any of ``dtypes`` is float64, else float32
+    (half inputs are computed in float32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def num_pairs(n: int, half_space: bool) -> int:

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ._params import check_reduction, make_params, num_pairs
+from ._params import check_reduction, compute_dtype, make_params, num_pairs
 from .ops import cross_energy, energy
 
 STRATEGIES = ("pair", "owner")
@@ -288,7 +288,7 @@ class _ShardedEnergy(torch.autograd.Function):
         dist.all_reduce(e, group=group)
         if need:
             ctx.save_for_backward(grad if w.dim() == 3 else grad[0])
-        out_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+        out_dtype = compute_dtype(w.dtype)
         e = e.to(out_dtype)
         return e if w.dim() == 3 else e[0]
 
@@ -378,7 +378,7 @@ class _ParallelEnergy(torch.autograd.Function):
             r.wait()
         if need:
             ctx.save_for_backward(grad if w.dim() == 3 else grad[0])
-        e = e.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
+        e = e.to(compute_dtype(w.dtype))
         return e if w.dim() == 3 else e[0]
 
     @staticmethod

@@ -22,10 +22,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import _autograd, _ext, reference, tiled
-from ._autograd import autocast_off, compute_dtype
-from ._params import EnergyParams, check_matrix, check_reduction, is_batched_by_vmap, make_params, num_pairs
+from ._autograd import autocast_off
+from .kinds import kinds_doc
+from ._params import (BACKENDS, EnergyParams, check_backend, check_matrix, check_precision, check_reduction, compute_dtype,
+                      is_batched_by_vmap, make_params, num_pairs)
 
-BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 
 #: On CUDA tensors, ``auto`` uses the CUDA C++ kernel up to this D and Triton above it (where both exist).
 CUDA_SMALL_D = 32
@@ -60,6 +61,12 @@ _SHARED_ARGS = {
         eps_ang: the angular kinds' offset ``acos(g)/pi + eps_ang`` (default 1e-4).
         t: the Gaussian kind's temperature (> 0, default 2).
 """,
+    "@kind@": f"""
+        kind: the per-pair term ``phi``, of ``d2 = 2 - 2g`` (``|x_i - x_j|^2`` with ``normalize=False``) or, for
+            the angle kinds, of ``a = acos(g)/pi + eps_ang``; one of :data:`hsu_kernels.KINDS` (default
+            ``"riesz"``):
+
+{kinds_doc(12)}""",
     "@power@": """
         power: the original code's shorthand: ``"0"`` log, ``"1"`` Riesz s = 1, ``"2"`` Riesz s = 2, ``"a0"``
             angular log, ``"a1"`` angular s = 1, ``"a2"`` angular s = 2; overrides ``kind`` and ``s``. ``None``
@@ -76,7 +83,8 @@ _SHARED_ARGS = {
 
 
 def _shared_args(fn):
-    """Fills the ``@geometry@``, ``@backend@``, ``@power@`` and ``@precision@`` lines of ``fn``'s docstring."""
+    """Fills the ``@kind@``, ``@geometry@``, ``@backend@``, ``@power@`` and ``@precision@`` lines of ``fn``'s
+    docstring."""
     if fn.__doc__:  # None under python -OO
         for marker, text in _SHARED_ARGS.items():
             fn.__doc__ = fn.__doc__.replace("        " + marker + "\n", text[1:])  # text[0] is a newline
@@ -139,8 +147,7 @@ def available_backends(device="cpu") -> List[str]:
 def resolve_backend(backend: str, device: torch.device, d: int = 0, dtype: Optional[torch.dtype] = None) -> str:
     """The concrete backend ``backend`` stands for on ``device`` with rows of length ``d`` and ``dtype``
     (Triton serves float32 and half types only, so ``auto`` never picks it for float64)."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     if backend != "auto":
         ok, why = _backend_ok(backend, device)
         if not ok:
@@ -163,14 +170,9 @@ def resolve_backend(backend: str, device: torch.device, d: int = 0, dtype: Optio
     return "reference"  # pragma: no cover  (torch always runs)
 
 
-def _check_precision(precision: Optional[str]) -> None:
-    if precision is not None and precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
-
-
 def _is_log(p: EnergyParams) -> bool:
-    """The Gaussian kind is reduced as a log-sum (docs/spec.md §4): the backends return ``log(scale * sum exp)``."""
-    return p.kind == "gaussian"
+    """The log-sum kinds (the Gaussian, docs/spec.md §4): the backends return ``log(scale * sum phi)``."""
+    return p.spec.logsum
 
 
 def _divided(e: torch.Tensor, count, log: bool) -> torch.Tensor:
@@ -220,18 +222,13 @@ def energy(
     """Hyperspherical energy of the rows of ``w`` (docs/spec.md §3-§5), differentiable.
 
     ``E = sum_{i<j} phi(g_ij)`` with ``g_ij`` the cosine of rows ``i`` and ``j`` after
-    ``u_i = w_i / sqrt(|w_i|^2 + eps_norm)``, and ``phi`` by ``kind``:
-
-    - ``riesz``: ``(2 - 2g)^(-s/2)``, any real ``s > 0``;  ``log``: ``-log(2 - 2g)``;
-    - ``angular``: ``(acos(g)/pi + eps_ang)^(-s)``;  ``angular_log``: ``-log(acos(g)/pi + eps_ang)``;
-    - ``gaussian``: ``exp(-t (2 - 2g))`` (``uniformity_loss`` is the log of its mean).
+    ``u_i = w_i / sqrt(|w_i|^2 + eps_norm)``, and ``phi`` by ``kind`` (below).
 
     Energy and gradient are computed in one pass; no backend but ``reference`` allocates O(N^2).
 
     Args:
         w: ``Tensor[N, D]`` or ``Tensor[B, N, D]``, float32/float64 (float16/bfloat16 computed in float32).
-        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
-            ``"gaussian"``, see above.
+        @kind@
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: the energy of the 2N points ``{u_i} u {-u_i}`` (mean over their ``N(2N-1)`` pairs),
             computed without concatenating ``[W, -W]``.
@@ -249,7 +246,7 @@ def energy(
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
     check_reduction(reduction)
-    _check_precision(precision)
+    check_precision(precision)
     check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
     name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
     w3 = w if w.dim() == 3 else w.unsqueeze(0)
@@ -285,8 +282,7 @@ def energy_many(
     Args:
         ws: a non-empty sequence of ``Tensor[N_k, D_k]`` on one device, of one dtype; ``N_k``/``D_k`` may all
             differ.
-        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
-            ``"gaussian"`` (as in :func:`energy`).
+        @kind@
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: each energy over the 2N points ``{u_i} u {-u_i}`` of its matrix (mean over their
             ``N(2N-1)`` pairs).
@@ -307,7 +303,7 @@ def energy_many(
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
     check_reduction(reduction)
-    _check_precision(precision)
+    check_precision(precision)
     for k, w in enumerate(ws):
         check_matrix(w, f"ws[{k}]", allow_batch=False, eps_norm=eps_norm if normalize else None)
         if w.device != ws[0].device:
@@ -350,8 +346,7 @@ def cross_energy(
     Args:
         x: ``Tensor[Nx, D]`` or ``Tensor[B, Nx, D]``.
         y: ``Tensor[Ny, D]`` or ``Tensor[B, Ny, D]``, same batch size, D, device and dtype as ``x``.
-        kind: the per-pair term ``phi``: ``"riesz"`` (default), ``"log"``, ``"angular"``, ``"angular_log"`` or
-            ``"gaussian"`` (as in :func:`energy`).
+        @kind@
         s: exponent of ``riesz``/``angular`` (> 0); ignored by the other kinds.
         half_space: also the pairs of ``x`` with ``-y`` (adds ``phi(-g)``).
         @geometry@
@@ -374,7 +369,7 @@ def cross_energy(
         raise ValueError(f"x is on {x.device} and y on {y.device}: both must be on one device")
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
-    _check_precision(precision)
+    check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
     count = x.shape[-2] * y.shape[-2] if reduction == "mean" else 1
@@ -447,24 +442,19 @@ class _MinSeparation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w3, half_space, eps_norm, block):
-        x = w3.to(tiled.acc_dtype(w3.dtype))
+        x = w3.to(compute_dtype(w3.dtype))
         r = torch.rsqrt((x * x).sum(-1) + eps_norm)
         u = x * r[..., None]
-        bsz, n, _ = x.shape
-        best = torch.full((bsz,), float("inf"), dtype=x.dtype, device=x.device)
-        for i0 in range(0, n, block):
-            g = torch.bmm(u[:, i0:i0 + block], u.transpose(1, 2))
-            best = torch.minimum(best, _tile_min(g, i0, half_space))
+        best = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+        for _, _, d2 in pair_d2_tiles(u, half_space, block):
+            best = torch.minimum(best, d2.flatten(1).amin(-1))
         hits: List[torch.Tensor] = []  # rows (batch, i, j, sign) of every pair attaining the minimum
-        for i0 in range(0, n, block):
-            g = torch.bmm(u[:, i0:i0 + block], u.transpose(1, 2))
-            for sign, d2 in ((1, 2 - 2 * g), (-1, 2 + 2 * g)) if half_space else ((1, 2 - 2 * g),):
-                d2 = _mask_pairs(d2, i0, diagonal=sign == -1)
-                b, i, j = torch.nonzero(d2 == best[:, None, None], as_tuple=True)
-                hits.append(torch.stack([b, i + i0, j, torch.full_like(b, sign)], 1))
+        for i0, sign, d2 in pair_d2_tiles(u, half_space, block):  # the same tiles, bit for bit
+            b, i, j = torch.nonzero(d2 == best[:, None, None], as_tuple=True)
+            hits.append(torch.stack([b, i + i0, j, torch.full_like(b, sign)], 1))
         ctx.save_for_backward(w3, torch.cat(hits), best)
         ctx.eps_norm = eps_norm
-        return -best.to(torch.float64 if w3.dtype == torch.float64 else torch.float32)
+        return -best.to(compute_dtype(w3.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -472,7 +462,7 @@ class _MinSeparation(torch.autograd.Function):
         w3, hits, best = ctx.saved_tensors
         b, i, j, sign = hits.unbind(1)
         with torch.enable_grad():
-            w = w3.detach().to(tiled.acc_dtype(w3.dtype)).requires_grad_(True)
+            w = w3.detach().to(compute_dtype(w3.dtype)).requires_grad_(True)
             u = reference.normalize_rows(w, ctx.eps_norm)
             d2 = 2 - 2 * sign.to(u.dtype) * (u[b, i] * u[b, j]).sum(-1)
             count = torch.zeros_like(best).index_add_(0, b, torch.ones_like(d2))
@@ -481,20 +471,22 @@ class _MinSeparation(torch.autograd.Function):
         return grad.to(w3.dtype), None, None, None
 
 
-def _mask_pairs(d2: torch.Tensor, i0: int, diagonal: bool) -> torch.Tensor:
-    """Set every entry of a row tile (rows from ``i0``) to +inf but the pairs j > i, or j >= i with
-    ``diagonal`` (the half-space pairs of u_i with -u_j, where j == i is the point and its antipode)."""
-    rows = torch.arange(i0, i0 + d2.shape[1], device=d2.device)[:, None]
-    cols = torch.arange(d2.shape[2], device=d2.device)[None, :]
-    keep = cols >= rows if diagonal else cols > rows
-    return torch.where(keep[None], d2, torch.inf)
-
-
-def _tile_min(g: torch.Tensor, i0: int, half_space: bool) -> torch.Tensor:
-    m = _mask_pairs(2 - 2 * g, i0, diagonal=False).flatten(1).amin(-1)
-    if half_space:
-        m = torch.minimum(m, _mask_pairs(2 + 2 * g, i0, diagonal=True).flatten(1).amin(-1))
-    return m
+def pair_d2_tiles(u: torch.Tensor, half_space: bool, block: int, *, ordered: bool = False):
+    """The squared distances of the rows of ``u: [B, N, D]`` (unit rows), by row tiles: yields
+    ``(i0, sign, d2)`` with ``d2: [B, rows, N]`` ``= 2 - 2 sign g_ij`` for the rows ``i0..`` (``sign = -1``: the
+    half-space pairs of ``u_i`` with ``-u_j``, with ``half_space`` only) and ``+inf`` wherever ``(i, j)`` is not
+    a pair: ``j <= i`` (``j < i`` for ``sign = -1``, where ``j = i`` is a point and its antipode), or with
+    ``ordered`` only ``j = i`` (``sign = 1``), so that each row sees every other row. The one minimum-distance
+    search of the package (:func:`min_separation`, the Thomson solver's nearest-neighbour distances)."""
+    n = u.shape[1]
+    cols = torch.arange(n, device=u.device)[None, :]
+    for i0 in range(0, n, block):
+        g = torch.bmm(u[:, i0:i0 + block], u.transpose(1, 2))
+        rows = torch.arange(i0, i0 + g.shape[1], device=u.device)[:, None]
+        yield i0, 1, torch.where((cols != rows if ordered else cols > rows)[None], 2 - 2 * g, torch.inf)
+        if half_space:
+            d2 = 2 + 2 * g
+            yield i0, -1, d2 if ordered else torch.where((cols >= rows)[None], d2, torch.inf)
 
 
 def min_separation(

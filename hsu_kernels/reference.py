@@ -72,9 +72,8 @@ def normalize_rows(w: torch.Tensor, eps_norm: float) -> torch.Tensor:
 def phi_of_g(g: torch.Tensor, p: EnergyParams) -> torch.Tensor:
     """The per-pair term as a function of the cosine of two normalized rows (docs/spec.md §3), literally: ``acos``
     and ``2 - 2g`` (the stable form the reference computes with is :func:`phi_of_om`)."""
-    if p.kind in ("angular", "angular_log"):
-        a = torch.acos(g) / math.pi + p.eps_ang
-        return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
+    if p.spec.angle:
+        return p.phi(torch.acos(g) / math.pi + p.eps_ang)
     return phi_of_d2(2 - 2 * g, p)
 
 
@@ -84,27 +83,22 @@ def phi_of_om(g: torch.Tensor, om: torch.Tensor, p: EnergyParams,
     ``self_pair`` marks the half-space pairs ``(u_i, -u_i)``: with ``eps_norm = 0`` their angle is pi whatever
     ``w`` is, so its derivative is 0 (as the kernels take it), not ``sqrt'(0) * 0 = NaN``. Other pairs at
     ``om = 0`` (duplicates with ``eps_norm = 0``) have no derivative and keep NaN (docs/precision.md)."""
-    if p.kind in ("angular", "angular_log"):
+    if p.spec.angle:
         if self_pair is None:
             half = 2 * torch.asin(torch.sqrt(om.clamp_min(0) / 2))
         else:
             flat = self_pair & (om <= 0)
             half = torch.where(flat, 0.0, 2 * torch.asin(torch.sqrt(torch.where(flat, 1.0, om.clamp_min(0)) / 2)))
         theta = torch.where(g >= 0, half, math.pi - half)
-        a = theta / math.pi + p.eps_ang
-        return a.pow(-p.s) if p.kind == "angular" else -torch.log(a)
+        return p.phi(theta / math.pi + p.eps_ang)
     return phi_of_d2(torch.where(g >= 0, 2 * om, 2 - 2 * g), p)
 
 
 def phi_of_d2(d2: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """The per-pair term as a function of the squared distance (Riesz, log, Gaussian)."""
-    if p.kind == "riesz":
-        return d2.pow(-p.s / 2)
-    if p.kind == "log":
-        return -torch.log(d2)
-    if p.kind == "gaussian":
-        return torch.exp(-p.t * d2)
-    raise ValueError(f"kind={p.kind!r} needs normalized rows")
+    """The per-pair term as a function of the squared distance (the distance kinds)."""
+    if p.spec.angle:
+        raise ValueError(f"kind={p.kind!r} needs normalized rows")
+    return p.phi(d2)
 
 
 def _pairs(n: int, device) -> torch.Tensor:
@@ -199,12 +193,12 @@ def _pair_terms(x: torch.Tensor, y: torch.Tensor, ii: torch.Tensor, jj: torch.Te
 
 
 def _log_terms(x, y, ii, jj, p: EnergyParams, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``-t d2`` of the pairs (the Gaussian kind's log terms); ``-inf`` where ``keep`` is False."""
+    """``log phi`` of the pairs (the log-sum kinds); ``-inf`` where ``keep`` is False."""
     if p.normalize:
         g, om = _geometry(x, y, ii, jj, p)
-        terms = -p.t * torch.where(g >= 0, 2 * om, 2 - 2 * g)
+        terms = p.log_phi(torch.where(g >= 0, 2 * om, 2 - 2 * g))
     else:
-        terms = -p.t * _geometry(x, y, ii, jj, p)
+        terms = p.log_phi(_geometry(x, y, ii, jj, p))
     return terms if keep is None else torch.where(keep, terms, -math.inf)
 
 
@@ -234,14 +228,15 @@ def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
 
 
 def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``log sum_{i<j} exp(-t d2_ij)`` (half-space: over the 2N points) as a log-sum-exp (docs/spec.md §4)."""
+    """``log sum_{i<j} phi_ij`` of a log-sum kind (the Gaussian: ``exp(-t d2_ij)``; half-space: over the 2N
+    points) as a log-sum-exp (docs/spec.md §4)."""
     w, ii, jj, keep = _self_pairs(w, p)
     return torch.logsumexp(_log_terms(w, w, ii, jj, p, keep), -1)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
     """The energy, summed or averaged over unordered pairs (docs/spec.md §4)."""
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         shift = -math.log(num_pairs(w.shape[-2], p.half_space)) if reduction == "mean" else 0.0
         return torch.exp(gaussian_logsum(w, p) + shift)
     e = energy_sum(w, p)
@@ -270,7 +265,7 @@ def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: s
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
     mode), or its mean over the ``Nx * Ny`` pairs."""
     count = x.shape[-2] * y.shape[-2]
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         return torch.exp(cross_logsum(x, y, p) - (math.log(count) if reduction == "mean" else 0.0))
     ii, jj = _all_pairs(x, y)
     e = _pair_terms(x, y, ii, jj, p).sum(-1)

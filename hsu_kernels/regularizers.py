@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import reference
-from ._params import check_matrix, check_power
+from ._params import check_backend, check_bool, check_int, check_matrix, compute_dtype, check_number, check_power
 from .layers import NeuronLayer, Selector, collect_layers, neuron_matrix
 from .ops import BACKENDS, align_loss, cross_energy, energy, energy_many, uniformity_loss
 
@@ -58,45 +58,10 @@ _EPS = 1e-4
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_power(power) -> str:
-    """``power`` as its string (``2`` -> ``"2"``); see :func:`hsu_kernels._params.check_power`."""
-    return check_power(power)
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_float(name: str, value, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0) or (nonneg and value < 0):
-        cond = "> 0" if positive else ">= 0" if nonneg else "finite"
-        raise ValueError(f"{name} must be finite and {cond}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def _check_generator(generator) -> Optional[torch.Generator]:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
-
-
-def _check_backend(backend) -> str:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    return backend
 
 
 def _check_poles(v, w: torch.Tensor) -> torch.Tensor:
@@ -104,11 +69,6 @@ def _check_poles(v, w: torch.Tensor) -> torch.Tensor:
     if v.shape[1] != w.shape[-1]:
         raise ValueError(f"v must have D = {w.shape[-1]} columns like w, got shape {tuple(v.shape)}")
     return v
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything narrower is computed in float32 (docs/spec.md §9)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,7 +90,7 @@ def mhe_loss(w: torch.Tensor, power: str = "2", half_space: bool = False, *, bac
     Returns:
         A scalar (``Tensor[B]`` batched).
     """
-    return energy(w, power=_check_power(power), half_space=half_space, backend=backend)
+    return energy(w, power=check_power(power), half_space=half_space, backend=backend)
 
 
 def _project(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -188,11 +148,11 @@ def comhe_random_loss(
     check_matrix(w, "w", allow_batch=False)
     _check_generator(generator)
     if p is None:
-        p = random_projections(w.shape[1], _check_int("pd", pd), _check_int("pn", pn), generator=generator,
+        p = random_projections(w.shape[1], check_int("pd", pd), check_int("pn", pn), generator=generator,
                                device=w.device, dtype=w.dtype)
     elif not isinstance(p, torch.Tensor) or p.dim() != 3 or p.shape[2] != w.shape[1]:
         raise ValueError(f"p must be a Tensor[pn, pd, D={w.shape[1]}], got {getattr(p, 'shape', type(p).__name__)}")
-    return energy(_project(w, p), power=_check_power(power), half_space=half_space, backend=backend).mean()
+    return energy(_project(w, p), power=check_power(power), half_space=half_space, backend=backend).mean()
 
 
 def _ref_cosines(x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +182,7 @@ def comhe_angle_loss(p: torch.Tensor, w: torch.Tensor, weight_decay: float = 2.5
     check_matrix(p, "p", min_rows=1)
     if p.shape[-1] != w.shape[1]:
         raise ValueError(f"p must have D = {w.shape[1]} columns like w, got shape {tuple(p.shape)}")
-    weight_decay = _check_float("weight_decay", weight_decay, nonneg=True)
+    weight_decay = check_number("weight_decay", weight_decay, nonneg=True)
     p3 = p if p.dim() == 3 else p.unsqueeze(0)
     diff = _ref_cosines(_project(w, p3)) - _ref_cosines(w)
     return torch.linalg.matrix_norm(diff).sum() + weight_decay * (p * p).sum()
@@ -249,9 +209,9 @@ def comhe_adversarial_objective(
     """
     check_matrix(w, "w", allow_batch=False)
     check_matrix(p, "p", min_rows=1)
-    weight_decay = _check_float("weight_decay", weight_decay, nonneg=True)
+    weight_decay = check_number("weight_decay", weight_decay, nonneg=True)
     p3 = p if p.dim() == 3 else p.unsqueeze(0)
-    e = energy(_project(w, p3), power=_check_power(power), backend=backend).mean()
+    e = energy(_project(w, p3), power=check_power(power), backend=backend).mean()
     return -e + weight_decay * (p * p).sum()
 
 
@@ -264,7 +224,7 @@ def _norm_once(w: torch.Tensor) -> torch.Tensor:
     """The Sphere-Uniformity code's first normalization (its ``norm``): ``w_i / sqrt(|w_i|^2 + 1e-4)``,
     computed in float64 for float64 input and float32 otherwise. The kernels (its ``cal``) then normalize
     these rows a second time with the same eps."""
-    x = w.to(_compute_dtype(w.dtype))
+    x = w.to(compute_dtype(w.dtype))
     return x / torch.sqrt((x * x).sum(-1, keepdim=True) + _EPS)
 
 
@@ -333,8 +293,8 @@ def mhs_loss(w: torch.Tensor, half_space: bool = False, *, block: int = 256) -> 
         A scalar (``Tensor[B]`` batched), float64 for float64 input, else float32.
     """
     check_matrix(w, "w")
-    _check_bool("half_space", half_space)
-    block = _check_int("block", block)
+    check_bool("half_space", half_space)
+    block = check_int("block", block)
     u = reference.normalize_rows(_norm_once(w), _EPS)
     if u.dim() == 3:
         return torch.stack([_mhs_one(x, half_space, block) for x in u.unbind(0)])
@@ -366,9 +326,9 @@ def mgd_loss(w: torch.Tensor, half_space: bool = False, *, t: float = 1.0, jitte
         kernel loses everything in float32), returned in float64 for float64 input, else float32.
     """
     check_matrix(w, "w")
-    _check_bool("half_space", half_space)
-    t = _check_float("t", t, positive=True)
-    jitter = _check_float("jitter", jitter, positive=True)
+    check_bool("half_space", half_space)
+    t = check_number("t", t, positive=True)
+    jitter = check_number("jitter", jitter, positive=True)
     x = _norm_once(w.to(torch.float64))
     if half_space:
         x = torch.cat([x, -x], dim=-2)
@@ -377,7 +337,7 @@ def mgd_loss(w: torch.Tensor, half_space: bool = False, *, t: float = 1.0, jitte
     k = k + jitter * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
     chol = torch.linalg.cholesky(k)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return (-logdet).to(_compute_dtype(w.dtype))
+    return (-logdet).to(compute_dtype(w.dtype))
 
 
 def _pole_cross(w: torch.Tensor, v: torch.Tensor, half_space: bool, kind: str, backend: str, **kw) -> torch.Tensor:
@@ -387,8 +347,8 @@ def _pole_cross(w: torch.Tensor, v: torch.Tensor, half_space: bool, kind: str, b
     call: poles as ``[K, 1, D]`` against ``K`` expanded copies of the neurons."""
     check_matrix(w, "w", allow_batch=False)
     _check_poles(v, w)
-    _check_bool("half_space", half_space)
-    dtype = torch.promote_types(_compute_dtype(w.dtype), _compute_dtype(v.dtype))
+    check_bool("half_space", half_space)
+    dtype = torch.promote_types(compute_dtype(w.dtype), compute_dtype(v.dtype))
     f = _norm_once(w).to(dtype)
     vk = v.to(dtype).unsqueeze(1)
     fk = f.unsqueeze(0).expand(v.shape[0], *f.shape)
@@ -440,7 +400,7 @@ def pole_softmin(
     Returns:
         ``Tensor[K]``, differentiable in ``w`` and ``v``.
     """
-    beta = _check_float("beta", beta, positive=True)
+    beta = check_number("beta", beta, positive=True)
     return -torch.log(_pole_cross(w, v, half_space, "gaussian", backend, t=beta)) / beta
 
 
@@ -501,7 +461,7 @@ def rmhp_loss(w: torch.Tensor) -> torch.Tensor:
         A scalar (``Tensor[B]`` batched), float64 for float64 input, else float32.
     """
     check_matrix(w, "w", min_rows=1)
-    return torch.linalg.vector_norm(w.to(_compute_dtype(w.dtype)).sum(-2), dim=-1)
+    return torch.linalg.vector_norm(w.to(compute_dtype(w.dtype)).sum(-2), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -537,7 +497,7 @@ def uniformity_align_loss(x: torch.Tensor, y: torch.Tensor, *, lam: float = 1.0,
     Returns:
         A scalar.
     """
-    lam = _check_float("lam", lam, nonneg=True)
+    lam = check_number("lam", lam, nonneg=True)
     return align_loss(x, y, alpha) + lam * (uniformity_loss(x, t) + uniformity_loss(y, t)) / 2
 
 
@@ -586,7 +546,7 @@ class Preset:
     generator: Optional[torch.Generator] = None
 
     def __post_init__(self) -> None:
-        _check_backend(self.backend)
+        check_backend(self.backend)
         _check_generator(self.generator)
 
     @classmethod
@@ -627,7 +587,7 @@ class Preset:
         raise NotImplementedError(f"method {self.name!r} has no auxiliaries")
 
     def _randn(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator, device=like.device, dtype=_compute_dtype(like.dtype))
+        return torch.randn(*shape, generator=self.generator, device=like.device, dtype=compute_dtype(like.dtype))
 
 
 # -- MHE: Liu et al., "Learning towards Minimum Hyperspherical Energy" (NeurIPS 2018) -----------------------
@@ -651,7 +611,7 @@ class MHE(Preset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.power = _check_power(self.power)
+        self.power = check_power(self.power)
 
     def coefficients(self) -> Tuple[float, float]:
         return (0.1, 1.0) if self.power in ("a1", "a2") else self.coefs
@@ -677,9 +637,9 @@ class _CoMHE(Preset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.power = _check_power(self.power)
-        _check_int("pd", self.pd)
-        _check_int("pn", self.pn)
+        self.power = check_power(self.power)
+        check_int("pd", self.pd)
+        check_int("pn", self.pn)
 
     def _projected(self, w: torch.Tensor, aux: Optional[torch.Tensor], half_space: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -924,7 +884,7 @@ class Uniformity(Preset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_float("t", self.t, positive=True)
+        check_number("t", self.t, positive=True)
 
     def values(self, ws, auxs, half_space):
         return torch.log(energy_many(ws, "gaussian", t=self.t, half_space=half_space, backend=self.backend))
@@ -934,10 +894,10 @@ class Uniformity(Preset):
 
 
 def _check_aux_options(p: Preset) -> None:
-    _check_float("aux_lr", p.aux_lr, positive=True)
-    _check_int("aux_steps", p.aux_steps, minimum=0)
-    p.aux_momentum = _check_float("aux_momentum", p.aux_momentum, nonneg=True)
-    p.weight_decay = _check_float("weight_decay", p.weight_decay, nonneg=True)
+    check_number("aux_lr", p.aux_lr, positive=True)
+    check_int("aux_steps", p.aux_steps, minimum=0)
+    p.aux_momentum = check_number("aux_momentum", p.aux_momentum, nonneg=True)
+    p.weight_decay = check_number("weight_decay", p.weight_decay, nonneg=True)
 
 
 #: Every ``method=`` of :class:`MHERegularizer`, grouped by paper.
@@ -1077,12 +1037,12 @@ class MHERegularizer(nn.Module):
         default_hs = self.preset.half_space
         if half_space is None:
             half_space = bool(default_hs)
-        elif _check_bool("half_space", half_space) and default_hs is None:
+        elif check_bool("half_space", half_space) and default_hs is None:
             raise ValueError(f"half_space=True: method={method!r} has no half-space variant")
         self.half_space = half_space
         dh, do = self.preset.coefficients()
-        self.hidden_coef = dh if hidden_coef is None else _check_float("hidden_coef", hidden_coef, nonneg=True)
-        self.output_coef = do if output_coef is None else _check_float("output_coef", output_coef, nonneg=True)
+        self.hidden_coef = dh if hidden_coef is None else check_number("hidden_coef", hidden_coef, nonneg=True)
+        self.output_coef = do if output_coef is None else check_number("output_coef", output_coef, nonneg=True)
 
         layers = collect_layers(model, include=include, exclude=exclude, output_layer=output_layer)
         # Plain attributes, not submodules: the model's weights must not become the regularizer's.
@@ -1124,7 +1084,7 @@ class MHERegularizer(nn.Module):
     def aux_lr(self, value: float) -> None:
         if "aux_lr" not in self.preset.options():
             raise AttributeError(f"method={self.method!r} has no learned auxiliaries")
-        self.preset.aux_lr = _check_float("aux_lr", value, positive=True)
+        self.preset.aux_lr = check_number("aux_lr", value, positive=True)
 
     def auxiliaries(self) -> Dict[str, nn.Parameter]:
         """Each layer's learned auxiliary (projection or pole) by layer name; empty for methods without."""
@@ -1142,7 +1102,7 @@ class MHERegularizer(nn.Module):
             if k is None:
                 continue
             w = layer.module.weight
-            dtype, param = _compute_dtype(w.dtype), self.aux[k]
+            dtype, param = compute_dtype(w.dtype), self.aux[k]
             if param.dtype != dtype or param.device != w.device:
                 param.data = param.data.to(device=w.device, dtype=dtype)
                 name = f"aux_momentum_{k}"

@@ -63,7 +63,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .ops import energy, min_separation
+from ._params import check_int, check_number
+from .ops import energy, min_separation, pair_d2_tiles
 
 KINDS = ("riesz", "log", "tammes")
 
@@ -222,13 +223,8 @@ def nearest_neighbour_distance(x: torch.Tensor) -> torch.Tensor:
     """Mean over points of the distance to the nearest other point, per batch member: ``[B, N, dim] -> [B]``
     (rows in blocks: at most 2^22 distances at a time)."""
     block = max(1, (1 << 22) // (x.shape[0] * x.shape[1]))
-    best = []
-    for i0 in range(0, x.shape[1], block):
-        d = torch.cdist(x[:, i0:i0 + block], x)
-        idx = torch.arange(i0, min(i0 + block, x.shape[1]))
-        d[:, idx - i0, idx] = float("inf")
-        best.append(d.amin(-1))
-    return torch.cat(best, 1).mean(-1)
+    best = [d2.amin(-1) for _, _, d2 in pair_d2_tiles(_unit(x), False, block, ordered=True)]
+    return torch.cat(best, 1).clamp_min(0).sqrt().mean(-1)
 
 
 def descend(x: torch.Tensor, objective: Objective, *, max_iter: int = 3000, history: int = 12,
@@ -558,22 +554,6 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    return value
-
-
-def _check_positive(name: str, value, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _distinct(e: torch.Tensor, k: int, rel: float = 1e-10) -> List[int]:
     """Indices of the ``k`` lowest values of ``e`` that differ from each other by more than ``rel``."""
     out: List[int] = []
@@ -624,15 +604,15 @@ def minimize(
     Returns:
         :class:`Result` with the best configuration.
     """
-    _check_int("n", n, 2)
-    _check_int("dim", dim, 2)
-    _check_int("restarts", restarts, 1)
-    _check_int("hops", hops, 0)
-    _check_int("batch", batch, 1)
+    check_int("n", n, 2)
+    check_int("dim", dim, 2)
+    check_int("restarts", restarts, 1)
+    check_int("hops", hops, 0)
+    check_int("batch", batch, 1)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    s = _check_positive("s", s) if kind == "riesz" else float(s)
-    time_limit = _check_positive("time_limit", time_limit, allow_none=True)
+    s = check_number("s", s, positive=kind == "riesz")
+    time_limit = None if time_limit is None else check_number("time_limit", time_limit, positive=True)
     gen = torch.Generator()
     if seed is not None:
         gen.manual_seed(seed)

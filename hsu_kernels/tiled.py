@@ -27,7 +27,7 @@ from typing import Tuple
 
 import torch
 
-from ._params import EnergyParams
+from ._params import EnergyParams, compute_dtype
 
 _INV_PI = 1.0 / math.pi
 
@@ -57,41 +57,32 @@ RAW_WIDE_BOUND = 2.0**122
 RAW_GAUSS_BOUND = 2.0**13
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype kernels compute in: float32 for half inputs, else the input's own."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _wide(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
 
 
 def _phi_d2(d2: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``f(d2)`` and ``df/dd2`` for the distance-based kinds (clamped at d2 = 0)."""
+    """``f(d2)`` and ``df/dd2`` for the distance kinds (clamped at d2 = 0)."""
     d2 = d2.clamp_min(0)
-    if p.kind == "riesz":
-        f = d2.pow(-p.s / 2)
-        return f, (-p.s / 2) * f / d2
-    if p.kind == "log":
-        return -torch.log(d2), -1 / d2
-    f = torch.exp(-p.t * d2)
-    return f, -p.t * f
+    f = p.phi(d2)
+    return f, p.dphi(d2, f)
+
+
+def _theta(g: torch.Tensor, om: torch.Tensor) -> torch.Tensor:
+    """The angle ``acos(g)``, accurate near ``|g| = 1`` (from ``om = 1 - |g|`` there)."""
+    far = 2 * torch.asin(torch.sqrt(0.5 * om))  # acos(|g|)
+    return torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
 
 
 def _phi_g(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
     """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3), given ``om = 1 - |g|`` (formed as
     accurately as the caller can: it carries the digits that ``g`` near ``+-1`` has lost)."""
     om = om.clamp_min(0)
-    if p.kind in ("angular", "angular_log"):
-        g = g.clamp(-1, 1)
-        far = 2 * torch.asin(torch.sqrt(0.5 * om))  # acos(|g|), accurate near |g| = 1
-        theta = torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
-        a = theta * _INV_PI + p.eps_ang
+    if p.spec.angle:
+        a = _theta(g.clamp(-1, 1), om) * _INV_PI + p.eps_ang
         dtheta = -_INV_PI / torch.sqrt(om * (2 - om))
-        if p.kind == "angular":
-            f = a.pow(-p.s)
-            return f, -p.s * f / a * dtheta
-        return -torch.log(a), -dtheta / a
+        f = p.phi(a)
+        return f, p.dphi(a, f) * dtheta
     f, df = _phi_d2(torch.where(g >= 0, 2 * om, 2 - 2 * g), p)
     return f, -2 * df
 
@@ -105,25 +96,16 @@ def _phi_g_q(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> Tuple[torch.
     """``phi(g)`` and ``q dphi/dg`` with ``q = 2 om = 2 (1 - |g|)``, the careful path's form (csrc/hsu_pair.h
     ``phi_g_om_q``): ``dphi/dg`` overflows float64 for pairs whose energy and gradient do not."""
     q = _careful_q(om)
-    if p.kind in ("angular", "angular_log"):
-        far = 2 * torch.asin(torch.sqrt(0.5 * om))
-        g = g.clamp(-1, 1)
-        theta = torch.where(g.abs() <= 0.5, torch.acos(g), torch.where(g < 0, math.pi - far, far))
-        a = theta * _INV_PI + p.eps_ang
+    if p.spec.angle:
+        a = _theta(g.clamp(-1, 1), om) * _INV_PI + p.eps_ang
         q_sin = torch.where(om > 0, 2 * torch.sqrt(om / (2 - om)), 1 / torch.sqrt(om * (2 - om)))
-        if p.kind == "angular":
-            f = a.pow(-p.s)
-            return f, p.s * _INV_PI * (f / a) * q_sin
-        return -torch.log(a), _INV_PI / a * q_sin
+        f = p.phi(a)
+        return f, -_INV_PI * p.dphi(a, f) * q_sin
     d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
-    ratio = q / d2  # 1 for g >= 0 (infinite at distance 0, where q = 1)
-    if p.kind == "riesz":
-        f = d2.pow(-p.s / 2)
-        return f, p.s * f * ratio
-    if p.kind == "log":
-        return -torch.log(d2), 2 * ratio
-    f = torch.exp(-p.t * d2)
-    return f, 2 * p.t * f * q
+    f = p.phi(d2)
+    # q dphi/dd2 as (q / d2) (d2 phi'): q / d2 is 1 for g >= 0, and d2 phi' stays finite where phi' overflows;
+    # at d2 = 0 (where q = 1) the plain derivative
+    return f, -2 * torch.where(d2 > 0, (q / d2) * p.x_dphi(d2, f), q * p.dphi(d2, f))
 
 
 def _row_scale(x: torch.Tensor, eps_norm: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +313,7 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
     ``e_i = sum_j psi_ij`` (wide), ``a_i = sum_j c_ij z_j`` (compute dtype, plus the careful pairs' vectors),
     ``b_i`` (wide: ``sum_j ci_ij`` un-normalized, the careful pairs' radial coefficients normalized).
     For the Gaussian kind ``e_i`` is the row's log-sum and ``a_i``, ``b_i`` are relative to its maximum."""
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         return _row_pass_lse(xi, yj, p, self_mode, block, tau, row_ids)
     x, wide = xi.x, xi.xw.dtype
     bsz, n1, d = x.shape
@@ -479,13 +461,13 @@ def diag_terms(xi: _Rows, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
         a = xi.a
         g = -(1 - a)  # -|u_i|^2, with 1 - |g| = a exactly
         coef = -2 * a * xi.r  # d g_ii / dw_i = 2 a r u_i, and the pair's cosine is -g_ii
-        if p.kind == "gaussian":
+        if p.spec.logsum:
             return -p.t * (2 - 2 * g), (2 * p.t * coef)[..., None] * xi.uw
         f, df = _phi_g(g, a, p)
         df = torch.where(a == 0, 0.0, df)  # eps_norm = 0: g_ii = -1 exactly and its derivative is 0
         return f, (df * coef)[..., None] * xi.uw
     q = xi.q
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         return -p.t * 4 * q, (-8 * p.t) * xi.xw
     f, df = _phi_d2(4 * q, p)
     return f, (8 * df)[..., None] * xi.xw
@@ -518,7 +500,7 @@ def raw_rows_need_wide(w: torch.Tensor, p: EnergyParams) -> bool:
     # the Gaussian kind also where its log terms -t d2 can pass 2^13: from float32 products (and in the
     # Triton and C++ kernels, held in float32) they are off by ~1e-3 and more, which moves the weights of
     # nearly tied pairs (csrc/hsu_checks.h)
-    return math.isfinite(top) and (q > RAW_WIDE_BOUND or (p.kind == "gaussian" and 4 * p.t * q > RAW_GAUSS_BOUND))
+    return math.isfinite(top) and (q > RAW_WIDE_BOUND or (p.spec.logsum and 4 * p.t * q > RAW_GAUSS_BOUND))
 
 
 def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, scale: float = 1.0):
@@ -526,13 +508,13 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
     blocks (Gaussian kind: ``E = log(scale * sum exp(-t d2))``)."""
     if raw_rows_need_wide(w, p):
         e, g = energy_grad(w.to(torch.float64), p, block, scale)
-        return e.to(acc_dtype(w.dtype)), g.to(w.dtype)
-    x = w.to(acc_dtype(w.dtype))
+        return e.to(compute_dtype(w.dtype)), g.to(w.dtype)
+    x = w.to(compute_dtype(w.dtype))
     geo = _geo(x)
     rows = _Rows(x, p, geo)
     pair_scale = 1.0 if p.half_space else 0.5
     gscale = 2 * pair_scale
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         s, a, b, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo, x.dtype))
         terms = [m + torch.log(pair_scale * s)]
         if p.half_space:
@@ -577,13 +559,13 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     """
     if raw_rows_need_wide(x, p) or raw_rows_need_wide(y, p):
         e, gx, gy = cross_energy_grad(x.to(torch.float64), y.to(torch.float64), p, block, scale)
-        out = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+        out = compute_dtype(x.dtype, y.dtype)
         return e.to(out), gx.to(x.dtype), gy.to(y.dtype)
-    xa, ya = x.to(acc_dtype(x.dtype)), y.to(acc_dtype(y.dtype))
+    xa, ya = x.to(compute_dtype(x.dtype)), y.to(compute_dtype(y.dtype))
     geo = _geo(xa)
     rx, ry = _Rows(xa, p, geo), _Rows(ya, p, geo)
     tau = _tau(geo, xa.dtype)
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         sx, ax, bx, mx = row_pass(rx, ry, p, False, block, 1.0, tau)
         _, ay, by, my = row_pass(ry, rx, p, False, block, 1.0, tau)
         logz = torch.logsumexp(mx + torch.log(sx), -1)
