@@ -14,9 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .kinds import KIND_CODE, KIND_TABLE, KINDS, Kind, kind_by_name
-
-ANGULAR_KINDS = tuple(k.name for k in KIND_TABLE if k.angle)
+from .kinds import KINDS, Kind, kind_by_name
 REDUCTIONS = ("mean", "sum")
 BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 PRECISIONS = ("ieee", "tf32")
@@ -56,7 +54,8 @@ class EnergyParams:
 
     @property
     def code(self) -> int:
-        return KIND_CODE[self.kind]
+        """The kind's code in the compiled ops."""
+        return self.spec.code
 
     def as_args(self) -> Tuple[int, float, float, float, float, bool, bool]:
         """Positional arguments of the compiled ops, in schema order."""

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import ops
+from .kinds import KIND_TABLE
 
 FP32_FLOOR = 8 * torch.finfo(torch.float32).eps  # ~1e-6
 
@@ -19,6 +20,24 @@ FP32_FLOOR = 8 * torch.finfo(torch.float32).eps  # ~1e-6
 def fast_backends(device: str = "cpu") -> List[str]:
     """Every backend that runs on ``device`` here, except the reference."""
     return [b for b in ops.available_backends(device) if b != "reference"]
+
+
+def kind_cases(exponents: Tuple[float, ...] = (0.5, 1.0, 2.0), general: Tuple[float, ...] = (3.5,),
+               normalize: Optional[bool] = None) -> List[Tuple[str, float]]:
+    """``(kind, s)`` for every kind of :data:`hsu_kernels.kinds.KIND_TABLE`, so that suites parametrized by it
+    cover a new kind without a fixed list: each power kind with ``s`` giving each specialized exponent in
+    ``exponents`` (the kernels' rsqrt, reciprocal and squared-reciprocal forms) and each ``s`` in ``general``,
+    the other kinds with ``s = 0``. ``normalize=False``: only the kinds defined on raw rows (distance kinds)."""
+    out: List[Tuple[str, float]] = []
+    for k in KIND_TABLE:
+        if normalize is False and k.angle:
+            continue
+        if k.power:
+            ss = [e / k.power_scale for e in exponents] + list(general)
+            out += [(k.name, s) for i, s in enumerate(ss) if s not in ss[:i]]
+        else:
+            out.append((k.name, 0.0))
+    return out
 
 
 def rand_rows(*shape: int, dtype=torch.float64, device="cpu", seed: Optional[int] = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 import hsu_kernels as hk
 from hsu_kernels import _ext, ops
-from hsu_kernels.testing import assert_close, check_against_reference, energy_and_grad, rand_rows
+from hsu_kernels.testing import assert_close, check_against_reference, energy_and_grad, kind_cases, rand_rows
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
@@ -26,9 +26,7 @@ if not _ext.has_cuda_kernel():
     )
 
 DEV = "cuda"
-KIND_S = [("riesz", 0.5), ("riesz", 1.0), ("riesz", 2.0), ("riesz", 3.5), ("riesz", 4.0), ("log", 0.0),
-          ("angular", 0.5), ("angular", 1.0), ("angular", 2.0), ("angular", 3.5), ("angular_log", 0.0),
-          ("gaussian", 0.0)]
+KIND_S = kind_cases(general=(3.5,))
 # D values that reach every engine: small (register widths 4, 16, 32 in float32; 4, 16 in float64) and
 # general (D > 32, and 17..32 in float64), including chunk tails (D = 40, 300).
 DIMS = [1, 3, 12, 32, 40, 64, 300]
@@ -99,8 +97,7 @@ def test_half_inputs(dtype, d):
     assert e.dtype == torch.float32 and w.grad.dtype == dtype
 
 
-@pytest.mark.parametrize("kind,s", [("riesz", 1.0), ("riesz", 2.5), ("log", 0.0), ("angular", 2.0),
-                                    ("angular_log", 0.0), ("gaussian", 0.0)])
+@pytest.mark.parametrize("kind,s", kind_cases(exponents=(0.5,), general=(2.5,)))
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("d", [3, 32, 70])
 def test_cross_energy(kind, s, half_space, d):

@@ -7,10 +7,11 @@ from torch.autograd import gradgradcheck
 
 import hsu_kernels as hk
 from hsu_kernels import _autograd, _ext
-from hsu_kernels.testing import assert_close, fast_backends, rand_rows
+from hsu_kernels.kinds import kind_by_name
+from hsu_kernels.testing import assert_close, fast_backends, kind_cases, rand_rows
 
 BACKENDS = ["reference"] + fast_backends("cpu")
-KINDS = [("riesz", 1.0), ("riesz", 2.5), ("log", 0.0), ("angular", 1.0), ("angular_log", 0.0), ("gaussian", 0.0)]
+KINDS = kind_cases(exponents=(0.5,), general=(2.5,))
 
 
 def _hvp(fn, inputs, vs):
@@ -21,7 +22,7 @@ def _hvp(fn, inputs, vs):
 
 
 #: (kind, s, normalize): angular kinds need normalized rows
-CASES = [(k, s, norm) for k, s in KINDS for norm in (True, False) if norm or not k.startswith("angular")]
+CASES = [(k, s, norm) for k, s in KINDS for norm in (True, False) if norm or not kind_by_name(k).angle]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,22 +9,11 @@ import torch
 
 import hsu_kernels as hk
 from hsu_kernels import _ext
-from hsu_kernels.testing import assert_close, check_against_reference, energy_and_grad, fast_backends, rand_rows
+from hsu_kernels.testing import (assert_close, check_against_reference, energy_and_grad, fast_backends, kind_cases,
+                                 rand_rows)
 
 BACKENDS = fast_backends("cpu")
-KIND_S = [
-    ("riesz", 0.5),
-    ("riesz", 1.0),
-    ("riesz", 2.0),
-    ("riesz", 3.5),
-    ("log", 0.0),
-    ("angular", 0.5),
-    ("angular", 1.0),
-    ("angular", 2.0),
-    ("angular", 3.5),
-    ("angular_log", 0.0),
-    ("gaussian", 0.0),
-]
+KIND_S = kind_cases()  # every kind; the power kinds at each specialized exponent and s = 3.5
 
 
 def _fn(backend, **kw):
@@ -230,9 +219,7 @@ def energy_and_grad_many(fn, ws):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "kind,s", [("riesz", 1.0), ("log", 0.0), ("angular", 2.0), ("angular_log", 0.0), ("gaussian", 0.0)]
-)
+@pytest.mark.parametrize("kind,s", kind_cases(exponents=(), general=(2.0,)))
 def test_cross_energy(backend, kind, s):
     for (nx, ny, d), hs, dtype in itertools.product(
         ((7, 13, 3), (50, 33, 64)), (False, True), (torch.float64, torch.float32)
