@@ -35,7 +35,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import reference, tiled
-from ._params import KINDS, EnergyParams, compute_dtype
+from ._params import EnergyParams, compute_dtype
+from .kinds import kind_by_code
 
 #: Rows per block of the Hessian-vector product (each block's autograd graph holds a few block x N tensors).
 HVP_BLOCK = 256
@@ -57,7 +58,9 @@ def autocast_off(device: torch.device):
 
 def _params(kind: int, s: float, t: float, eps_norm: float, eps_ang: float, half_space: bool,
             normalize: bool) -> EnergyParams:
-    return EnergyParams(KINDS[kind], s, t, eps_norm, eps_ang, half_space, normalize)
+    """The parameters of an op call (``kind`` is its code: an unknown code is a ``ValueError``, never another
+    kind, as ``KINDS[-1]`` would be)."""
+    return EnergyParams(kind_by_code(kind).name, s, t, eps_norm, eps_ang, half_space, normalize)
 
 
 # ---- opaque operators of the Python backends (the C++ op is defined in csrc/hsu_ops.cpp) ----------------

@@ -85,3 +85,12 @@ def test_torch_paths_refuse_an_unknown_kind(normalize):
         tiled.cross_energy_grad(w, w, p)
     with pytest.raises(ValueError, match="kind must be one of"):
         p.code
+
+
+@pytest.mark.parametrize("code", [-1, len(KIND_TABLE), 1000])
+def test_python_ops_refuse_an_unknown_code(code):
+    """The registered ops of the Python backends (called directly, past the public checks) take the kind as
+    its code: an unknown code raises instead of indexing another kind."""
+    w = torch.randn(1, 6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown kind code"):
+        torch.ops.hsu.tiled_energy_grad(w, code, 1.0, 2.0, 1e-4, 1e-4, False, True, 1.0)
