@@ -8,7 +8,8 @@ original code.
 """
 
 from . import distributed, reference
-from ._params import KINDS, POWERS
+from ._params import POWERS
+from .kinds import KINDS
 from .layers import NeuronLayer, collect_layers, neuron_matrix
 from .ops import (
     BACKENDS,

@@ -14,7 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .kinds import KINDS, Kind, kind_by_name
+from .kinds import Kind, kind_by_name
+
 REDUCTIONS = ("mean", "sum")
 BACKENDS = ("auto", "reference", "torch", "cpu", "cuda", "triton")
 PRECISIONS = ("ieee", "tf32")

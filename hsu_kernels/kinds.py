@@ -7,10 +7,11 @@ Every kind is a per-pair term ``phi(x)`` of one variable ``x``:
 
 A record gives ``phi(x)``, ``phi'(x)`` and ``x phi'(x)`` (the last two written in terms of ``phi``): the
 careful paths scale the derivative by the pair's distance before forming it, because ``phi'(x)`` alone
-overflows for close pairs whose term and gradient do not. The torch paths (the reference, the tiled backend, the double-backward and the closed-form self pairs)
-take the formulas from here; the compiled kernels have their own copy of each formula (``csrc/hsu_pair.h``
-for C++ and CUDA, ``hsu_kernels/triton/kernels.py`` for Triton), selected by :attr:`Kind.code`, and
-``tests/test_kinds.py`` checks that both use the codes of this table and that each rejects any other code.
+overflows for close pairs whose term and gradient do not. The torch paths (the reference, the tiled
+backend, the double backward, the closed-form self pairs) take the formulas from here. The compiled kernels
+have their own copy of each formula (``csrc/hsu_pair.h`` for C++ and CUDA, ``hsu_kernels/triton/kernels.py``
+for Triton), selected by :attr:`Kind.code`; tests check that they use this table's codes and reject any
+other code.
 
 Adding a kind: a record here, its ``phi`` in ``csrc/hsu_pair.h`` (``KindTraits`` and the two ``phi_*``
 functions) and in ``hsu_kernels/triton/kernels.py`` (``_phi_x``); see docs/development.md.

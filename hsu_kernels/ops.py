@@ -21,12 +21,21 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _autograd, _ext, reference, tiled
+from . import _autograd, _ext, reference
 from ._autograd import autocast_off
+from ._params import (
+    BACKENDS,
+    EnergyParams,
+    check_backend,
+    check_matrix,
+    check_precision,
+    check_reduction,
+    compute_dtype,
+    is_batched_by_vmap,
+    make_params,
+    num_pairs,
+)
 from .kinds import kinds_doc
-from ._params import (BACKENDS, EnergyParams, check_backend, check_matrix, check_precision, check_reduction, compute_dtype,
-                      is_batched_by_vmap, make_params, num_pairs)
-
 
 #: On CUDA tensors, ``auto`` uses the CUDA C++ kernel up to this D and Triton above it (where both exist).
 CUDA_SMALL_D = 32

@@ -46,9 +46,9 @@ import torch
 from torch import nn
 
 from . import reference
-from ._params import check_backend, check_bool, check_int, check_matrix, compute_dtype, check_number, check_power
+from ._params import check_backend, check_bool, check_int, check_matrix, check_number, check_power, compute_dtype
 from .layers import NeuronLayer, Selector, collect_layers, neuron_matrix
-from .ops import BACKENDS, align_loss, cross_energy, energy, energy_many, uniformity_loss
+from .ops import align_loss, cross_energy, energy, energy_many, uniformity_loss
 
 #: The eps the original code adds inside every norm, ``sqrt(|x|^2 + 1e-4)``.
 _EPS = 1e-4

@@ -198,6 +198,16 @@ def _delta(xi: _Rows, yj: _Rows, b, i, j, sign) -> torch.Tensor:
     return ti[:, None] * (vj - vi) + vj * (tj - ti)[:, None]
 
 
+def _careful_geometry(xi: _Rows, yj: _Rows, b, i, j):
+    """The flagged pairs' geometry from coordinates (normalized rows): ``sign(g)``, ``delta = sign u_j - u_i``,
+    ``om = 1 - |g|`` from it (``(a_i + a_j + |delta|^2) / 2``) and ``g = sign (1 - om)``."""
+    ui, uj = xi.uw[b, i], yj.uw[b, j]
+    sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
+    delta = _delta(xi, yj, b, i, j, sign)
+    om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
+    return sign, delta, om, sign * (1 - om)
+
+
 def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
     """The flagged pairs ``(b, i, j)`` in float64 from coordinates: their energies, the vector each adds to
     its row's accumulator, and (normalized) the radial term it adds to ``rad`` (docs/spec.md §6 with
@@ -206,10 +216,7 @@ def _careful(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams, cs: float):
     (see ``_phi_g_q``)."""
     ui, uj = xi.uw[b, i], yj.uw[b, j]
     if p.normalize:
-        sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
-        delta = _delta(xi, yj, b, i, j, sign)
-        om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
-        g = sign * (1 - om)
+        sign, delta, om, g = _careful_geometry(xi, yj, b, i, j)
         e, cq = _phi_g_q(g, om, p)
         if p.half_space:
             e2, cq2 = _phi_g_q(-g, om, p)
@@ -293,10 +300,7 @@ def _careful_logs(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams):
     ``(x1, x2, v1, v2, rad1, rad2)`` with ``d x1/d(row i) ~ v1 + rad1 u_i`` (see ``_careful``)."""
     ui, uj = xi.uw[b, i], yj.uw[b, j]
     if p.normalize:
-        sign = torch.where((ui * uj).sum(-1) >= 0, 1.0, -1.0).to(ui.dtype)
-        delta = _delta(xi, yj, b, i, j, sign)
-        om = 0.5 * (xi.a[b, i] + yj.a[b, j] + (delta * delta).sum(-1))
-        g = sign * (1 - om)
+        sign, delta, om, g = _careful_geometry(xi, yj, b, i, j)
         d2 = torch.where(g >= 0, 2 * om, 2 - 2 * g)
         d2h = torch.where(g < 0, 2 * om, 2 + 2 * g)
         # d x1/dg = 2t, d x2/dg = -2t; dg/du_i = u_j = sign (u_i + delta)

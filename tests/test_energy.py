@@ -9,8 +9,14 @@ import torch
 
 import hsu_kernels as hk
 from hsu_kernels import _ext
-from hsu_kernels.testing import (assert_close, check_against_reference, energy_and_grad, fast_backends, kind_cases,
-                                 rand_rows)
+from hsu_kernels.testing import (
+    assert_close,
+    check_against_reference,
+    energy_and_grad,
+    fast_backends,
+    kind_cases,
+    rand_rows,
+)
 
 BACKENDS = fast_backends("cpu")
 KIND_S = kind_cases()  # every kind; the power kinds at each specialized exponent and s = 3.5
