@@ -127,13 +127,13 @@ cuda-check: cmake-cuda-check
 # 713 s on 2 cores in a cold CI run (2026-12-07); each report is cached under a hash of the kernel's
 # source (Triton's cache key, which includes its line numbers: an edit above a kernel in kernels.py
 # recompiles it), the config, Triton, ptxas, the TRITON_* environment and the code that compiles and reads
-# the report (hsu_kernels/triton/_aot.py, cache_key), so a run after a change recompiles only the kernels it
+# the report (tools/triton_aot.py, cache_key), so a run after a change recompiles only the kernels it
 # touched, and one after a config table edit only the new configs. `make test` compiles one small config
 # per kernel.
 AOT_CACHE ?= $(or $(HSU_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hsu-kernels)/triton-aot
 .PHONY: triton-aot-check
 triton-aot-check: build
-	$(PY) -m hsu_kernels.triton._aot --fail-on-spill --no-write --cache "$(AOT_CACHE)"
+	$(PY) tools/triton_aot.py --fail-on-spill --no-write --cache "$(AOT_CACHE)"
 
 bench: build
 	$(PY) -m bench
@@ -146,7 +146,7 @@ endif
 	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
 
 lint: $(DEPS)
-	$(PY) -m pip install -q ruff && $(PY) -m ruff check hsu_kernels tests bench examples
+	$(PY) -m pip install -q ruff && $(PY) -m ruff check hsu_kernels tests bench examples tools
 
 clean:
 	rm -rf build _build_cmake hsu_kernels/_C*.so hsu_kernels/_build_info.py *.egg-info $(VENV)/.hsu-installed

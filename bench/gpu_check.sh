@@ -11,7 +11,7 @@
 # Stages (each under a time limit, GPU_CHECK_LIMIT_<STAGE> seconds to change; the whole run stays within
 # GPU_CHECK_BUDGET, default 480 s, as far as the limits allow):
 #   info     date, commit, device, python / torch / triton / nvcc versions, nvidia-smi
-#   aot      (in the background) python -m hsu_kernels.triton._aot --kind angular: registers, spills and
+#   aot      (in the background) python tools/triton_aot.py --kind angular: registers, spills and
 #            occupancy of the angular kind's Triton configs for sm_90 and sm_80 with the machine's own Triton,
 #            reported, not a failure (the spill
 #            gate is `make triton-aot-check`, with the Triton of make test's venv; triton 3.8.0 spills a few
@@ -148,7 +148,7 @@ else
   # 1,590 compiles, CI's
   AOT_ARGS=(--jobs "$CORES" --kind angular)
 fi
-run_stage aot "$(limit AOT 240)" "$LOGS/aot.log" "$PYTHON" -m hsu_kernels.triton._aot "${AOT_ARGS[@]}" \
+run_stage aot "$(limit AOT 240)" "$LOGS/aot.log" "$PYTHON" tools/triton_aot.py "${AOT_ARGS[@]}" \
   --out "$OUT/triton-ptxas.md" &
 AOT_PID=$!
 

@@ -18,6 +18,7 @@ random draw that can be far below typical by luck (see ``assert_close_to_ref``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 
@@ -36,7 +37,8 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 import hsu_kernels  # noqa: E402
 from hsu_kernels import reference  # noqa: E402
 from hsu_kernels import triton as ht  # noqa: E402
-from hsu_kernels._params import make_params  # noqa: E402
+from hsu_kernels._params import EnergyParams, make_params  # noqa: E402
+from hsu_kernels.kinds import KIND_CODE, KIND_TABLE, kind_by_name  # noqa: E402
 
 if not ht.available():
     pytest.skip(f"hsu_kernels.triton failed to import: {ht.import_error()!r}", allow_module_level=True)
@@ -428,6 +430,50 @@ def test_errors():
         hsu_kernels.energy(_rand((4, 3), 0, torch.float64), backend="triton")
 
 
+#: A kind code that no record of the table has (its codes are 0 .. len - 1).
+UNKNOWN_CODE = len(KIND_TABLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnknownKind(EnergyParams):
+    """Riesz parameters whose kind code is :data:`UNKNOWN_CODE`: the launcher reads the record's flags (a copy of
+    the Riesz record under that code), the kernels only see the code."""
+
+    @property
+    def spec(self):
+        return dataclasses.replace(kind_by_name("riesz"), name="unknown", code=UNKNOWN_CODE)
+
+    @property
+    def code(self) -> int:
+        return UNKNOWN_CODE
+
+
+def _messages(exc: BaseException) -> str:
+    """The messages of ``exc`` and of the exceptions it was raised from (a GPU compile's CompilationError names
+    the kernel's line; the assertion's message is in its cause)."""
+    out = []
+    while exc is not None and len(out) < 10:
+        out.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("path", ["fused", "strip"])
+@pytest.mark.parametrize("norm", [True, False])
+def test_unknown_kind_code_fails_the_launch(monkeypatch, path, norm):
+    """A kind code without a branch in the kernels (every switch on KIND ends in a compile-time assertion, never
+    in another kind's formula) fails the launch with a message naming the code, and returns no number."""
+    if path == "strip":
+        monkeypatch.setattr(launch, "FUSED_MAX_D", 0)
+    p = _UnknownKind(**dataclasses.asdict(make_params("riesz", 1.0, half_space=True, normalize=norm)))
+    assert p.code == UNKNOWN_CODE and UNKNOWN_CODE not in KIND_CODE.values()
+    w = _rand((1, 6, 5), 5)
+    with pytest.raises(Exception) as info:
+        ht.energy_grad(w, p)
+    text = _messages(info.value)
+    assert f"unknown kind code KIND={UNKNOWN_CODE}" in text and "_phi_x" in text, text
+
+
 def test_sanity_values():
     """docs/spec.md §7: random near-orthogonal neurons in high dimension (mean over pairs)."""
     w = _rand((64, 256), 99)
@@ -437,21 +483,21 @@ def test_sanity_values():
         assert abs(got - value) < 0.05 * abs(value), (power, got, value)
 
 
-#: (KIND, NORM) of every launch the pruners distinguish: the angular kinds are always normalized.
-PRUNE_VARIANTS = [(0, True), (0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (4, False)]
+#: (KIND, NORM) of every launch the pruners distinguish: the angle kinds are always normalized.
+PRUNE_VARIANTS = [(k.code, norm) for k in KIND_TABLE for norm in ((True,) if k.angle else (True, False))]
 #: The (KIND, NORM, mode, BLOCK_D) left with one config (for one batch layout at least): the table's other
 #: configs spill for that launch even with 255 registers (configs.FUSED_SPILLS; bench/results/triton-ptxas-*).
 #: The angular kind's uniform batch at BLOCK_D 128 in ieee (16 x 16, 8 warps, capped at 255, is left; five
 #: other tiles spilled), the angular log kind's uniform batch at BLOCK_D 256 in tf32 (16 x 16, BLOCK_K 64).
-ONE_CONFIG = {(2, True, "ieee", 128), (3, True, "tf32", 256)}
+ONE_CONFIG = {(KIND_CODE["angular"], True, "ieee", 128), (KIND_CODE["angular_log"], True, "tf32", 256)}
 
 
 def test_gpu_config_pruning():
     """For every kind, padded D and product mode the pruner keeps the configs of ``FUSED_TABLE`` less those
-    ``FUSED_SPILLS`` leaves out for that kind (what _aot compiles without spills), in the table's order, at
-    least two where the table has them (the autotuner has a choice) and never none; each in the autotuning
-    list. The same for the coefficient kernel (``STRIP_TABLE``, ``STRIP_SPILLS``) and for the GEMM kernel
-    (``GEMM_TABLE``, the same for every kind)."""
+    ``FUSED_SPILLS`` leaves out for that kind (what tools/triton_aot.py compiles without spills), in the table's
+    order, at least two where the table has them (the autotuner has a choice) and never none; each in the
+    autotuning list. The same for the coefficient kernel (``STRIP_TABLE``, ``STRIP_SPILLS``) and for the GEMM
+    kernel (``GEMM_TABLE``, the same for every kind)."""
     import triton.language as tl
 
     from hsu_kernels.triton import configs as tables
@@ -504,8 +550,17 @@ def test_gpu_config_pruning():
     assert capped == {row + (255,) for (_, _, row) in tables.FUSED_LIFT}
     # a pinned list (one config outside the table) is left alone
     odd = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 256}, num_warps=2, num_stages=1)]
-    assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, KIND=0, NORM=True) == odd
-    assert kernels._prune_strip(odd, {}, PREC="ieee", KIND=0, NORM=True) == odd
+    riesz = KIND_CODE["riesz"]
+    assert kernels._prune_fused(odd, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, KIND=riesz, NORM=True) == odd
+    assert kernels._prune_strip(odd, {}, PREC="ieee", KIND=riesz, NORM=True) == odd
+    # a kind the exclusion and register-cap tables do not name (a new one) gets every config of the tables,
+    # uncapped, without an edit of configs.py
+    for mode, (prec, cdt) in modes.items():
+        for bd, table in kernels.FUSED_TABLE[mode].items():
+            kept = kernels._prune_fused(configs, {}, BLOCK_D=bd, PREC=prec, C_DTYPE=cdt, KIND=UNKNOWN_CODE, NORM=True)
+            assert [fkey(c) for c in kept] == list(table), (mode, bd)
+        kept = kernels._prune_strip(strip, {}, PREC=prec, KIND=UNKNOWN_CODE, NORM=False)
+        assert [fkey(c) for c in kept] == list(kernels.STRIP_TABLE[prec]), mode
     # the kind is needed: a launch without it would get another kind's configs
     with pytest.raises(ValueError, match="KIND"):
         kernels._prune_fused(configs, {}, BLOCK_D=64, PREC="ieee", C_DTYPE=tl.float32, NORM=True)
@@ -515,13 +570,13 @@ def test_gpu_config_pruning():
 def test_kernels_compile_for_gpu():
     """Under the interpreter nothing is compiled; this lowers the kernels through Triton's GPU passes and
     the bundled ptxas for sm_90 (no GPU needed), catching what the lenient interpreter accepts, and fails
-    if one of them spills registers (the full check of every config is ``_aot --fail-on-spill``)."""
+    if one of them spills registers (the full check of every config is ``tools/triton_aot.py --fail-on-spill``)."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "hsu_kernels.triton._aot", "--arch", "90", "--quick",
-                           "--fail-on-spill"],
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "triton_aot.py")
+    proc = subprocess.run([sys.executable, tool, "--arch", "90", "--quick", "--fail-on-spill"],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0 and "ptxas" in proc.stdout + proc.stderr and "not found" in proc.stdout + proc.stderr:
         pytest.skip("ptxas is not available to compile for sm_90")
@@ -561,9 +616,9 @@ class _RecordingKernel:
 @pytest.mark.parametrize("dtype,d", [(torch.float16, 16), (torch.float32, 40), (torch.float32, 48),
                                      (torch.bfloat16, 3)])
 def test_launches_are_the_compiled_kernels(monkeypatch, dtype, d):
-    """What a launch passes is what ``_aot`` compiles (one kernel per config and compiled-in flags): the kind
-    flags beyond KIND and NORM as plain ints, the uniform layout's scalar sizes only for D % 16 == 0,
-    16-byte-aligned float32 or bfloat16 buffers (float16 runs the float32 kernels in tf32 mode; a view
+    """What a launch passes is what ``tools/triton_aot.py`` compiles (one kernel per config and compiled-in
+    flags): the kind flags beyond KIND and NORM as plain ints, the uniform layout's scalar sizes only for
+    D % 16 == 0, 16-byte-aligned float32 or bfloat16 buffers (float16 runs the float32 kernels in tf32 mode; a view
     that starts off a 16-byte boundary is copied). The kernel is recorded, not run."""
     rec = _RecordingKernel()
     monkeypatch.setattr(tk, "fused_kernel", rec)
@@ -697,11 +752,11 @@ def _fused_config_cases(config):
         # one ragged launch at BLOCK_D = 16: a row tail and a column tail of this tile, N = 2, D = 2 and 5
         ws = _case_inputs([(bm + 3, 12), (2, 5), (bn + 1, 2)], seed + 10 * i, norm)
         _check_many(ws, p, f"fused {_cfg_id(config)} {kind} s={s} hs={hs} norm={norm}")
-    if _selectable(config, 64, tk.ANGULAR):
+    if _selectable(config, 64, KIND_CODE["angular"]):
         p = make_params("angular", 1.0, half_space=True)
         w = _rand((3, bm + 1, 48), seed + 80)  # uniform batch (scalar sizes: D % 16 == 0), BLOCK_D = 64
         compare_energy(*ht.energy_grad(w, p), w, p, f"fused {_cfg_id(config)} batch D=48")
-    if _selectable(config, 256, tk.RIESZ):
+    if _selectable(config, 256, KIND_CODE["riesz"]):
         x, y = _rand((2, 7, 200), seed + 81), _rand((2, bn + 3, 200), seed + 82)  # cross, BLOCK_D = 256
         p = make_params("riesz", 1.0, half_space=True)
         compare_cross(*ht.cross_energy_grad(x, y, p), x, y, p, f"fused {_cfg_id(config)} cross D=200")

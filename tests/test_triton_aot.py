@@ -1,29 +1,36 @@
-"""The offline compile report of the Triton kernels (``python -m hsu_kernels.triton._aot``): which configs it
-compiles and how it computes occupancy. (Compiling itself is checked by test_triton.py's
-``test_kernels_compile_for_gpu``; the full table is in bench/results/triton-ptxas-*.md.)"""
+"""The offline compile report of the Triton kernels (``python tools/triton_aot.py``, a tool of the checkout,
+not of the package): which configs it compiles and how it computes occupancy. (Compiling itself is checked by
+test_triton.py's ``test_kernels_compile_for_gpu``; the full table is in bench/results/triton-ptxas-*.md.)"""
 
 import os
+import sys
 
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from hsu_kernels.triton import _aot  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(ROOT, "tools") not in sys.path:  # tools/ is a folder of the checkout, not part of the package
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import triton_aot as aot  # noqa: E402
+
+from hsu_kernels.kinds import KIND_CODE, KIND_TABLE  # noqa: E402
 
 
 def test_occupancy():
     # 255 registers x 8 warps: one block of 8 warps fills the 64K registers of an SM
-    assert _aot.occupancy(90, 255, 49152, 8) == (8, "registers")
+    assert aot.occupancy(90, 255, 49152, 8) == (8, "registers")
     # few registers, no shared memory: the 64-warp cap
-    assert _aot.occupancy(80, 32, 0, 4) == (64, "warps")
+    assert aot.occupancy(80, 32, 0, 4) == (64, "warps")
     # 96 KB of shared memory per block: two blocks on sm_90 (228 KB), one on sm_80 (164 KB)
-    assert _aot.occupancy(90, 64, 96 * 1024, 4) == (8, "shared memory")
-    assert _aot.occupancy(80, 64, 96 * 1024, 4) == (4, "shared memory")
+    assert aot.occupancy(90, 64, 96 * 1024, 4) == (8, "shared memory")
+    assert aot.occupancy(80, 64, 96 * 1024, 4) == (4, "shared memory")
     # more shared memory than one block may have on sm_80: the config cannot launch there
-    warps, why = _aot.occupancy(80, 64, 200_000, 4)
+    warps, why = aot.occupancy(80, 64, 200_000, 4)
     assert warps == 0 and why.startswith("does not fit")
     # registers are allocated per warp in units of 256: 33 registers cost as much as 40
-    assert _aot.occupancy(90, 33, 0, 1) == _aot.occupancy(90, 40, 0, 1)
+    assert aot.occupancy(90, 33, 0, 1) == aot.occupancy(90, 40, 0, 1)
 
 
 def test_every_selectable_config_is_compiled():
@@ -35,13 +42,13 @@ def test_every_selectable_config_is_compiled():
 
     from hsu_kernels.triton import kernels as K
 
-    todo = _aot.tasks()
-    variants = _aot.gate_variants()
+    todo = aot.tasks()
+    variants = aot.gate_variants()
     # every kind, normalized, and un-normalized where the kind allows it, for a ragged and a uniform batch
+    # (the kinds of the table of kinds, the tool declares none of its own; the angle kinds are normalized only)
     assert sorted((v["KIND"], v["NORM"], v["UNIFORM"]) for v in variants) == sorted(
-        (c, n, u) for c, n in [(c, True) for c in range(5)] + [(_aot.KINDS[k], False) for k in ("riesz", "log",
-                                                                                              "gaussian")]
-        for u in (False, True))
+        (k.code, n, u) for k in KIND_TABLE for n in ((True,) if k.angle else (True, False)) for u in (False, True))
+    assert aot.KINDS == KIND_CODE
     assert all(set(v) == {"KIND", "NORM", "UNIFORM"} for v in variants)  # the other flags are runtime ints
     assert {t["arch"] for t in todo} == {80, 90} and {t["mode"] for t in todo} == {"ieee", "tf32", "bf16"}
     cdt = {"ieee": tl.float32, "tf32": tl.float32, "bf16": tl.bfloat16}
@@ -77,9 +84,9 @@ def test_every_selectable_config_is_compiled():
             for t in todo]
     assert len(keys) == len({repr(k) for k in keys})
     # one kind: its variants only
-    riesz = _aot.tasks(kind="riesz")
+    riesz = aot.tasks(kind="riesz")
     assert {(t["consts"]["KIND"], t["consts"]["NORM"]) for t in riesz if t["kernel"] != "gemm_kernel"} == {
-        (0, True), (0, False)}
+        (KIND_CODE["riesz"], True), (KIND_CODE["riesz"], False)}
 
 
 def test_strip_kernels_read_only_their_flags():
@@ -96,14 +103,14 @@ def test_strip_kernels_read_only_their_flags():
     gemm = ast.parse(textwrap.dedent(inspect.getsource(K.gemm_kernel.fn.fn)))
     body = gemm.body[0].body
     used = {n.id for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-    assert not (used & (set(_aot.GEMM_FLAGS) | {"hs", "self_pairs"})), used
+    assert not (used & (set(aot.GEMM_FLAGS) | {"hs", "self_pairs"})), used
     for name, kern in (("coef_kernel", K.coef_kernel.fn), ("epilogue_kernel", K.epilogue_kernel)):
         params = set(kern.arg_names) & kind_flags
-        assert params == set(_aot.STRIP_FLAGS[name]) | {"UNIFORM"}, (name, params)
+        assert params == set(aot.STRIP_FLAGS[name]) | {"UNIFORM"}, (name, params)
 
 
 def test_one_compiled_kernel_per_config_and_variant():
-    """What ``_aot`` compiles is what a launch runs: each kernel's only constexprs are the compiled-in kind
+    """What the tool compiles is what a launch runs: each kernel's only constexprs are the compiled-in kind
     flags (``KIND``, ``NORM``, ``UNIFORM``), the product modes, the tile and the product's dtypes; every
     other argument is a pointer (compiled 16-byte aligned, as the launcher passes them), a float (never
     specialized by Triton) or an int exempt from Triton's value specialization, which would otherwise
@@ -118,7 +125,7 @@ def test_one_compiled_kernel_per_config_and_variant():
         constexprs = {p.name for p in jit.params if p.is_constexpr}
         assert constexprs <= allowed and {"KIND", "NORM", "UNIFORM"} <= constexprs, (name, constexprs)
         for p in jit.params:
-            if p.is_constexpr or p.name.endswith("_ptr") or p.name in _aot.FLOAT_ARGS:
+            if p.is_constexpr or p.name.endswith("_ptr") or p.name in aot.FLOAT_ARGS:
                 continue
             assert p.do_not_specialize, (name, p.name)  # an int: one compiled kernel for every value
     # the runtime flags of the kinds are ints of every kernel that reads them
@@ -128,69 +135,69 @@ def test_one_compiled_kernel_per_config_and_variant():
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                    reason="the interpreter's kernels have no Triton cache key (and _aot refuses to run under it)")
+                    reason="the interpreter's kernels have no Triton cache key (and the tool refuses to run under it)")
 def test_cache_key_and_reuse(tmp_path, monkeypatch):
     """A report is reused only for the same task (the key changes with any constexpr, the arch, warps) and
     is stored only when the compile succeeded."""
-    todo = _aot.tasks(modes=("bf16",), archs=(90,), kind="riesz", quick=True)
+    todo = aot.tasks(modes=("bf16",), archs=(90,), kind="riesz", quick=True)
     t = todo[0]
     other = dict(t, consts=dict(t["consts"], NORM=not t["consts"]["NORM"]))
-    assert _aot.cache_key(t) == _aot.cache_key(dict(t))
-    assert len({_aot.cache_key(x) for x in (t, other, dict(t, arch=80), dict(t, warps=t["warps"] * 2))}) == 4
+    assert aot.cache_key(t) == aot.cache_key(dict(t))
+    assert len({aot.cache_key(x) for x in (t, other, dict(t, arch=80), dict(t, warps=t["warps"] * 2))}) == 4
     calls = []
 
     def fake(task):
         calls.append(task)
         return dict(task, registers=100, spill_stores=0, spill_loads=0, shared=0)
 
-    monkeypatch.setattr(_aot, "compile_one", fake)
-    first = _aot.compile_cached(t, str(tmp_path))
-    again = _aot.compile_cached(t, str(tmp_path))
+    monkeypatch.setattr(aot, "compile_one", fake)
+    first = aot.compile_cached(t, str(tmp_path))
+    again = aot.compile_cached(t, str(tmp_path))
     assert len(calls) == 1 and not first.get("cached") and again["cached"] and again["registers"] == 100
-    _aot.compile_cached(other, str(tmp_path))
+    aot.compile_cached(other, str(tmp_path))
     assert len(calls) == 2
-    monkeypatch.setattr(_aot, "compile_one", lambda task: dict(task, error="CompilationError: boom"))
+    monkeypatch.setattr(aot, "compile_one", lambda task: dict(task, error="CompilationError: boom"))
     bad = dict(t, warps=1)
-    assert "error" in _aot.compile_cached(bad, str(tmp_path)) and "error" in _aot.compile_cached(bad, str(tmp_path))
+    assert "error" in aot.compile_cached(bad, str(tmp_path)) and "error" in aot.compile_cached(bad, str(tmp_path))
     assert len(list(tmp_path.iterdir())) == 2
-    assert _aot.compile_cached(t, None) == _aot.compile_one(t)  # no cache: always compiled
+    assert aot.compile_cached(t, None) == aot.compile_one(t)  # no cache: always compiled
 
 
 def test_summary_and_row():
-    flags = _aot.variant("angular")
+    flags = aot.variant("angular")
     ok = dict(kernel="fused_kernel", arch=90, mode="bf16", D="64", warps=8, stages=2, registers=255,
               spill_stores=1832, spill_loads=1828, shared=49152,
               consts=dict(flags, BLOCK_M=128, BLOCK_N=64, BLOCK_D=64))
     clean = dict(ok, registers=128, spill_stores=0, spill_loads=0,
                  consts=dict(flags, BLOCK_M=32, BLOCK_N=32, BLOCK_D=64))
     failed = dict(ok, error="CompilationError: boom")
-    lines = _aot.summarize([ok, clean, failed])
+    lines = aot.summarize([ok, clean, failed])
     assert lines == ["fused_kernel sm_90: 2 configs compiled, 1 spill (worst 1832 B of spill stores: bf16 "
                      "128x64, BLOCK_D 64, 8 warps), max 255 registers, 1 FAILED to compile"]
-    assert _aot._row(ok)[-2:] == ["8", "registers"]
-    assert _aot._row(failed)[8] == "FAILED"
-    assert _aot._row(ok)[1] == "angular norm ragged"
-    raw = dict(ok, kernel="coef_kernel", consts=dict(_aot.variant("gaussian", norm=False), BLOCK_M=32, BLOCK_N=32,
+    assert aot._row(ok)[-2:] == ["8", "registers"]
+    assert aot._row(failed)[8] == "FAILED"
+    assert aot._row(ok)[1] == "angular norm ragged"
+    raw = dict(ok, kernel="coef_kernel", consts=dict(aot.variant("gaussian", norm=False), BLOCK_M=32, BLOCK_N=32,
                                                      BLOCK_K=32))
-    assert _aot._row(raw)[1] == "gaussian raw"
+    assert aot._row(raw)[1] == "gaussian raw"
 
 
 def test_select_filters_tasks():
     """--kernels, --ds and --match pick a subset of the full run (what one iterates on), nothing else."""
-    todo = _aot.tasks(modes=("bf16",), archs=(90,), kind="angular")
-    fused_256 = _aot.select(todo, kernels="fused", ds="256")
+    todo = aot.tasks(modes=("bf16",), archs=(90,), kind="angular")
+    fused_256 = aot.select(todo, kernels="fused", ds="256")
     assert fused_256 and all(t["kernel"] == "fused_kernel" and t["D"] == "256" for t in fused_256)
     assert len(fused_256) == sum(1 for t in todo if t["kernel"] == "fused_kernel" and t["D"] == "256")
     # D = 3 is served by BLOCK_D = 16 (the task labelled "3,16")
-    assert {t["D"] for t in _aot.select(todo, ds="3")} == {"3,16"}
-    strip = _aot.select(todo, ds="strip")
+    assert {t["D"] for t in aot.select(todo, ds="3")} == {"3,16"}
+    strip = aot.select(todo, ds="strip")
     assert {t["kernel"] for t in strip} == {"coef_kernel", "gemm_kernel", "epilogue_kernel"}
-    assert _aot.select(todo, kernels="coef_kernel") == [t for t in todo if t["kernel"] == "coef_kernel"]
-    eight = _aot.select(todo, kernels="gemm", match="8 warps")
+    assert aot.select(todo, kernels="coef_kernel") == [t for t in todo if t["kernel"] == "coef_kernel"]
+    eight = aot.select(todo, kernels="gemm", match="8 warps")
     assert eight and all(t["warps"] == 8 and t["kernel"] == "gemm_kernel" for t in eight)
-    assert _aot.select(todo) == todo
+    assert aot.select(todo) == todo
     with pytest.raises(SystemExit, match="unknown kernel"):
-        _aot.select(todo, kernels="fuse")
+        aot.select(todo, kernels="fuse")
 
 
 class _Recorder:
@@ -210,7 +217,7 @@ def test_a_launch_specializes_to_a_gated_kernel(monkeypatch, case):
     """What a real launch compiles is a kernel the gate compiled: the launcher's arguments (recorded, not
     run) go through Triton's own binder for a CUDA target, which computes the specialization a GPU launch
     would compile (argument types, int constants, alignment attributes), and that must be the signature
-    ``_aot.compile_one`` compiles for a task of ``_aot.tasks()`` with the same constexprs (the tile, which
+    ``aot.compile_one`` compiles for a task of ``aot.tasks()`` with the same constexprs (the tile, which
     the autotuner adds, aside)."""
     import torch
     import triton
@@ -243,7 +250,7 @@ def test_a_launch_specializes_to_a_gated_kernel(monkeypatch, case):
     else:
         launch.run(x, x, launch._Layout([7] * 3, [7] * 3, [d] * 3, x.device, uniform=True), p, True)
     target = make_backend(GPUTarget("cuda", 90, 32))
-    todo = _aot.tasks()
+    todo = aot.tasks()
     tile = {"BLOCK_M", "BLOCK_N", "BLOCK_K"}
     seen = 0
     for n in names:
@@ -264,8 +271,33 @@ def test_a_launch_specializes_to_a_gated_kernel(monkeypatch, case):
 
             def compiled(t):  # the signature compile_one gives the task's non-constexpr arguments
                 return {a: ("*" + t["ptrs"][a], "D") if a in t["ptrs"] else ("fp32", None)
-                        if a in _aot.FLOAT_ARGS else ("i32", None) for a in got}
+                        if a in aot.FLOAT_ARGS else ("i32", None) for a in got}
 
             assert any(compiled(t) == got for t in match), (n, got, [compiled(t) for t in match])
             seen += 1
     assert seen == (3 if case.startswith("strip") else 1), case
+
+
+def test_compile_tool_is_not_in_the_package():
+    """The compile gate is a tool of the checkout (tools/triton_aot.py): the installed package holds only what a
+    launch needs (the configs and exclusion tables of hsu_kernels/triton/configs.py)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("hsu_kernels.triton._aot") is None
+    assert os.path.dirname(os.path.abspath(aot.__file__)) == os.path.join(ROOT, "tools")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles with Triton's compiler")
+def test_unknown_kind_code_fails_the_compile():
+    """A kind code without a formula in the kernels fails the GPU compile of every kernel that reads it with a
+    message naming the code (a tl.static_assert in every switch on KIND), not a kernel of another kind's formula.
+    (The GEMM reads no kind flag.)"""
+    code = len(KIND_TABLE)
+    for norm in (True, False):
+        unknown = dict(aot.variant("riesz", norm), KIND=code)
+        todo = aot.tasks(modes=("ieee",), archs=(90,), quick=True, variants=[unknown])
+        todo = [t for t in todo if t["kernel"] != "gemm_kernel"]
+        assert {t["kernel"] for t in todo} == {"fused_kernel", "coef_kernel", "epilogue_kernel"}
+        for t in todo:
+            res = aot.compile_one(t)
+            assert f"unknown kind code KIND={code}" in res.get("error", ""), (t["kernel"], norm, res.get("error"))

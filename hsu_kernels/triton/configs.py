@@ -1,8 +1,8 @@
 """The autotuning configs of the Triton kernels (``kernels.py``) and the pruners that pick a launch's own.
 
 Kept apart from the kernels so that editing a table leaves the kernels' source, and so their compiled form
-and Triton's cache key (``JITFunction.cache_key``, which ``_aot --cache`` keys on), unchanged. Every config
-a pruner can return is compiled by ``python -m hsu_kernels.triton._aot --fail-on-spill`` (the CI gate) for
+and Triton's cache key (``JITFunction.cache_key``, which ``tools/triton_aot.py --cache`` keys on), unchanged.
+Every config a pruner can return is compiled by ``python tools/triton_aot.py --fail-on-spill`` (the CI gate) for
 sm_80 and sm_90, in every variant a launch can compile (kind, normalized or not, batch layout), with no
 register spills.
 """
@@ -14,10 +14,18 @@ import os
 import triton
 import triton.language as tl
 
+from ..kinds import KIND_CODE
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Kind codes, as in hsu_kernels/_params.py and csrc/hsu_pair.h (the exclusion tables name launches by them).
-RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
+# The kind codes the exclusion and register-cap tables below name launches by (hsu_kernels.kinds). The tables
+# name only the launches a measurement singled out: a kind they do not name, a new one included, gets every
+# config of its mode and D, uncapped (then the spill gate, tools/triton_aot.py, says whether that holds).
+RIESZ = KIND_CODE["riesz"]
+LOG = KIND_CODE["log"]
+ANGULAR = KIND_CODE["angular"]
+ANGULAR_LOG = KIND_CODE["angular_log"]
+GAUSSIAN = KIND_CODE["gaussian"]
 
 
 #: The fused kernel's GPU configs per product mode and padded row length ``BLOCK_D``:
@@ -29,7 +37,7 @@ RIESZ, LOG, ANGULAR, ANGULAR_LOG, GAUSSIAN = 0, 1, 2, 3, 4
 #: values per pair on top of the row tile, its gradient accumulator and the column tile: bigger tiles
 #: (e.g. 128 x 64 rows at BLOCK_D 64) spilled kilobytes per thread, and 128 x 32 at BLOCK_D 16 (8 warps)
 #: spilled 4-32 bytes at 255 registers for 15 of the 16 variants. Each config is compiled for sm_80 and
-#: sm_90 by ``python -m hsu_kernels.triton._aot --fail-on-spill`` in every variant. Modes: ``ieee`` is
+#: sm_90 by ``python tools/triton_aot.py --fail-on-spill`` in every variant. Modes: ``ieee`` is
 #: float32 with exact products (FMA), ``tf32`` float32 (or float16, upcast) on tensor cores, ``bf16``
 #: bfloat16 inputs and coefficients.
 FUSED_TABLE = {
@@ -62,7 +70,7 @@ LIFT_MAXNREG = 255
 #: Configs of :data:`FUSED_TABLE` that run with ``maxnreg = 255`` (:data:`LIFT_MAXNREG`) for some launches:
 #: ``(mode, BLOCK_D, config)`` -> the launches, ``(KIND, NORM)`` (both batch layouts) or ``(KIND, NORM,
 #: UNIFORM)``. Without a cap ptxas picks a budget of 64-168 registers for occupancy and spills 4-64 bytes to
-#: keep it, in these (measured by ``_aot``, bench/results/triton-ptxas-*.md); with 255 allowed each fits
+#: keep it, in these (measured by ``tools/triton_aot.py``, bench/results/triton-ptxas-*.md); with 255 allowed each fits
 #: without spills, at the occupancy its registers give (the launches not named keep ptxas's budget). Which
 #: variant tips a config over follows no rule from its live values, so the table follows the measurement.
 FUSED_LIFT = {
@@ -208,7 +216,7 @@ def _prune_fused(configs, named_args, **kwargs):
     """The configs of :data:`FUSED_TABLE` for the launch's product mode and padded D, less those
     :data:`FUSED_SPILLS` leaves out for its variant, capped where :data:`FUSED_LIFT` says, in the table's
     order (configs outside it may spill registers: they are never autotuned on a GPU). A list that holds
-    none of them (a test's pinned config) is kept as it is. ``python -m hsu_kernels.triton._aot`` compiles
+    none of them (a test's pinned config) is kept as it is. ``python tools/triton_aot.py`` compiles
     what this returns."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16))
     mode = product_mode(kwargs.get("PREC", "ieee"), kwargs.get("C_DTYPE", tl.float32))
@@ -229,7 +237,7 @@ def _strip_configs(interpret: bool = INTERPRET):
 def _prune_strip(configs, named_args, **kwargs):
     """The configs of :data:`STRIP_TABLE` less those :data:`STRIP_SPILLS` leaves out for the launch's kind and
     product precision, capped where :data:`STRIP_LIFT` says, in the table's order; a list holding none of
-    them (a test's pinned config) is kept. ``python -m hsu_kernels.triton._aot`` compiles what this returns."""
+    them (a test's pinned config) is kept. ``python tools/triton_aot.py`` compiles what this returns."""
     prec = "ieee" if kwargs.get("PREC", "ieee") == "ieee" else "tf32"
     table = STRIP_TABLE[prec]
     rows = _launch_rows(table, STRIP_SPILLS, STRIP_LIFT, _launch_variant(kwargs), (prec,))

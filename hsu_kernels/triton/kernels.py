@@ -23,6 +23,15 @@ Every kernel that evaluates pairs also writes a per-row flag of the rows the hos
 and takes the Gaussian kind as a
 log-sum-exp with a running maximum per row.
 
+The kinds are those of :data:`hsu_kernels.kinds.KIND_TABLE`: ``KIND`` is a record's ``code``, compared with
+the constexpr codes below (taken from the table, never written as numbers). A kind's term is one branch of
+:func:`_phi_x`; whether it is a function of the squared distance or of the angle follows the record's
+``angle`` flag (:data:`ANGLE_KINDS`). Every switch on ``KIND`` ends in a compile-time error for a code
+without a branch (``tl.static_assert``: the launch fails with the message, under the interpreter too), never
+in another kind's formula. A new distance kind is a record in ``kinds.py``, its code constant here and its
+branch of :func:`_phi_x`. (The log-sum reduction, the record's ``logsum``, is the Gaussian kind's own code
+path, ``KIND == GAUSSIAN``: its log terms ``-t d2`` are :func:`_gauss_logs`.)
+
 Only core Triton operations are used (``exp``, ``log``, ``sqrt``, arithmetic): ``acos`` is a polynomial
 (Abramowitz & Stegun 4.4.46, |error| <= 2.2e-8 measured), so the same code runs on GPUs and in the CPU
 interpreter (``TRITON_INTERPRET=1``).
@@ -35,15 +44,11 @@ import os
 import triton
 import triton.language as tl
 
-from .configs import (  # noqa: F401  (re-exported: the tests and _aot reach them through this module)
-    ANGULAR,
-    ANGULAR_LOG,
+from ..kinds import KIND_CODE, KIND_TABLE
+from .configs import (  # noqa: F401  (re-exported: the tests and tools/triton_aot.py reach them here)
     FUSED_SPILLS,
     FUSED_TABLE,
-    GAUSSIAN,
     GEMM_TABLE,
-    LOG,
-    RIESZ,
     STRIP_SPILLS,
     STRIP_TABLE,
     _fused_configs,
@@ -58,6 +63,18 @@ from .configs import (  # noqa: F401  (re-exported: the tests and _aot reach the
 )
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# The kind codes ``KIND`` is compared with, from hsu_kernels.kinds (constexpr: the only globals a Triton
+# function may read; their values enter each kernel's cache key).
+RIESZ = tl.constexpr(KIND_CODE["riesz"])
+LOG = tl.constexpr(KIND_CODE["log"])
+ANGULAR = tl.constexpr(KIND_CODE["angular"])
+ANGULAR_LOG = tl.constexpr(KIND_CODE["angular_log"])
+GAUSSIAN = tl.constexpr(KIND_CODE["gaussian"])
+#: The angle kinds (the record's ``angle``: the term is a function of ``theta / pi + eps_ang``), as a bit mask
+#: of their codes: ``(ANGLE_KINDS >> KIND) & 1``. Any other code is a distance kind, or unknown to
+#: :func:`_phi_x`, which rejects it.
+ANGLE_KINDS = tl.constexpr(sum(1 << k.code for k in KIND_TABLE if k.angle))
 
 # Exponent modes of x^(-p): 0 general (exp/log), 1 p = 1/2, 2 p = 1, 3 p = 2.
 POW_GENERAL, POW_RSQRT, POW_RECIP, POW_RECIP2 = 0, 1, 2, 3
@@ -110,22 +127,39 @@ def _pow_neg(x, p, mode):
 
 
 @triton.jit
+def _phi_x(x, dx, s, t, KIND: tl.constexpr, pmode):
+    """The kind's term ``phi(x)`` and ``phi'(x) dx``: ``x`` is ``d2`` for the distance kinds and
+    ``a = theta / pi + eps_ang`` for the angle kinds (:data:`ANGLE_KINDS`), ``dx`` the derivative of ``x``
+    along the caller's variable (``dtheta/dg`` of the angle kinds; the literal ``1.0`` for ``d2``, which the
+    compiler folds away). One branch per record of :data:`hsu_kernels.kinds.KIND_TABLE` (its ``phi``); a code
+    without one fails the compile."""
+    if KIND == RIESZ:
+        half = 0.5 * s
+        f = _pow_neg(x, half, pmode)
+        df = -half * f / x * dx
+    elif KIND == LOG or KIND == ANGULAR_LOG:
+        f = -tl.log(x)
+        df = -dx / x
+    elif KIND == ANGULAR:
+        f = _pow_neg(x, s, pmode)
+        df = -s * f / x * dx
+    elif KIND == GAUSSIAN:
+        f = tl.exp(-t * x)
+        df = -t * f * dx
+    else:
+        tl.static_assert(False, f"unknown kind code KIND={KIND}: the Triton kernels have no formula for it "
+                                "(hsu_kernels/triton/kernels.py, _phi_x; the codes are hsu_kernels.kinds.KIND_CODE)")
+    return f, df
+
+
+@triton.jit
 def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, pmode):
-    """``f(d2)`` and ``df/dd2`` of the distance kinds (Riesz, log, Gaussian), d2 clamped at 0. ``f`` is NaN
+    """``f(d2)`` and ``df/dd2`` of a distance kind, d2 clamped at 0. ``f`` is NaN
     where ``d2 < lim`` (or d2 is NaN): a close pair (:func:`_close`), which poisons its row's energy so that
     the host recomputes the row; the check poisons the input, where ``d2`` is live anyway (no value is kept
     alive through the transcendentals for it)."""
     d2 = tl.where(d2 >= lim, tl.maximum(d2, 0.0), float("nan"))
-    if KIND == 0:
-        half = 0.5 * s
-        f = _pow_neg(d2, half, pmode)
-        df = -half * f / d2
-    elif KIND == 1:
-        f = -tl.log(d2)
-        df = -1.0 / d2
-    else:
-        f = tl.exp(-t * d2)
-        df = -t * f
+    f, df = _phi_x(d2, 1.0, s, t, KIND, pmode)
     return f, df
 
 
@@ -133,21 +167,16 @@ def _phi_d2(d2, s, t, lim, KIND: tl.constexpr, pmode):
 def _phi_g(g, s, t, eps_ang, tau, KIND: tl.constexpr, pmode):
     """``phi(g)`` and ``dphi/dg`` for normalized rows (docs/spec.md §3); ``phi`` is NaN where
     ``1 - |g| < tau`` (see :func:`_phi_d2`)."""
-    if KIND == 2 or KIND == 3:
+    if (ANGLE_KINDS >> KIND) & 1:
         gc = tl.minimum(tl.maximum(g, -1.0), 1.0)
         a = tl.where(1.0 - tl.abs(gc) >= tau, _acos(gc) * 0.3183098861837907 + eps_ang, float("nan"))
         # (1-g)(1+g) keeps its relative accuracy near |g| = 1, where 1 - g*g cancels.
         sin_t = tl.sqrt(tl.maximum((1.0 - gc) * (1.0 + gc), 0.0))
         dtheta = -0.3183098861837907 / sin_t
-        if KIND == 2:
-            f = _pow_neg(a, s, pmode)
-            df = -s * f / a * dtheta
-        else:
-            f = -tl.log(a)
-            df = -dtheta / a
+        f, df = _phi_x(a, dtheta, s, t, KIND, pmode)
     else:
-        # both sides, as the angular kinds: near g = -1 the row's gradient is nearly radial and the float32
-        # epilogue cannot resolve it (two antipodes at D = 1)
+        # a distance kind, of d2 = 2 - 2g; both sides, as the angular kinds: near g = -1 the row's gradient is
+        # nearly radial and the float32 epilogue cannot resolve it (two antipodes at D = 1)
         gq = tl.where(1.0 - tl.abs(g) >= tau, g, float("nan"))
         f, dfd = _phi_d2(2.0 - 2.0 * gq, s, t, 0.0, KIND, pmode)
         df = -2.0 * dfd
@@ -247,17 +276,12 @@ def _diag_terms(sq, s, t, eps_norm, eps_ang, KIND: tl.constexpr, pmode, NORM: tl
     angular kinds take ``1 + g_ii = eps/n^2`` and ``sin^2 = eps (2|w|^2 + eps) / n^4`` in closed form."""
     if NORM:
         n2 = sq + eps_norm
-        if KIND == 2 or KIND == 3:
+        if (ANGLE_KINDS >> KIND) & 1:
             ax = sq / n2
             theta = 3.141592653589793 - tl.sqrt(eps_norm / n2) * _acos_poly(ax)
             a = theta * 0.3183098861837907 + eps_ang
             dtheta = -0.3183098861837907 * n2 / tl.sqrt(eps_norm * (2.0 * sq + eps_norm))
-            if KIND == 2:
-                f = _pow_neg(a, s, pmode)
-                df = -s * f / a * dtheta
-            else:
-                f = -tl.log(a)
-                df = -dtheta / a
+            f, df = _phi_x(a, dtheta, s, t, KIND, pmode)
         else:
             f, df = _phi_g(-(sq / n2), s, t, eps_ang, 0.0, KIND, pmode)
         # d g_ii / d w_i = 2 eps w_i / n^4; with eps_norm = 0 the term is exactly 0 (never 0 * inf).
@@ -323,8 +347,9 @@ def _matrix(k, K, tab_ptr, nx_u, ny_u, d_u, UNIFORM: tl.constexpr):
 _KEYS = ["N_KEY", "D_KEY", "KIND", "hs", "NORM", "self_pairs"]
 #: Every integer argument of a kernel is exempt from Triton's specialization on its value (an int equal to 1
 #: becomes a constant, one divisible by 16 gets an alignment attribute: each a different compiled kernel).
-#: So the compiled kernels are exactly one per config and constexpr set, which is what ``_aot`` compiles and
-#: gates; what a size's divisibility would give the uniform layout, ``_matrix`` states with ``tl.multiple_of``.
+#: So the compiled kernels are exactly one per config and constexpr set, which is what the spill gate
+#: (``tools/triton_aot.py``) compiles and gates; what a size's divisibility would give the uniform layout,
+#: ``_matrix`` states with ``tl.multiple_of``.
 _RUNTIME_INTS = ["K", "k_base", "nx_u", "ny_u", "d_u", "row_lo", "row_hi", "hs", "self_pairs", "pmode", "diag",
                  "N_KEY", "D_KEY"]
 
@@ -407,7 +432,7 @@ def fused_kernel(
         valid = rmask[:, None] & cmask[None, :]
         if self_pairs != 0:
             valid = valid & (rows[:, None] != cols[None, :])
-        if KIND == 4:
+        if KIND == GAUSSIAN:
             x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, NORM)
             x1 = tl.where(valid, x1, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(x1, 1))
@@ -442,7 +467,7 @@ def fused_kernel(
         xi32 = tl.load(x_ptr + xi_off, mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     # Row epilogue (docs/spec.md §6) in EPI precision: its two normalized terms cancel when a row's gradient is
     # nearly radial.
-    if KIND == 4:  # the row's log-sum; its gradient relative to the row sum (0 for a row without pairs)
+    if KIND == GAUSSIAN:  # the row's log-sum; its gradient relative to the row sum (0 for a row without pairs)
         e_row = m_run + tl.log(e_acc)
         inv_s = tl.where(e_acc > 0, 1.0 / e_acc, 0.0)
         acc = acc * inv_s[:, None]
@@ -529,7 +554,7 @@ def coef_kernel(
     b_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     c_rows = c_ptr + cbase + (rows - row_lo)[:, None].to(tl.int64) * ny
     shift = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if KIND == 4:
+    if KIND == GAUSSIAN:
         m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         s_run = tl.zeros([BLOCK_M], dtype=tl.float32)
         for c0 in range(0, ny, BLOCK_N):
@@ -564,7 +589,7 @@ def coef_kernel(
         valid = rmask[:, None] & cmask[None, :]
         if self_pairs != 0:
             valid = valid & (rows[:, None] != cols[None, :])
-        if KIND == 4:
+        if KIND == GAUSSIAN:
             x1, x2 = _gauss_logs(dot, si[:, None], sj[None, :], t, NORM)
             w1 = tl.exp(x1 - shift[:, None])
             w2 = w1
@@ -579,7 +604,7 @@ def coef_kernel(
             b_acc += tl.sum(tl.where(valid, ci, 0.0), 1)
         tl.store(c_rows + cols[None, :], tl.where(valid, cj, 0.0).to(c_ptr.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])
-    if KIND == 4:
+    if KIND == GAUSSIAN:
         e_row = tl.where(e_acc > 0, shift + tl.log(e_acc), float("-inf"))
     else:
         e_row = pair_scale * e_acc

@@ -25,8 +25,8 @@ products are exact in the fp32 accumulator; the second product ``phi'(S) y`` tak
 products: tf32 holds every float16 value exactly, so the first product is exact, and the second takes
 ``phi'`` in tf32 (float16's range cannot hold ``phi'`` of close pairs); the gradient is rounded to float16
 once. (A float16 variant of the kernels would only halve their loads: at D <= 256 the per-pair math bounds
-them, and every variant is one more set of kernels to compile and gate, ``_aot``.) float64 is not supported
-(TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
+them, and every variant is one more set of kernels to compile and gate, ``tools/triton_aot.py``.) float64 is not
+supported (TypeError): use ``backend="torch"``/``"cpu"``/``"cuda"``.
 
 Determinism: no atomics anywhere. Every output element is written by exactly one program, per-row energies
 are reduced on the host in float64 in a fixed order, so two runs give bitwise the same result. The price:
@@ -129,15 +129,15 @@ def _modes(dtype: torch.dtype, d: int, precision: Optional[str]):
 
 
 def _pow_mode(p: EnergyParams) -> int:
-    """The kernels' exponent mode of the energy (``kernels.pow_mode``; general for the kinds without one)."""
-    expo = p.s / 2 if p.kind == "riesz" else p.s
-    return K.pow_mode(expo) if p.kind in ("riesz", "angular") else K.POW_GENERAL
+    """The kernels' exponent mode of the energy (``kernels.pow_mode`` of ``x^(-s * power_scale)`` for the
+    kinds whose ``s`` is an exponent, the record's ``power``; general, and unused, for the others)."""
+    return K.pow_mode(p.s * p.spec.power_scale) if p.spec.power else K.POW_GENERAL
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """``t``, or a copy of it when its data is not 16-byte aligned: the kernels are compiled (and gated by
-    ``_aot``) for 16-byte-aligned pointers only, as torch allocates them; a view that starts inside a
-    buffer (``w[1:]``) would get another compiled kernel."""
+    ``tools/triton_aot.py``) for 16-byte-aligned pointers only, as torch allocates them; a view that starts
+    inside a buffer (``w[1:]``) would get another compiled kernel."""
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
@@ -238,10 +238,10 @@ def run(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, self_mo
         e, g, f = run(x32, x32 if y is x else y.float(), lay, p, self_mode, "tf32")
         return e, g.to(torch.float16), f
     dev = x.device
-    gauss = p.kind == "gaussian"
-    pair_scale = 1.0 if (p.half_space or not self_mode or gauss) else 0.5
+    logsum = p.spec.logsum  # rows reduced as log-sums: not pair-scaled, the half-space self pair on the host
+    pair_scale = 1.0 if (p.half_space or not self_mode or logsum) else 0.5
     grad_scale = 2.0 * (1.0 if (p.half_space or not self_mode) else 0.5) if self_mode else 1.0
-    diag = self_mode and p.half_space and not gauss
+    diag = self_mode and p.half_space and not logsum
     max_nx, max_ny, max_d = max(lay.nx), max(lay.ny), max(lay.d)
     prec, prec2, c_dtype, upcast, c_torch = _modes(x.dtype, max_d, precision)
     x, y = (_aligned(x),) * 2 if y is x else (_aligned(x), _aligned(y))
@@ -372,7 +372,7 @@ def _fix_rows(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, s
     pair of those rows on the torch backend's path (``tiled.row_pass``: float64 cosines, close pairs from
     coordinate differences, scale-safe statistics), in blocks of :data:`FIX_BLOCK` rows (``O(block * N)``
     memory), one matrix at a time."""
-    gauss = p.kind == "gaussian"
+    logsum = p.spec.logsum
     pair_scale = (1.0 if (p.half_space or not self_mode) else 0.5) * cs
     grad_scale = (2.0 if self_mode else 1.0) * pair_scale
     starts = torch.tensor(lay.xrow, device=rows.device)
@@ -387,7 +387,7 @@ def _fix_rows(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, s
         xi = tiled._Rows(xm[:, local], p, torch.float64)
         yj = tiled._Rows(ym, p, torch.float64)
         ids = local if self_mode else None
-        if gauss:
+        if logsum:
             sm, a, b, m = tiled.row_pass(xi, yj, p, self_mode, FIX_BLOCK, 1.0, tau, row_ids=ids)
             e_row = m + torch.log(sm)
             grad = tiled.row_grad(xi, a, b, torch.where(sm > 0, grad_scale / sm, 0.0), p)
@@ -418,7 +418,7 @@ def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, se
     Returns:
         ``(e, g)`` as :func:`run` defines them, times ``cs``.
     """
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         cs = 1.0
     xs, fac, bad = _safe_rows(x, lay, p)
     if y is x:
@@ -543,7 +543,7 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, precision: Optional[str] = Non
     bsz, n, d = w.shape
     x = w.contiguous()
     lay = _Layout([n] * bsz, [n] * bsz, [d] * bsz, x.device, uniform=True)
-    if p.kind == "gaussian":
+    if p.spec.logsum:
         e, g = row_pass(x.view(-1), x.view(-1), lay, p, True, precision)
         big_l, g = _gauss_self(x.view(-1), lay, p, e, g)
         return (big_l + math.log(scale)).to(torch.float32), g.view(x.shape)
@@ -585,7 +585,7 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precisi
     cs = tiled._coef_scale(scale)  # (row_pass takes none for the Gaussian kind, scaled below)
     ex, gx = row_pass(xc.view(-1), yc.view(-1), lay_x, p, False, precision, cs)
     ey, gy = row_pass(yc.view(-1), xc.view(-1), lay_y, p, False, precision, cs)
-    if p.kind == "gaussian":  # both passes' rows sum to the same S: scale each row by its share of it
+    if p.spec.logsum:  # both passes' rows sum to the same S: scale each row by its share of it
         big_l = _segment_lse(ex, lay_x)
         sx = torch.repeat_interleave(torch.exp(ex.double().view(bsz, nx) - big_l[:, None]).view(-1), d)
         sy = torch.repeat_interleave(torch.exp(ey.double().view(bsz, ny) - big_l[:, None]).view(-1), d)
@@ -633,7 +633,7 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
         ds = [ws[k].shape[1] for k in grp]
         lay = _Layout(ns, ns, ds, flat.device, uniform=False)
         e, g = row_pass(flat, flat, lay, p, True, precision)
-        if p.kind == "gaussian":
+        if p.spec.logsum:
             big_l, g = _gauss_self(flat, lay, p, e, g)
             energies[grp] = big_l
         else:

@@ -5,22 +5,28 @@ Triton wheel) without touching a device. This catches what the CPU interpreter c
 real frontend, layouts, and register spills (``ptxas -v``). It cannot check the numbers: only running on a
 GPU does. Run it without ``TRITON_INTERPRET``::
 
-    python -m hsu_kernels.triton._aot                  # every kernel a launch can run, sm_90 and sm_80
-    python -m hsu_kernels.triton._aot --fail-on-spill --cache ~/.cache/hsu-kernels/triton-aot
-                                                       # ... exit 1 if any spills (the CI gate,
-                                                       # `make triton-aot-check`; see there for its time)
-    python -m hsu_kernels.triton._aot --quick          # one small config per kernel, sm_90 (a compile check)
-    python -m hsu_kernels.triton._aot --kind riesz --kernels fused --ds 256 --modes ieee --no-write  # a subset
-    python -m hsu_kernels.triton._aot --kind gaussian --norm 0 --uniform 1 --no-write  # one variant
+    python tools/triton_aot.py                  # every kernel a launch can run, sm_90 and sm_80
+    python tools/triton_aot.py --fail-on-spill --cache ~/.cache/hsu-kernels/triton-aot
+                                                # ... exit 1 if any spills (the CI gate,
+                                                # `make triton-aot-check`; see there for its time)
+    python tools/triton_aot.py --quick          # one small config per kernel, sm_90 (a compile check)
+    python tools/triton_aot.py --kind riesz --kernels fused --ds 256 --modes ieee --no-write  # a subset
+    python tools/triton_aot.py --kind gaussian --norm 0 --uniform 1 --no-write  # one variant
+
+A development tool of the checkout, not part of the installed package (which keeps only what a launch needs:
+``hsu_kernels/triton/configs.py``'s autotuning configs and exclusion tables). It compiles the kernels of the
+checkout it lies in (its root goes first on ``sys.path``), whatever ``hsu_kernels`` the interpreter has
+installed. The kinds, and which of them have an un-normalized form, come from
+:data:`hsu_kernels.kinds.KIND_TABLE`.
 
 What is compiled (the default): every kernel a launch can run, that is every autotuning config the launcher
 can select, in every variant, per kernel:
 
-* ``fused_kernel`` for the padded row lengths of D in {3, 16, 32, 64, 128, 256} (``BLOCK_D`` 16, 32, 64,
-  128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``): the configs ``kernels._prune_fused`` returns for that
-  ``BLOCK_D``, product mode and variant, called with a launch's constexpr keyword arguments as Triton's
-  autotuner calls it (``configs.FUSED_TABLE`` less ``configs.FUSED_SPILLS``, with the register cap of
-  ``configs.FUSED_LIFT`` where ptxas's own budget spills);
+* ``fused_kernel`` (``hsu_kernels/triton/kernels.py``) for the padded row lengths of D in {3, 16, 32, 64,
+  128, 256} (``BLOCK_D`` 16, 32, 64, 128, 256; D = 3 and D = 16 share ``BLOCK_D = 16``): the configs
+  ``kernels._prune_fused`` returns for that ``BLOCK_D``, product mode and variant, called with a launch's
+  constexpr keyword arguments as Triton's autotuner calls it (``configs.FUSED_TABLE`` less
+  ``configs.FUSED_SPILLS``, with the register cap of ``configs.FUSED_LIFT`` where ptxas's own budget spills);
 * the strip path (D > 256): the ``coef_kernel`` configs ``kernels._prune_strip`` returns, the
   ``gemm_kernel`` configs ``kernels._prune_gemm`` keeps for the mode, and ``epilogue_kernel``;
 
@@ -28,10 +34,10 @@ each in the three modes a launch can take: float32 inputs with exact products (`
 tensor-core products (``tf32``), and bfloat16 inputs (float16 inputs run the float32 kernels in tf32 mode on
 a float32 copy: ``launch.run``).
 
-The variants (:func:`gate_variants`) are the compiled-in flags: the kind (five), normalized or not (Riesz,
-log and Gaussian have both), and the layout (a ragged batch, sizes and offsets loaded from a table, or a
-uniform one, scalar sizes with D a multiple of 16): 8 kind variants x 2 layouts. That is every variant
-there is, so the gate covers every kernel a GPU can run, not a sample:
+The variants (:func:`gate_variants`) are the compiled-in flags: the kind (every record of the table),
+normalized or not (the kinds that are not ``angle`` kinds have both), and the layout (a ragged batch, sizes
+and offsets loaded from a table, or a uniform one, scalar sizes with D a multiple of 16): 8 kind variants x 2
+layouts. That is every variant there is, so the gate covers every kernel a GPU can run, not a sample:
 
 * the other flags (half-space, self energy, the exponent mode, the half-space self pair) are runtime
   arguments of the kernels (``kernels._RUNTIME_INTS``): branches uniform across a launch, one compiled
@@ -75,20 +81,29 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
+#: The checkout this file lies in: first on sys.path, so that its hsu_kernels is the one compiled (and the one
+#: the spawned compile workers import) even where the interpreter has another checkout installed.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)
+
+from hsu_kernels.kinds import KIND_CODE, KIND_TABLE  # noqa: E402
+
 #: Padded row lengths of the fused kernel for the D values of the table, and the Ds each one serves.
 FUSED_DS = (3, 16, 32, 64, 128, 256)
 MODES = ("ieee", "tf32", "bf16")
-KINDS = {"riesz": 0, "log": 1, "angular": 2, "angular_log": 3, "gaussian": 4}
-#: The kinds with an un-normalized form (the angular kinds measure angles: always normalized).
-UNNORMALIZED_KINDS = ("riesz", "log", "gaussian")
+#: Every kind by name: its code, the kernels' ``KIND``.
+KINDS: Dict[str, int] = dict(KIND_CODE)
+#: The kinds with an un-normalized form (the ``angle`` kinds measure angles: always normalized).
+UNNORMALIZED_KINDS = tuple(k.name for k in KIND_TABLE if not k.angle)
 #: The compiled-in kind flags each strip-path kernel reads (the launcher always passes ``UNIFORM=False`` to
 #: them, so the two layouts of a kind compile one kernel each).
 STRIP_FLAGS = {"coef_kernel": ("KIND", "NORM"), "epilogue_kernel": ("KIND", "NORM")}
 #: The kernels' float arguments (compiled as fp32; Triton never specializes a float on its value). Every
 #: other argument is a pointer, a constexpr or an int exempt from specialization (``kernels._RUNTIME_INTS``).
 FLOAT_ARGS = ("s", "t", "eps_norm", "eps_ang", "pair_scale", "grad_scale", "tau")
-#: The GEMM's kind flags, fixed: its body reads neither (they only key its autotuning).
-GEMM_FLAGS = dict(KIND=0, NORM=True)
+#: The GEMM's kind flags, fixed (the first kind's): its body reads neither (they only key its autotuning).
+GEMM_FLAGS = dict(KIND=KIND_TABLE[0].code, NORM=True)
 
 #: Per-SM resources (CUDA occupancy calculator): registers, shared memory usable by blocks, the shared
 #: memory reserved per block, the most resident warps and blocks.
@@ -167,7 +182,7 @@ def tasks(modes=MODES, archs=(90, 80), kind: Optional[str] = None, quick: bool =
     body does not read every flag: see :data:`STRIP_FLAGS`) is listed once."""
     import triton.language as tl
 
-    from . import kernels as K
+    from hsu_kernels.triton import kernels as K
 
     tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16}
     if not variants:  # --quick: one kind (a compile check, not the gate)
@@ -217,7 +232,7 @@ def tasks(modes=MODES, archs=(90, 80), kind: Optional[str] = None, quick: bool =
                                          C_DTYPE=prod["C_DTYPE"], **c.kwargs),
                              warps=c.num_warps, stages=c.num_stages, maxnreg=c.maxnreg))
                 if mode != "tf32":  # the epilogue has no products: tf32 compiles the same kernel as ieee
-                    from .launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
+                    from hsu_kernels.triton.launch import _EPILOGUE_BLOCK_D, _EPILOGUE_BLOCK_M
 
                     add(dict(kernel="epilogue_kernel", arch=arch, mode=mode, D=">256",
                              ptrs={"x_ptr": elt, "a_ptr": "fp32", "b_ptr": "fp32", "e_ptr": "fp32", "g_ptr": elt,
@@ -262,7 +277,7 @@ def compile_one(task: dict) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import kernels as K
+    from hsu_kernels.triton import kernels as K
 
     tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
     kern = getattr(K, task["kernel"])
@@ -283,7 +298,13 @@ def compile_one(task: dict) -> dict:
                                 options={"num_warps": task["warps"], "num_stages": task["stages"],
                                          "maxnreg": task.get("maxnreg")})
     except Exception as exc:  # reported per task; the caller fails the run
-        res["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        # a CompilationError names the kernel's line, raised from one per call level; what went wrong (a
+        # tl.static_assert's message: an unknown kind code) is in the innermost exception
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        res["error"] = (f"{type(exc).__name__}: {str(exc)[:400]}"
+                        + (f"\n{type(cause).__name__}: {str(cause)[-400:]}" if cause is not exc else ""))
         return res
     res["seconds"] = time.perf_counter() - t0
     text = log.getvalue()
@@ -323,7 +344,7 @@ def cache_key(task: dict) -> str:
     import triton
     from triton.backends.nvidia.compiler import get_ptxas_version
 
-    from . import kernels as K
+    from hsu_kernels.triton import kernels as K
 
     kern = getattr(K, task["kernel"])
     jit = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern
@@ -487,7 +508,7 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
         f"# Triton kernels compiled with ptxas, no GPU ({datetime.date.today().isoformat()})",
         "",
         f"- commit: {commit}; triton {triton.__version__}",
-        f"- command: `python -m hsu_kernels.triton._aot {' '.join(argv)}` ({seconds:.0f} s, "
+        f"- command: `python tools/triton_aot.py {' '.join(argv)}` ({seconds:.0f} s, "
         f"{sum(1 for r in results if not r.get('cached'))} of {len(results)} compiled, the rest from the cache"
         + (f"; load average {load}" if load else "") + ")",
         "- variants, as the fused kernel compiles them (the `variant` column names the flags each kernel reads; "
@@ -527,13 +548,12 @@ def write_table(path: str, results: List[dict], argv: List[str], seconds: float,
 
 
 def _default_out() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, "bench", "results", f"triton-ptxas-{datetime.date.today().isoformat()}.md")
+    return os.path.join(ROOT, "bench", "results", f"triton-ptxas-{datetime.date.today().isoformat()}.md")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(prog="python -m hsu_kernels.triton._aot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python tools/triton_aot.py", description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCH_LIMITS),
                     help="compute capabilities (80: A100, 90: H100/H200)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of ieee, tf32, bf16")
