@@ -360,7 +360,7 @@ def test_energy_many_few_launches(monkeypatch):
     real = launch.run
     monkeypatch.setattr(launch, "run", lambda *a, **k: calls.append(a[2].k) or real(*a, **k))
     ws = [_rand((n, 30 + n % 3), n) for n in (5, 9, 12, 20, 3)]
-    launch.energy_many_sum(ws, make_params("log", 0.0))
+    launch.energy_many_grad(ws, make_params("log", 0.0))
     assert calls == [5], calls
 
 
@@ -425,7 +425,7 @@ def test_errors():
     with pytest.raises(TypeError, match="dtype"):
         ht.cross_energy_grad(_rand((1, 4, 3), 0), _rand((1, 4, 3), 0, torch.bfloat16), p)
     with pytest.raises(ValueError, match="at least one"):
-        ht.energy_many_sum([], p)
+        ht.energy_many_grad([], p)
     with pytest.raises(TypeError, match="float64"):
         hsu_kernels.energy(_rand((4, 3), 0, torch.float64), backend="triton")
 

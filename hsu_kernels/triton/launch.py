@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from .. import tiled
-from .._params import EnergyParams
+from .._params import EnergyParams, check_precision
 from . import kernels as K
 
 FUSED_MAX_D = 256
@@ -115,8 +115,7 @@ def check_input(t: torch.Tensor, name: str) -> None:
 
 def _modes(dtype: torch.dtype, d: int, precision: Optional[str]):
     """(PREC, PREC2, C_DTYPE, UPCAST, c_torch_dtype) for the two products of a launch."""
-    if precision is not None and precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee', 'tf32' or None, got {precision!r}")
+    check_precision(precision)
     if precision is None:
         opted_in = torch.get_float32_matmul_precision() != "highest"
         precision = "tf32" if (d >= TF32_MIN_D and opted_in) else "ieee"
@@ -617,6 +616,8 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
         ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs; Gaussian: log-sums) and the list of
         ``dE_k/dw_k``.
     """
+    if len(ws) == 0:
+        raise ValueError("ws must hold at least one matrix")
     for k, w in enumerate(ws):
         check_input(w, f"ws[{k}]")
         if w.dim() != 2:
@@ -641,38 +642,3 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
         for j, k in enumerate(grp):
             grads[k] = g[lay.xoff[j]: lay.xoff[j] + ns[j] * ds[j]].view(ns[j], ds[j])
     return energies.to(torch.float32), grads
-
-
-class EnergyMany(torch.autograd.Function):
-    """``energy_many_sum`` as an autograd Function: the forward keeps every gradient, the backward scales
-    each by its entry of ``grad_output``."""
-
-    @staticmethod
-    def forward(ctx, p, precision, *ws):
-        energies, grads = energy_many_grad(ws, p, precision)
-        ctx.save_for_backward(*grads)
-        return energies
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_e):
-        grads = ctx.saved_tensors
-        return (None, None) + tuple(grad_e[k].to(g.dtype) * g for k, g in enumerate(grads))
-
-
-def energy_many_sum(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Optional[str] = None) -> torch.Tensor:
-    """Differentiable ``Tensor[K]`` of ``sum_{i<j}`` energies of ``ws[k]: Tensor[N_k, D_k]`` (a network's
-    layers), computed as a ragged batch: one launch per group of matrices sharing a dtype and padded D
-    (three for the strip group), never one per matrix.
-
-    Args:
-        ws: list of ``Tensor[N_k, D_k]`` on one device, float32/bfloat16/float16.
-        p: the energy, shared by every matrix.
-        precision: as in :func:`energy_grad`.
-
-    Returns:
-        float32 ``Tensor[K]``.
-    """
-    if len(ws) == 0:
-        raise ValueError("ws must hold at least one matrix")
-    return EnergyMany.apply(p, precision, *ws)
