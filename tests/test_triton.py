@@ -39,6 +39,7 @@ from hsu_kernels import reference  # noqa: E402
 from hsu_kernels import triton as ht  # noqa: E402
 from hsu_kernels._params import EnergyParams, make_params  # noqa: E402
 from hsu_kernels.kinds import KIND_CODE, KIND_TABLE, kind_by_name  # noqa: E402
+from hsu_kernels.testing import kind_cases  # noqa: E402
 
 if not ht.available():
     pytest.skip(f"hsu_kernels.triton failed to import: {ht.import_error()!r}", allow_module_level=True)
@@ -76,10 +77,7 @@ def _first_config_per_launch_on_gpu(monkeypatch):
     yield
 
 
-KINDS = [
-    ("riesz", 0.5), ("riesz", 1.0), ("riesz", 2.0), ("riesz", 3.5), ("log", 0.0),
-    ("angular", 1.0), ("angular", 2.0), ("angular", 0.7), ("angular_log", 0.0), ("gaussian", 0.0),
-]
+KINDS = kind_cases(general=(3.5, 0.7))  # every kind of the table; the power kinds at each specialized exponent
 
 
 def _gen(seed: int) -> torch.Generator:
