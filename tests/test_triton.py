@@ -836,6 +836,15 @@ def test_issue13_numerics(name, args):
     getattr(numerics, f"test_{renamed.get(name, name)}")("triton", *args)
 
 
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's CPU tensors are the inputs of tests/test_compile.py")
+def test_compiled_mean_whose_sum_overflows_float32():
+    """Issue 22 on the Triton backend: compiled (dynamic=True) means whose float32 sum overflows agree with eager,
+    one graph for every N (energy_many's ragged launch takes the pair counts as SymInts)."""
+    import test_compile
+
+    test_compile.test_mean_whose_sum_overflows_float32("triton")
+
+
 @pytest.mark.parametrize("norm", [1e14, 1e20, 1e-30])
 @pytest.mark.parametrize("eps_norm", [1e-4, 0.0])
 def test_extreme_row_scales(norm, eps_norm):
