@@ -10,10 +10,17 @@ binds its arguments with ``inspect`` on every call, ~60 us, a tenth of a small c
 solver's N = 100.)
 
 Every pass takes the output ``scale`` (1, or ``1/pairs`` for a mean): the energy is ``scale * sum`` over
-pairs, and for the Gaussian kind the log-sum ``log(scale * sum exp(-t d2))`` (docs/spec.md §4), with the
-gradient of that. The Triton backend applies it per row after its pass (a row whose plain sum overflows
-float32 is recomputed, scaled, on the host: see ``triton.launch.row_pass``); its ragged batch
-(``energy_many``) returns plain sums, scaled in Python.
+pairs, and for the Gaussian kind the log-mean ``log(scale * sum exp(-t d2))`` (docs/spec.md §4), with the
+gradient of that; the scale enters before the log, so a log-mean near 0 is never the difference of two
+numbers near ``log(pairs)``. The Triton backend applies it per row after its pass (a row whose plain sum
+overflows float32 is recomputed, scaled, on the host: see ``triton.launch.row_pass``); its ragged batch
+(``energy_many``) takes one pair count per matrix and divides each float64 sum by it.
+
+Under ``torch.compile`` the mean's pair count is symbolic (an expression in N), and a float ``1/pairs``
+passed to an operator would be specialized (one graph per N). The compiled graph therefore calls
+``hsu::mean_energy_grad`` / ``hsu::mean_cross_energy_grad``, which take the count as an integer (a SymInt
+in the schema, never specialized) and call the backend's operator with ``scale = 1/count`` when the graph
+runs: the compiled mean is the eager one, bit for bit (a mean whose sum would overflow float32 included).
 
 First derivatives: the forward pass returns the gradient with the energy; the backward scales it by
 ``grad_output``.
@@ -129,20 +136,50 @@ def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale, precisi
 
 
 @torch.library.custom_op("hsu::triton_energy_many_grad", mutates_args=())
-def triton_energy_many_grad(ws: List[torch.Tensor], kind: int, s: float, t: float, eps_norm: float,
-                            eps_ang: float, half_space: bool, normalize: bool,
+def triton_energy_many_grad(ws: List[torch.Tensor], counts: List[int], kind: int, s: float, t: float,
+                            eps_norm: float, eps_ang: float, half_space: bool, normalize: bool,
                             precision: Optional[str]) -> tuple[torch.Tensor, List[torch.Tensor]]:
-    """The Triton ragged batch as one operator: ``(E: float32 [K], [G_k])``, the plain sums (the Gaussian kind:
-    the log-sums ``log sum exp(-t d2)``, with their gradients)."""
+    """The Triton ragged batch as one operator: ``(E: float32 [K], [G_k])``, each sum divided by its entry of
+    ``counts`` (integers, symbolic under torch.compile) in float64 before rounding (the Gaussian kind: the
+    log-means ``log(sum exp(-t d2) / count)``), with their gradients."""
     p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
-    e, grads = _triton().energy_many_grad(ws, p, precision=precision)
+    e, grads = _triton().energy_many_grad(ws, p, precision=precision, counts=counts)
     # the launch returns views of one buffer; an operator's outputs may not alias each other
     return e, [g.clone() for g in grads]
 
 
 @triton_energy_many_grad.register_fake
-def _(ws, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
+def _(ws, counts, kind, s, t, eps_norm, eps_ang, half_space, normalize, precision):
     return ws[0].new_empty((len(ws),), dtype=torch.float32), [torch.empty_like(w) for w in ws]
+
+
+@torch.library.custom_op("hsu::mean_energy_grad", mutates_args=())
+def mean_energy_grad(w: torch.Tensor, backend: str, kind: int, s: float, t: float, eps_norm: float, eps_ang: float,
+                     half_space: bool, normalize: bool, count: int,
+                     precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backend``'s pass with ``scale = 1/count``, the count an integer (SymInt: symbolic under
+    ``torch.compile(dynamic=True)`` without a graph per N). What compiled graphs call for a mean."""
+    p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
+    return self_pass(backend, w, p, precision, 1.0 / count)
+
+
+@mean_energy_grad.register_fake
+def _(w, backend, kind, s, t, eps_norm, eps_ang, half_space, normalize, count, precision):
+    return self_pass(backend, w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize), precision)
+
+
+@torch.library.custom_op("hsu::mean_cross_energy_grad", mutates_args=())
+def mean_cross_energy_grad(x: torch.Tensor, y: torch.Tensor, backend: str, kind: int, s: float, t: float,
+                           eps_norm: float, eps_ang: float, half_space: bool, normalize: bool, count: int,
+                           precision: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mean_energy_grad` for a cross energy: ``backend``'s cross pass with ``scale = 1/count``."""
+    p = _params(kind, s, t, eps_norm, eps_ang, half_space, normalize)
+    return cross_pass(backend, x, y, p, precision, 1.0 / count)
+
+
+@mean_cross_energy_grad.register_fake
+def _(x, y, backend, kind, s, t, eps_norm, eps_ang, half_space, normalize, count, precision):
+    return cross_pass(backend, x, y, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize), precision)
 
 
 def self_pass(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str], scale: float = 1.0):
@@ -165,13 +202,23 @@ def cross_pass(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, 
     return torch.ops.hsu.tiled_cross_energy_grad(x, y, *p.as_args(), scale)
 
 
-def _op_setup(ctx, inputs, output, cross: bool):
-    nt = 2 if cross else 1  # tensor inputs first, then the parameters in schema order (scale after the 7)
+def _op_setup(ctx, inputs, output, cross: bool, mean: bool = False):
+    # tensor inputs first, then the parameters in schema order: the 7 of EnergyParams.as_args and the scale,
+    # or (mean=True: the hsu::mean_* operators) the backend, the 7, the pair count and the precision
+    nt = 2 if cross else 1
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*inputs[:nt], output[0], *output[1:])
-    ctx.p = _params(*inputs[nt:nt + 7])
-    ctx.scale = float(inputs[nt + 7]) if len(inputs) > nt + 7 else 1.0
+    first = nt + 1 if mean else nt
+    ctx.p = _params(*inputs[first:first + 7])
+    if mean:  # the count stays as given (symbolic in a compiled graph) until a second derivative needs 1/count
+        ctx.scale, ctx.count = None, inputs[first + 7]
+    else:
+        ctx.scale = float(inputs[nt + 7]) if len(inputs) > nt + 7 else 1.0
     ctx.n_params = len(inputs) - nt  # the parameters get no gradient
+
+
+def _op_scale(ctx) -> float:
+    return ctx.scale if ctx.scale is not None else 1.0 / ctx.count
 
 
 def _op_backward(ctx, ge, *_grads_of_gradients):
@@ -180,42 +227,58 @@ def _op_backward(ctx, ge, *_grads_of_gradients):
     if len(saved) == 3:  # (w, E, G)
         w, e, g = saved
         if torch.is_grad_enabled():  # the backward is being differentiated (create_graph=True)
-            return (GradTimes.apply(w, ge, g, ctx.p, e, ctx.scale), *rest)
+            return (GradTimes.apply(w, ge, g, ctx.p, e, _op_scale(ctx)), *rest)
         return (ge.to(g.dtype)[:, None, None] * g, *rest)
     x, y, e, gx, gy = saved  # a cross energy
     if torch.is_grad_enabled():
-        return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p, e, ctx.scale), *rest)
+        return (*CrossGradTimes.apply(x, y, ge, gx, gy, ctx.p, e, _op_scale(ctx)), *rest)
     s = ge[:, None, None]
     return (s.to(gx.dtype) * gx, s.to(gy.dtype) * gy, *rest)
 
 
-def register_op_autograd(qualname: str, cross: bool) -> None:
+def register_op_autograd(qualname: str, cross: bool, mean: bool = False) -> None:
     """The autograd formula of a fused operator ``(w, params...) -> (E, G)`` or ``(x, y, params...) ->
     (E, Gx, Gy)``: the backward scales the saved gradients; its gradient outputs are not differentiable
-    (a loss built on them raises), and a differentiated backward gives second derivatives."""
+    (a loss built on them raises), and a differentiated backward gives second derivatives. ``mean``: the
+    parameters of the ``hsu::mean_*`` operators (see :func:`_op_setup`)."""
     torch.library.register_autograd(
-        qualname, _op_backward, setup_context=lambda ctx, inputs, output: _op_setup(ctx, inputs, output, cross)
+        qualname, _op_backward,
+        setup_context=lambda ctx, inputs, output: _op_setup(ctx, inputs, output, cross, mean),
     )
 
 
 for _name, _cross in (("hsu::tiled_energy_grad", False), ("hsu::tiled_cross_energy_grad", True),
                       ("hsu::triton_energy_grad", False), ("hsu::triton_cross_energy_grad", True)):
     register_op_autograd(_name, _cross)
+register_op_autograd("hsu::mean_energy_grad", cross=False, mean=True)
+register_op_autograd("hsu::mean_cross_energy_grad", cross=True, mean=True)
 
 
-def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str],
-               scale: float = 1.0) -> torch.Tensor:
-    """Differentiable ``E: [B]`` of ``w: [B, N, D]`` on a fused backend: ``scale * sum`` over pairs (the
-    Gaussian kind: ``log(scale * sum exp(-t d2))``; see the module docstring)."""
+def _symbolic_count(count) -> bool:
+    """Whether a pair count must reach the operators as an integer: in a compiled graph, where it may be
+    symbolic and ``1/count`` as a float argument would be specialized (one graph per N)."""
+    return torch.compiler.is_compiling() and not (isinstance(count, int) and count == 1)
+
+
+def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str], count=1) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``w: [B, N, D]`` on a fused backend: ``sum / count`` over pairs (the
+    Gaussian kind: ``log(sum exp(-t d2) / count)``), the division inside the pass (see the module docstring).
+    ``count``: an int, symbolic under torch.compile."""
+    if _symbolic_count(count):
+        return torch.ops.hsu.mean_energy_grad(w, backend, *p.as_args(), count, precision)[0]
+    scale = 1.0 / count
     if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(w):
         return Energy.apply(w, backend, p, precision, scale)[0]
     return self_pass(backend, w, p, precision, scale)[0]
 
 
 def cross_energy_sum(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams,
-                     precision: Optional[str], scale: float = 1.0) -> torch.Tensor:
-    """Differentiable ``E: [B]`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend (scaled,
-    or a log-sum, as :func:`energy_sum`)."""
+                     precision: Optional[str], count=1) -> torch.Tensor:
+    """Differentiable ``E: [B]`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend (divided
+    by ``count``, or a log-mean, as :func:`energy_sum`)."""
+    if _symbolic_count(count):
+        return torch.ops.hsu.mean_cross_energy_grad(x, y, backend, *p.as_args(), count, precision)[0]
+    scale = 1.0 / count
     if not torch.compiler.is_compiling() and (torch._C._functorch.is_functorch_wrapped_tensor(x)
                                                or torch._C._functorch.is_functorch_wrapped_tensor(y)):
         return CrossEnergy.apply(x, y, backend, p, precision, scale)[0]
@@ -509,20 +572,20 @@ class CrossEnergy(torch.autograd.Function):
 
 
 class EnergyMany(torch.autograd.Function):
-    """``E: [K]`` of a list of ``[N_k, D_k]`` matrices in one Triton ragged launch, with the gradients: the
-    plain sums (the Gaussian kind: the log-sums)."""
+    """``E: [K]`` of a list of ``[N_k, D_k]`` matrices in one Triton ragged launch, with the gradients: each
+    sum divided by its entry of ``counts`` (the Gaussian kind: the log-means)."""
 
     @staticmethod
-    def forward(p, precision, *ws):
-        e, grads = torch.ops.hsu.triton_energy_many_grad(list(ws), *p.as_args(), precision)
+    def forward(p, precision, counts, *ws):
+        e, grads = torch.ops.hsu.triton_energy_many_grad(list(ws), list(counts), *p.as_args(), precision)
         return (e, *grads)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        p, _, *ws = inputs
+        p, _, counts, *ws = inputs
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(output[0], *ws, *output[1:])
-        ctx.p = p
+        ctx.p, ctx.counts = p, counts
 
     @staticmethod
     def backward(ctx, ge, *_unused):
@@ -530,6 +593,7 @@ class EnergyMany(torch.autograd.Function):
         k = len(saved) // 2
         ws, grads = saved[:k], saved[k:]
         if torch.is_grad_enabled():
-            return (None, None, *(GradTimes.apply(w[None], ge[i:i + 1], g[None], ctx.p, e[i:i + 1], 1.0)[0]
-                                  for i, (w, g) in enumerate(zip(ws, grads))))
-        return (None, None, *(ge[i].to(g.dtype) * g for i, g in enumerate(grads)))
+            return (None, None, None,
+                    *(GradTimes.apply(w[None], ge[i:i + 1], g[None], ctx.p, e[i:i + 1], 1.0 / ctx.counts[i])[0]
+                      for i, (w, g) in enumerate(zip(ws, grads))))
+        return (None, None, None, *(ge[i].to(g.dtype) * g for i, g in enumerate(grads)))

@@ -184,32 +184,33 @@ def _is_log(p: EnergyParams) -> bool:
     return p.spec.logsum
 
 
-def _divided(e: torch.Tensor, count, log: bool) -> torch.Tensor:
-    """A sum ``e`` (``log``: a log-sum) divided by ``count`` (an int, symbolic under torch.compile)."""
-    return e - torch.log(torch.ones_like(e) * count) if log else e / count
-
-
-def _scale_inside(count) -> bool:
-    """Whether ``1 / count`` goes into the kernels as their ``scale`` (eager: so that a mean whose sum, or
-    whose sum's gradient, would overflow is still computed) or is applied to their result (under
-    torch.compile, where a float argument that depends on N would compile one graph per N)."""
-    return not torch.compiler.is_compiling() or (isinstance(count, int) and count == 1)
-
-
 def _energy_out(w3: torch.Tensor, p: EnergyParams, backend: str, precision: Optional[str] = None,
                 count=1) -> torch.Tensor:
     """``sum_{i<j} / count`` energy of each ``[N, D]`` in ``w3: [B, N, D]`` (for the Gaussian kind
     ``log(sum_{i<j} exp(-t d2) / count)``), differentiable, on ``backend``: float32 (float64 for float64
-    input), computed with autocast off (the caller holds ``autocast_off``)."""
+    input), computed with autocast off (the caller holds ``autocast_off``). ``count`` (an int, symbolic under
+    torch.compile) is applied inside the backends, eager or compiled: so that a mean whose sum (or whose sum's
+    gradient) would overflow is still computed, and a log-mean near 0 is not ``log(sum) - log(count)``."""
     if backend in ("reference", "cpu") and w3.dtype in (torch.float16, torch.bfloat16):
         w3 = w3.to(compute_dtype(w3.dtype))  # the cast's backward returns the gradient in the input's dtype
-    inside = _scale_inside(count)
-    scale = 1.0 / count if inside else 1.0
     if backend == "reference":
-        e = reference.gaussian_logsum(w3, p) + math.log(scale) if _is_log(p) else scale * reference.energy_sum(w3, p)
-    else:
-        e = _autograd.energy_sum(backend, w3, p, precision, scale)
-    return e if inside else _divided(e, count, _is_log(p))
+        return reference.gaussian_logsum(w3, p, count) if _is_log(p) else reference.energy_sum(w3, p, count)
+    return _autograd.energy_sum(backend, w3, p, precision, count)
+
+
+def _energy_value(w: torch.Tensor, p: EnergyParams, reduction: str, backend: str,
+                  precision: Optional[str], name: str = "w") -> torch.Tensor:
+    """:func:`energy` after its parameters are made, but for the Gaussian kind the log of the energy (the
+    log-mean itself, as the regularizers want it: ``log(exp(L))`` would round ``exp(L)``, and underflow)."""
+    check_reduction(reduction)
+    check_precision(precision)
+    check_matrix(w, name, eps_norm=p.eps_norm if p.normalize else None)
+    backend = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
+    w3 = w if w.dim() == 3 else w.unsqueeze(0)
+    count = num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1
+    with autocast_off(w.device):
+        e = _energy_out(w3, p, backend, precision, count)
+    return e if w.dim() == 3 else e[0]
 
 
 @_shared_args
@@ -254,17 +255,8 @@ def energy(
     """
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
-    check_reduction(reduction)
-    check_precision(precision)
-    check_matrix(w, "w", eps_norm=eps_norm if normalize else None)
-    name = resolve_backend(backend, w.device, w.shape[-1], w.dtype)
-    w3 = w if w.dim() == 3 else w.unsqueeze(0)
-    count = num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1
-    with autocast_off(w.device):
-        e = _energy_out(w3, p, name, precision, count)
-    if _is_log(p):
-        e = torch.exp(e)
-    return e if w.dim() == 3 else e[0]
+    e = _energy_value(w, p, reduction, backend, precision)
+    return torch.exp(e) if _is_log(p) else e
 
 
 @_shared_args
@@ -305,16 +297,24 @@ def energy_many(
         ``Tensor[K]``, one energy per matrix, differentiable with respect to each. The Triton backend runs
         the whole list in a few launches (a ragged batch); the others loop over the list.
     """
+    p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
+                    t=t, power=power)
+    e = _energy_many_value(ws, p, reduction, backend, precision)
+    return torch.exp(e) if _is_log(p) else e
+
+
+def _energy_many_value(ws: Sequence[torch.Tensor], p: EnergyParams, reduction: str, backend: str,
+                       precision: Optional[str]) -> torch.Tensor:
+    """:func:`energy_many` after its parameters are made; the Gaussian kind's log-means (see
+    :func:`_energy_value`)."""
     if isinstance(ws, torch.Tensor) or not isinstance(ws, (list, tuple)):
         raise TypeError("ws must be a list or tuple of [N, D] tensors")
     if len(ws) == 0:
         raise ValueError("ws must hold at least one matrix")
-    p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
-                    t=t, power=power)
     check_reduction(reduction)
     check_precision(precision)
     for k, w in enumerate(ws):
-        check_matrix(w, f"ws[{k}]", allow_batch=False, eps_norm=eps_norm if normalize else None)
+        check_matrix(w, f"ws[{k}]", allow_batch=False, eps_norm=p.eps_norm if p.normalize else None)
         if w.device != ws[0].device:
             raise ValueError(f"ws[{k}] is on {w.device}, ws[0] on {ws[0].device}: all must share a device")
         if w.dtype != ws[0].dtype:
@@ -323,13 +323,9 @@ def energy_many(
     counts = [num_pairs(w.shape[0], p.half_space) if reduction == "mean" else 1 for w in ws]
     with autocast_off(ws[0].device):
         if name == "triton" and not any(is_batched_by_vmap(w) for w in ws):
-            # the ragged launch returns the plain sums (the Gaussian kind: the log-sums)
-            es = _autograd.EnergyMany.apply(p, precision, *ws)[0].unbind(0)
-            es = [_divided(e, c, _is_log(p)) for e, c in zip(es, counts)]
-        else:
-            es = [_energy_out(w.unsqueeze(0), p, name, precision, c)[0] for w, c in zip(ws, counts)]
-    e = torch.stack(es)
-    return torch.exp(e) if _is_log(p) else e
+            # the ragged launch divides each sum by its count (the Gaussian kind: inside the log)
+            return _autograd.EnergyMany.apply(p, precision, counts, *ws)[0]
+        return torch.stack([_energy_out(w.unsqueeze(0), p, name, precision, c)[0] for w, c in zip(ws, counts)])
 
 
 @_shared_args
@@ -370,8 +366,16 @@ def cross_energy(
     p = make_params(kind, s, half_space=half_space, normalize=normalize, eps_norm=eps_norm, eps_ang=eps_ang,
                     t=t, power=power)
     check_reduction(reduction)
-    check_matrix(x, "x", min_rows=1, eps_norm=eps_norm if normalize else None)
-    check_matrix(y, "y", min_rows=1, eps_norm=eps_norm if normalize else None)
+    e = _cross_value(x, y, p, "mean" if reduction == "mean" else 1, backend, precision)
+    return torch.exp(e) if _is_log(p) else e
+
+
+def _cross_value(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, count, backend: str,
+                 precision: Optional[str]) -> torch.Tensor:
+    """:func:`cross_energy` after its parameters are made: the sum divided by ``count`` (an int, or ``"mean"``
+    for ``Nx * Ny``) inside the backends; the Gaussian kind's log of it (see :func:`_energy_value`)."""
+    check_matrix(x, "x", min_rows=1, eps_norm=p.eps_norm if p.normalize else None)
+    check_matrix(y, "y", min_rows=1, eps_norm=p.eps_norm if p.normalize else None)
     if x.dim() != y.dim() or x.shape[-1] != y.shape[-1] or (x.dim() == 3 and x.shape[0] != y.shape[0]):
         raise ValueError(f"x and y must agree in rank, batch size and D, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:
@@ -381,18 +385,16 @@ def cross_energy(
     check_precision(precision)
     name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
     x3, y3 = (x, y) if x.dim() == 3 else (x.unsqueeze(0), y.unsqueeze(0))
-    count = x.shape[-2] * y.shape[-2] if reduction == "mean" else 1
-    inside = _scale_inside(count)
+    if isinstance(count, str):  # "mean"
+        count = x.shape[-2] * y.shape[-2]
     if name in ("reference", "cpu") and x3.dtype in (torch.float16, torch.bfloat16):
         x3, y3 = x3.to(compute_dtype(x3.dtype)), y3.to(compute_dtype(y3.dtype))
     with autocast_off(x.device):
         if name == "reference":
-            e = reference.cross_energy(x3, y3, p, reduction if inside else "sum")
-            e = e if inside else e / count
+            e = (reference.cross_logsum(x3, y3, p, count) if _is_log(p)
+                 else reference.cross_energy(x3, y3, p, count=count))
         else:
-            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, 1.0 / count if inside else 1.0)
-            e = e if inside else _divided(e, count, _is_log(p))
-            e = torch.exp(e) if _is_log(p) else e
+            e = _autograd.cross_energy_sum(name, x3, y3, p, precision, count)
     return e if x.dim() == 3 else e[0]
 
 
@@ -412,13 +414,7 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, backend: str = "auto") -
     Returns:
         A scalar (``Tensor[B]`` for batched input).
     """
-    p = make_params("gaussian", 0.0, normalize=False, t=t)
-    check_matrix(x, "x")
-    name = resolve_backend(backend, x.device, x.shape[-1], x.dtype)
-    x3 = x if x.dim() == 3 else x.unsqueeze(0)
-    with autocast_off(x.device):
-        e = _energy_out(x3, p, name, count=num_pairs(x.shape[-2], False))
-    return e if x.dim() == 3 else e[0]
+    return _energy_value(x, make_params("gaussian", 0.0, normalize=False, t=t), "mean", backend, None, "x")
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:

@@ -17,7 +17,9 @@ on valid inputs (docs/spec.md §1, §4, §5):
   from ``acos`` near ``+-1``.
 - extreme norms. Rows are scaled by a power of two before their squared norm is formed, so rows whose
   ``|w|^2`` overflows (or underflows) are normalized exactly.
-- the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale.
+- the Gaussian kind is reduced as a log-sum-exp (:func:`gaussian_logsum`), finite at any feature scale, with the
+  mean's ``1/pairs`` inside the log (:func:`log_mean_exp`): ``log(sum) - log(pairs)`` of clustered features,
+  whose log-mean is near 0, subtracts two numbers near ``log(pairs)`` and keeps few of float32's digits.
 
 Being plain, it inherits autograd's limits in one place: the derivative of a pair whose ``2 - 2g`` is below
 ~1e-200 overflows. (The half-space pair ``(u_i, -u_i)``, whose angle is pi whatever ``w`` is when
@@ -217,32 +219,64 @@ def _self_pairs(w: torch.Tensor, p: EnergyParams):
     return w, iu[0], iu[1], None
 
 
-def energy_sum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``E = sum_{i<j} phi(g_ij)`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
+def _is_one(count) -> bool:
+    return isinstance(count, int) and count == 1
+
+
+def _summed(terms: torch.Tensor, count) -> torch.Tensor:
+    """``sum(terms) / count`` over the last dimension, each term divided before the sum, so that a mean whose
+    sum would overflow is still computed. ``count``: an int (symbolic under torch.compile)."""
+    return (terms if _is_one(count) else terms / count).sum(-1)
+
+
+def log_mean_exp(terms: torch.Tensor, count=1) -> torch.Tensor:
+    """``log(sum(exp(terms)) / count)`` over the last dimension (``terms`` <= 0, ``-inf`` allowed), accurate
+    relative to itself also near 0 (clustered features: ``-t d2`` all near 0).
+
+    A log-sum-exp shifted by the largest term ``top``, with ``1/count`` applied before the log, never as
+    ``- log(count)`` after it: for a log-mean near 0 that subtracts two numbers near ``log(count)`` (6.6e-3
+    relative error in float32, issue 22). Where the mean of ``exp(terms - top)`` is within 1/2 of 1 it is
+    taken as ``1 + excess / count`` with ``excess = sum expm1(terms - top) + (terms - count)``, and the log as
+    ``log1p``: the weights' deficits ``1 - exp(.)``, which carry the result, are not rounded against 1 (the
+    original code's ``log(mean(exp))`` is off by a few float32 ulps of 1 there). ``top`` and the log have the
+    same sign, so their sum does not cancel."""
+    top = terms.detach().amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no terms: log 0 = -inf below
+    y = terms - top
+    total = torch.exp(y).sum(-1)
+    mean = total if _is_one(count) else total / count
+    live = torch.isfinite(y)
+    excess = torch.where(live, torch.expm1(torch.where(live, y, 0.0)), 0.0).sum(-1)
+    excess = excess + (live.sum(-1) - count).to(excess.dtype)  # an exact integer: the terms beyond count
+    z = excess if _is_one(count) else excess / count
+    near = z.abs() <= 0.5
+    return top[..., 0] + torch.where(near, torch.log1p(torch.where(near, z, 0.0)),
+                                     torch.log(torch.where(near, 1.0, mean)))
+
+
+def energy_sum(w: torch.Tensor, p: EnergyParams, count=1) -> torch.Tensor:
+    """``E = sum_{i<j} phi(g_ij) / count`` of the rows of ``w`` (``[N, D]`` or ``[B, N, D]``), or of the 2N
     half-space points ``{w_i} u {-w_i}``. The pairs are selected before ``phi`` is applied, so the
-    diagonal (not a pair) never enters the graph."""
+    diagonal (not a pair) never enters the graph; each term is divided by ``count`` before the sum."""
     n = w.shape[-2]
     w, ii, jj, keep = _self_pairs(w, p)
     self_pair = (jj - ii == n) if p.half_space else None  # (u_i, -u_i): point i and its antipode n + i
-    return _pair_terms(w, w, ii, jj, p, keep, self_pair).sum(-1)
+    return _summed(_pair_terms(w, w, ii, jj, p, keep, self_pair), count)
 
 
-def gaussian_logsum(w: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``log sum_{i<j} phi_ij`` of a log-sum kind (the Gaussian: ``exp(-t d2_ij)``; half-space: over the 2N
-    points) as a log-sum-exp (docs/spec.md §4)."""
+def gaussian_logsum(w: torch.Tensor, p: EnergyParams, count=1) -> torch.Tensor:
+    """``log(sum_{i<j} exp(-t d2_ij) / count)`` (half-space: over the 2N points) as a log-sum-exp
+    (docs/spec.md §4, :func:`log_mean_exp`)."""
     w, ii, jj, keep = _self_pairs(w, p)
-    return torch.logsumexp(_log_terms(w, w, ii, jj, p, keep), -1)
+    return log_mean_exp(_log_terms(w, w, ii, jj, p, keep), count)
 
 
 def energy(w: torch.Tensor, p: EnergyParams, reduction: str = "mean") -> torch.Tensor:
     """The energy, summed or averaged over unordered pairs (docs/spec.md §4)."""
+    count = num_pairs(w.shape[-2], p.half_space) if reduction == "mean" else 1
     if p.spec.logsum:
-        shift = -math.log(num_pairs(w.shape[-2], p.half_space)) if reduction == "mean" else 0.0
-        return torch.exp(gaussian_logsum(w, p) + shift)
-    e = energy_sum(w, p)
-    if reduction == "mean":
-        e = e / num_pairs(w.shape[-2], p.half_space)
-    return e
+        return torch.exp(gaussian_logsum(w, p, count))
+    return energy_sum(w, p, count)
 
 
 def _all_pairs(x: torch.Tensor, y: torch.Tensor):
@@ -252,27 +286,29 @@ def _all_pairs(x: torch.Tensor, y: torch.Tensor):
     return ii, jj
 
 
-def cross_logsum(x: torch.Tensor, y: torch.Tensor, p: EnergyParams) -> torch.Tensor:
-    """``log sum_i sum_j exp(-t d2(x_i, y_j))`` (plus the pairs with ``-y_j`` in half-space mode)."""
+def cross_logsum(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, count=1) -> torch.Tensor:
+    """``log(sum_i sum_j exp(-t d2(x_i, y_j)) / count)`` (plus the pairs with ``-y_j`` in half-space mode), as
+    :func:`log_mean_exp`."""
     ii, jj = _all_pairs(x, y)
     terms = _log_terms(x, y, ii, jj, p)
     if p.half_space:
         terms = torch.cat([terms, _log_terms(x, -y, ii, jj, p)], -1)
-    return torch.logsumexp(terms, -1)
+    return log_mean_exp(terms, count)
 
 
-def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum") -> torch.Tensor:
+def cross_energy(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, reduction: str = "sum",
+                 count=None) -> torch.Tensor:
     """``sum_i sum_j phi(g(x_i, y_j))`` over all pairs of two sets (``phi(g) + phi(-g)`` in half-space
-    mode), or its mean over the ``Nx * Ny`` pairs."""
-    count = x.shape[-2] * y.shape[-2]
+    mode), or its mean over the ``Nx * Ny`` pairs (or divided by ``count`` when given: each term before the
+    sum; the Gaussian kind's inside the log, :func:`log_mean_exp`)."""
+    if count is None:
+        count = x.shape[-2] * y.shape[-2] if reduction == "mean" else 1
     if p.spec.logsum:
-        return torch.exp(cross_logsum(x, y, p) - (math.log(count) if reduction == "mean" else 0.0))
+        return torch.exp(cross_logsum(x, y, p, count))
     ii, jj = _all_pairs(x, y)
-    e = _pair_terms(x, y, ii, jj, p).sum(-1)
+    e = _summed(_pair_terms(x, y, ii, jj, p), count)
     if p.half_space:
-        e = e + _pair_terms(x, -y, ii, jj, p).sum(-1)
-    if reduction == "mean":
-        e = e / count
+        e = e + _summed(_pair_terms(x, -y, ii, jj, p), count)
     return e
 
 
@@ -297,4 +333,4 @@ def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """``log mean_{i<j} exp(-t |x_i - x_j|^2)`` on the rows as given (docs/spec.md §4, §7), as a log-sum-exp, with
     ``|x_i - x_j|^2`` from the expanded form and close pairs recomputed from differences (docs/spec.md §5)."""
     p = EnergyParams("gaussian", 0.0, float(t), 0.0, 0.0, False, False)
-    return gaussian_logsum(x, p) - math.log(num_pairs(x.shape[-2], False))
+    return gaussian_logsum(x, p, num_pairs(x.shape[-2], False))

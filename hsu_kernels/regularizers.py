@@ -46,9 +46,26 @@ import torch
 from torch import nn
 
 from . import reference
-from ._params import check_backend, check_bool, check_int, check_matrix, check_number, check_power, compute_dtype
+from ._params import (
+    check_backend,
+    check_bool,
+    check_int,
+    check_matrix,
+    check_number,
+    check_power,
+    compute_dtype,
+    make_params,
+)
 from .layers import NeuronLayer, Selector, collect_layers, neuron_matrix
-from .ops import align_loss, cross_energy, energy, energy_many, uniformity_loss
+from .ops import (
+    _cross_value,
+    _energy_many_value,
+    _energy_value,
+    align_loss,
+    energy,
+    energy_many,
+    uniformity_loss,
+)
 
 #: The eps the original code adds inside every norm, ``sqrt(|x|^2 + 1e-4)``.
 _EPS = 1e-4
@@ -344,7 +361,9 @@ def _pole_cross(w: torch.Tensor, v: torch.Tensor, half_space: bool, kind: str, b
     """``mean_i phi(cos(v_k, f_i))`` per pole (``Tensor[K]``) over the once-normalized neurons ``f_i`` (and
     ``-f_i`` with ``half_space``); the kernel normalizes both sides once more, which makes the pole
     cosine the original's ``v . f_i / (sqrt(|v|^2 + 1e-4) sqrt(|f_i|^2 + 1e-4))``. One batched cross
-    call: poles as ``[K, 1, D]`` against ``K`` expanded copies of the neurons."""
+    call: poles as ``[K, 1, D]`` against ``K`` expanded copies of the neurons, the mean's division inside the
+    kernel. For the Gaussian kind the log of the mean (``log mean_i exp(-t d2)``, formed without rounding
+    the mean: see ``ops._energy_value``)."""
     check_matrix(w, "w", allow_batch=False)
     _check_poles(v, w)
     check_bool("half_space", half_space)
@@ -352,8 +371,8 @@ def _pole_cross(w: torch.Tensor, v: torch.Tensor, half_space: bool, kind: str, b
     f = _norm_once(w).to(dtype)
     vk = v.to(dtype).unsqueeze(1)
     fk = f.unsqueeze(0).expand(v.shape[0], *f.shape)
-    e = cross_energy(vk, fk, kind, half_space=half_space, reduction="sum", eps_norm=_EPS, backend=backend, **kw)
-    return e / (w.shape[0] * (2 if half_space else 1))
+    p = make_params(kind, kw.get("s", 1.0), half_space=half_space, eps_norm=_EPS, t=kw.get("t", 2.0))
+    return _cross_value(vk, fk, p, w.shape[0] * (2 if half_space else 1), backend, None)
 
 
 def pole_potential(
@@ -401,7 +420,7 @@ def pole_softmin(
         ``Tensor[K]``, differentiable in ``w`` and ``v``.
     """
     beta = check_number("beta", beta, positive=True)
-    return -torch.log(_pole_cross(w, v, half_space, "gaussian", backend, t=beta)) / beta
+    return -_pole_cross(w, v, half_space, "gaussian", backend, t=beta) / beta  # the log-mean itself
 
 
 def mhp_loss(w: torch.Tensor, v: torch.Tensor, half_space: bool = False, *, backend: str = "auto") -> torch.Tensor:
@@ -481,7 +500,9 @@ def neuron_uniformity(w: torch.Tensor, t: float = 2.0, half_space: bool = False,
         backend: ``"auto"`` (default), ``"reference"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``, passed
             to the kernel calls (what ``"auto"`` picks: :func:`hsu_kernels.energy`).
     """
-    return torch.log(energy(w, "gaussian", t=t, half_space=half_space, backend=backend))
+    # the log-mean itself: log(energy(...)) would round the mean, near 1 for clustered neurons, to float32 first
+    p = make_params("gaussian", 0.0, half_space=half_space, t=t)
+    return _energy_value(w, p, "mean", backend, None)
 
 
 def uniformity_align_loss(x: torch.Tensor, y: torch.Tensor, *, lam: float = 1.0, t: float = 2.0,
@@ -887,7 +908,8 @@ class Uniformity(Preset):
         check_number("t", self.t, positive=True)
 
     def values(self, ws, auxs, half_space):
-        return torch.log(energy_many(ws, "gaussian", t=self.t, half_space=half_space, backend=self.backend))
+        p = make_params("gaussian", 0.0, half_space=half_space, t=self.t)
+        return _energy_many_value(ws, p, "mean", self.backend, None)  # the log-means (see neuron_uniformity)
 
     def value(self, w, aux, *, hidden, half_space):
         return neuron_uniformity(w, self.t, half_space, backend=self.backend)

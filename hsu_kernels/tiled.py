@@ -477,6 +477,22 @@ def diag_terms(xi: _Rows, p: EnergyParams) -> Tuple[torch.Tensor, torch.Tensor]:
     return f, (8 * df)[..., None] * xi.xw
 
 
+def log_mean(m: torch.Tensor, s: torch.Tensor, scale: float):
+    """The Gaussian kind's log-mean ``L = log(scale * S)``, ``S = sum_k s_k exp(m_k)`` over the last dimension,
+    from the rows' maxima ``m_k`` (largest log term ``-t d2``, <= 0) and their sums ``s_k`` relative to them.
+    The shift ``top`` is the largest ``m_k``, not the largest row log-sum ``m_k + log s_k`` (near ``log N``),
+    so the mean's ``scale = 1/pairs`` enters before the log and a log-mean near 0 (clustered features) is never
+    the difference of two numbers near ``log(pairs)`` (docs/precision.md).
+
+    Returns ``(L, share)``: ``share(mk)`` is ``exp(mk) / S`` for row maxima ``mk`` of the same pairs (a row's
+    gradient weight), a ratio of shifted terms: exact also where ``m`` is so large (features of norm 1e20)
+    that ``L - log(scale)`` would have lost the sum."""
+    top = m.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no pairs at all: log 0 = -inf below
+    tot = (s * torch.exp(m - top)).sum(-1, keepdim=True)
+    return top[..., 0] + torch.log(scale * tot[..., 0]), lambda mk: torch.exp(mk - top) / tot
+
+
 def _coef_scale(scale: float) -> float:
     """The part of ``scale`` applied to every pair coefficient before accumulation (so that a mean whose
     sum would overflow still fits); the rest is applied in the epilogue."""
@@ -520,15 +536,16 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
     gscale = 2 * pair_scale
     if p.spec.logsum:
         s, a, b, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo, x.dtype))
-        terms = [m + torch.log(pair_scale * s)]
+        ms, ss = [m], [pair_scale * s]
         if p.half_space:
             xd, vd = diag_terms(rows, p)
-            terms.append(xd)
-        logz = torch.logsumexp(torch.stack(terms, -1), dim=(-1, -2))
-        grad = row_grad(rows, a, b, gscale * torch.exp(m - logz[:, None]), p)
+            ms.append(xd)
+            ss.append(torch.ones_like(xd))
+        big_l, share = log_mean(torch.cat(ms, -1), torch.cat(ss, -1), scale)  # log(scale * S)
+        grad = row_grad(rows, a, b, gscale * share(m), p)
         if p.half_space:
-            grad = grad + torch.exp(xd - logz[:, None])[..., None] * vd
-        return (logz + math.log(scale)).to(x.dtype), grad.to(w.dtype)
+            grad = grad + share(xd)[..., None] * vd
+        return big_l.to(x.dtype), grad.to(w.dtype)
     cs = _coef_scale(scale)
     e, a, b, _ = row_pass(rows, rows, p, True, block, cs, _tau(geo, x.dtype))
     if _acc_overflowed(a, w, geo):
@@ -572,10 +589,10 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     if p.spec.logsum:
         sx, ax, bx, mx = row_pass(rx, ry, p, False, block, 1.0, tau)
         _, ay, by, my = row_pass(ry, rx, p, False, block, 1.0, tau)
-        logz = torch.logsumexp(mx + torch.log(sx), -1)
-        gx = row_grad(rx, ax, bx, torch.exp(mx - logz[:, None]), p)
-        gy = row_grad(ry, ay, by, torch.exp(my - logz[:, None]), p)
-        return (logz + math.log(scale)).to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)
+        big_l, share = log_mean(mx, sx, scale)  # log(scale * S), as in energy_grad
+        gx = row_grad(rx, ax, bx, share(mx), p)
+        gy = row_grad(ry, ay, by, share(my), p)  # the rows of y split the same S
+        return big_l.to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)
     cs = _coef_scale(scale)
     ex, ax, bx, _ = row_pass(rx, ry, p, False, block, cs, tau)
     _, ay, by, _ = row_pass(ry, rx, p, False, block, cs, tau)

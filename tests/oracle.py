@@ -439,3 +439,47 @@ def error_bars(pb: Problem, e_true: torch.Tensor, g_true: torch.Tensor, dtype: t
     tiny = K * torch.finfo(dtype if dtype == torch.float64 else torch.float32).tiny
     # where the model itself overflows (inf times 0) it gives no bound
     return (e_bar + tiny).nan_to_num(nan=math.inf), (g_bar + K * eps * top + tiny).nan_to_num(nan=math.inf), peak
+
+
+# ---- log-means of clustered rows (issue 22) ------------------------------------------------------------------
+
+#: float32's unit roundoff.
+U = 2.0**-24
+#: A float32 log-mean ``log(mean exp(-t d2))`` may be off by a few units of roundoff relative to itself: each
+#: log term ``-t d2`` is within a few ulps (close pairs from coordinate differences, the others from float32
+#: products, docs/spec.md §9) and the result is their weighted log-mean. What a backend adds to that in
+#: absolute terms is the caller's ``abs_term`` (see the tests).
+LOG_MEAN_REL = 8 * U
+
+
+def check_log_mean(got: torch.Tensor, truth: float, abs_term: float, what: str, scale: float = 1.0) -> None:
+    """``got / scale``, a float32 log-mean, within ``LOG_MEAN_REL |truth| + abs_term`` of ``truth``."""
+    assert got.dtype == torch.float32, f"{what}: {got.dtype}"
+    val = float(got.detach()) / scale
+    err, bound = abs(val - truth), LOG_MEAN_REL * abs(truth) + abs_term
+    assert err <= bound, (f"{what}: {val!r} vs {truth!r}: error {err:.3g} = {err / U:.3g}u "
+                          f"({err / abs(truth):.3g} relative) > {bound:.3g}")
+
+
+def clustered_rows(n: int, r: float, clusters: int, seed: int, d: int = 128):
+    """``(x, centers)``: float32 unit rows, row i within ``r`` of ``centers[i % clusters]`` (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.nn.functional.normalize(torch.randn(clusters, d, dtype=torch.float64, generator=g), dim=-1)
+    off = (2 * torch.rand(n, d, dtype=torch.float64, generator=g) - 1) / d**0.5  # |off| <= 1
+    x = torch.nn.functional.normalize(c[torch.arange(n) % clusters] + r * off, dim=-1)
+    return x.float(), c
+
+
+def log_mean64(d2: torch.Tensor, t: float) -> float:
+    """The original code's formula, ``log(mean(exp(-t d2)))``, in float64."""
+    return float(torch.log(torch.exp(-t * d2.double()).mean()))
+
+
+def unit_d2(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``2 - 2 u_i . u_j`` for every pair of rows of ``a`` and ``b`` with ``u = x / sqrt(|x|^2 + eps)``
+    (docs/spec.md §1), in float64 from coordinate differences: ``|u_i - u_j|^2 + a_i + a_j``,
+    ``a = 1 - |u|^2 = eps / (|x|^2 + eps)``."""
+    a, b = a.double(), b.double()
+    na, nb = (a * a).sum(-1, keepdim=True) + eps, (b * b).sum(-1, keepdim=True) + eps
+    ua, ub = a / na.sqrt(), b / nb.sqrt()
+    return torch.cdist(ua, ub, compute_mode="donot_use_mm_for_euclid_dist") ** 2 + eps / na + (eps / nb).T

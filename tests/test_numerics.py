@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from oracle import Problem, truth64, truth_mp
+from oracle import LOG_MEAN_REL, Problem, U, check_log_mean, clustered_rows, log_mean64, truth64, truth_mp, unit_d2
 
 import hsu_kernels as hk
 from hsu_kernels import _ext
@@ -421,3 +421,74 @@ def test_reference_angular_half_space_gradient_at_eps_norm_zero(kind, dtype, tol
     assert torch.isfinite(g_ref).all()
     assert abs(e_ref.item() - e_t.item()) <= tol * abs(e_t.item())
     assert (g_ref - g_t).abs().max() <= tol * g_t.abs().max()
+
+
+# ---- issue 22: float32 log-means of clustered features --------------------------------------------------------
+
+#: The absolute term of each backend's bound on a float32 log-mean (oracle.check_log_mean; its relative term is
+#: a few units of roundoff). The torch backend combines its rows' sums in float64 (and the oracle is float64):
+#: ~1e-15 times log(pairs). The C++ kernel forms each weight exp(-t d2 - m) <= 1 in float32 and sums a row
+#: tile's weights (up to 1024) in float32 before its float64 accumulation (csrc/cpu/hsu_cpu.cpp, row_weights):
+#: a relative error of a few u in the sum, which the log passes on as an absolute error (2.7u measured on the
+#: first case below; the original code's float32 log(mean(exp)) is 4.3u off there). Forming the log-mean as
+#: ``log(sum) - log(pairs)`` in float32, the defect, is off by half an ulp of log(pairs) (8u for
+#: 2^11.5 < pairs < 2^23) plus its sum's error: 6.3u, 7.8u, 3.2u and 16u on the first, second, third and fifth
+#: cases (the reference before the fix).
+LOG_MEAN_ABS = {"cpu": 8 * U}
+#: (N, r, clusters, seed): N float32 unit rows in D = 128, each within r of one of ``clusters`` unit vectors.
+CLUSTERS = [
+    (256, 1e-3, 1, 0),  # the issue's case: the log-mean is -1.3e-6
+    (384, 3e-3, 1, 1),
+    (256, 1e-2, 1, 2),
+    (384, 1e-3, 4, 3),  # four tight clusters: -1.3
+    (300, 1e-1, 1, 4),  # a loose one: -1.3e-2
+    (200, 1.0, 1, 5),  # hardly a cluster: -0.99
+]
+
+
+def _check_log_mean(got, truth: float, backend: str, what: str, scale: float = 1.0):
+    check_log_mean(got, truth, LOG_MEAN_ABS.get(backend, 1e-12), f"{what} {backend}", scale)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,r,clusters,seed", CLUSTERS)
+def test_float32_log_mean_of_clustered_features(backend, n, r, clusters, seed):
+    """Issue 22: float32 log-means near 0. The reference's float32 uniformity_loss was log(sum) - log(pairs),
+    two numbers near 10.4 (N = 256) whose difference is -1.3e-6 on the first case: 28% off (the original
+    code's log(mean(exp)) 19%, the C++ kernel 12%); now every backend folds 1/pairs in before the log. Held
+    against ``log(mean(exp(-t d2)))`` in float64: uniformity_loss, the Gaussian energy's mean (its exp), the
+    neuron uniformity regularizer (normalized rows, eps_norm) and the MHC soft distance to a pole inside the
+    cluster (double normalization, t = 10), whose logs are taken of the log-means themselves."""
+    x, centers = clustered_rows(n, r, clusters, seed)
+    x64 = x.double()
+    iu = torch.triu_indices(n, n, offset=1)
+    truth = log_mean64(torch.pdist(x64) ** 2, 2.0)
+    _check_log_mean(hk.uniformity_loss(x, backend=backend), truth, backend, "uniformity_loss")
+    e = float(hk.energy(x, "gaussian", normalize=False, backend=backend))  # exp of the same log-mean, near 1
+    # relative to it: the log-mean's error, and one rounding of e itself to float32
+    bound = math.exp(truth) * (LOG_MEAN_REL * abs(truth) + LOG_MEAN_ABS.get(backend, 1e-12) + U)
+    assert abs(e - math.exp(truth)) <= bound, f"energy(gaussian) {backend}: {e!r} vs {math.exp(truth)!r}"
+    d2 = unit_d2(x, x)[iu[0], iu[1]]
+    _check_log_mean(hk.regularizers.neuron_uniformity(x, backend=backend), log_mean64(d2, 2.0), backend,
+                    "neuron_uniformity")
+    f = x64 / ((x64 * x64).sum(-1, keepdim=True) + 1e-4).sqrt()  # the MHC neurons are normalized twice
+    pole = centers[:1] * 3.0
+    soft = hk.regularizers.pole_softmin(x, pole.float(), backend=backend)[0]
+    _check_log_mean(soft, log_mean64(unit_d2(pole, f)[0], 10.0), backend, "pole_softmin", scale=-1 / 10.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_uniformity_preset_of_clustered_neurons(backend):
+    """Issue 22: the "uniformity" preset's per-layer values (hidden layers through energy_many, the output
+    layer through energy) are the log-means themselves, not log(energy(...)) of a float32 mean near 1."""
+    model = torch.nn.Sequential(torch.nn.Linear(128, 96), torch.nn.ReLU(), torch.nn.Linear(96, 40))
+    with torch.no_grad():
+        model[0].weight.copy_(clustered_rows(96, 1e-3, 1, 7)[0])
+        model[2].weight.copy_(clustered_rows(40, 3e-3, 1, 8, d=96)[0])
+    reg = hk.MHERegularizer(model, method="uniformity", half_space=False, backend=backend)
+    values = reg.layer_values()
+    for layer, value in zip((model[0], model[2]), values.values()):
+        w = layer.weight.detach()
+        iu = torch.triu_indices(w.shape[0], w.shape[0], offset=1)
+        truth = log_mean64(unit_d2(w, w)[iu[0], iu[1]], 2.0)
+        _check_log_mean(value, truth, backend, f"uniformity preset, layer {tuple(w.shape)}")

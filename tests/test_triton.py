@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 
 import pytest
 import torch
+from oracle import LOG_MEAN_REL, U, check_log_mean, clustered_rows, log_mean64, unit_d2
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if not (INTERPRET or torch.cuda.is_available()):
@@ -368,6 +370,64 @@ def test_energy_many_mean_matches_energy():
     for k, w in enumerate(ws):
         one = hsu_kernels.energy(w, power="a1", backend="triton")
         torch.testing.assert_close(e[k], one, rtol=1e-6, atol=0)
+
+
+#: The absolute term of the Triton backend's bound on a float32 log-mean (oracle.check_log_mean; its relative
+#: term is a few units of roundoff): as the torch backend's, the float64 rounding of the host's combination of
+#: the rows (~1e-15 times log(pairs)). Rows with a close pair (every row of a tight cluster, where the log-mean
+#: is near 0) are recomputed in float64 on the host and keep their float64 log-sums. Rows without one stay on
+#: the kernels (float32 weights, a float32 log-sum m + log(s) near log N), but every pair of theirs has
+#: -t d2 <= -t/8 (1 - |g| >= 1/16, or a relative distance >= 1/16), so where they weigh in the log-mean is not
+#: near 0 and the relative term holds their error (5u relative measured, on the last case). Before the fix,
+#: with 1/pairs applied after float32 roundings near log(pairs) or 1, the first case was off by 8.6e4u
+#: relative (uniformity_loss, 0.11u absolute), 5.2e3u (neuron_uniformity) and 1.6e3u (pole_softmin), and
+#: energy_many's means by 4u to 15u of themselves.
+TRITON_LOG_MEAN_ABS = 1e-12
+#: (N, r, clusters, seed) as tests/test_numerics.py's CLUSTERS, smaller under the interpreter.
+TRITON_CLUSTERS = [(64, 1e-3, 1, 0), (96, 1e-2, 1, 1), (80, 3e-3, 3, 2), (64, 1.0, 1, 3)] + (
+    [(1024, 1e-3, 1, 4), (2048, 3e-3, 2, 5)] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("n,r,clusters,seed", TRITON_CLUSTERS)
+def test_float32_log_mean_of_clustered_features(n, r, clusters, seed):
+    """Issue 22 on the Triton backend: float32 log-means near 0 (clustered features) against
+    ``log(mean(exp(-t d2)))`` in float64, with 1/pairs folded in before the log: uniformity_loss, the neuron
+    uniformity regularizer, the MHC soft distance to a pole in the cluster, energy_many's Gaussian means (the
+    ragged launch, which subtracted log(pairs) from float32 log-sums) and the "uniformity" preset's per-layer
+    values (hidden layers through energy_many)."""
+    x, centers = clustered_rows(n, r, clusters, seed)
+    x = x.to(DEVICE)
+    x64 = x.cpu().double()
+    tri = lambda m: torch.triu_indices(m, m, offset=1)  # noqa: E731
+    check_log_mean(hsu_kernels.uniformity_loss(x, backend="triton").cpu(), log_mean64(torch.pdist(x64) ** 2, 2.0),
+                   TRITON_LOG_MEAN_ABS, "uniformity_loss")
+    iu = tri(n)
+    neuron = log_mean64(unit_d2(x64, x64)[iu[0], iu[1]], 2.0)
+    check_log_mean(hsu_kernels.regularizers.neuron_uniformity(x, backend="triton").cpu(), neuron,
+                   TRITON_LOG_MEAN_ABS, "neuron_uniformity")
+    f = x64 / ((x64 * x64).sum(-1, keepdim=True) + 1e-4).sqrt()  # the MHC neurons are normalized twice
+    pole = centers[:1] * 3.0
+    soft = hsu_kernels.regularizers.pole_softmin(x, pole.float().to(DEVICE), backend="triton")[0]
+    check_log_mean(soft.cpu(), log_mean64(unit_d2(pole, f)[0], 10.0), TRITON_LOG_MEAN_ABS, "pole_softmin",
+                   scale=-1 / 10.0)
+    half = x[: n // 2]
+    iu2 = tri(n // 2)
+    truths = [neuron, log_mean64(unit_d2(x64[: n // 2], x64[: n // 2])[iu2[0], iu2[1]], 2.0)]
+    e = hsu_kernels.energy_many([x, half], "gaussian", backend="triton").cpu()
+    for k, truth in enumerate(truths):  # the means themselves, near 1: the log-mean's error and one rounding
+        bound = math.exp(truth) * (LOG_MEAN_REL * abs(truth) + TRITON_LOG_MEAN_ABS + U)
+        assert abs(float(e[k]) - math.exp(truth)) <= bound, f"energy_many[{k}]: {float(e[k])!r} vs {math.exp(truth)!r}"
+    model = torch.nn.Sequential(torch.nn.Linear(128, n), torch.nn.Linear(n, n // 2), torch.nn.Linear(n // 2, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(x.cpu())
+        model[1].weight.copy_(clustered_rows(n // 2, r, clusters, seed + 100, d=n)[0])
+    model = model.to(DEVICE)
+    values = hsu_kernels.MHERegularizer(model, method="uniformity", half_space=False, backend="triton").layer_values()
+    for layer, value in list(zip(model, values.values()))[:2]:  # the hidden layers: one ragged launch
+        w = layer.weight.detach().cpu().double()
+        iw = tri(w.shape[0])
+        check_log_mean(value.cpu(), log_mean64(unit_d2(w, w)[iw[0], iw[1]], 2.0), TRITON_LOG_MEAN_ABS,
+                       f"uniformity preset, layer {tuple(w.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -887,6 +947,15 @@ def test_issue13_numerics(name, args):
     renamed = {"near_duplicates": "float32_near_duplicates", "duplicates_of_norm_100": "float32_duplicates_of_norm_100",
                "rows_whose_square_overflows": "float32_rows_whose_square_overflows"}
     getattr(numerics, f"test_{renamed.get(name, name)}")("triton", *args)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's CPU tensors are the inputs of tests/test_compile.py")
+def test_compiled_mean_whose_sum_overflows_float32():
+    """Issue 22 on the Triton backend: compiled (dynamic=True) means whose float32 sum overflows agree with eager,
+    one graph for every N (energy_many's ragged launch takes the pair counts as SymInts)."""
+    import test_compile
+
+    test_compile.test_mean_whose_sum_overflows_float32("triton")
 
 
 @pytest.mark.parametrize("norm", [1e14, 1e20, 1e-30])

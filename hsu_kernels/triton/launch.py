@@ -415,7 +415,9 @@ def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, se
     overflows float32 is flagged and recomputed scaled, so a mean whose sum would overflow float32 fits.
 
     Returns:
-        ``(e, g)`` as :func:`run` defines them, times ``cs``.
+        ``(e, g)`` as :func:`run` defines them, times ``cs``; ``e`` in float64, so that the rows recomputed on
+        the host keep their float64 values (a row sum beyond float32, a Gaussian row's log-sum to more than
+        float32's ulp of ``log N``: the mean's ``log(1/pairs)`` is added to the rows' combination in float64).
     """
     if p.spec.logsum:
         cs = 1.0
@@ -425,6 +427,7 @@ def row_pass(x: torch.Tensor, y: torch.Tensor, lay: _Layout, p: EnergyParams, se
     else:
         ys = _safe_rows(y, _Layout(lay.ny, lay.nx, lay.d, y.device, uniform=lay.uniform), p)[0]
     e, g, f = run(xs, ys, lay, p, self_mode, precision)
+    e = e.to(torch.float64)
     redo = (f > 0) | ~_rows_finite(g, lay)  # before any scaling: an unscaled row that overflows is redone
     if fac is not None or cs != 1.0:
         g = (_by_row(g, lay, cs * fac) if fac is not None else g.to(torch.float32) * cs).to(g.dtype)
@@ -609,12 +612,20 @@ def _groups(ws: Sequence[torch.Tensor], skip: Sequence[int] = ()) -> List[List[i
     return list(groups.values())
 
 
-def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Optional[str] = None):
+def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Optional[str] = None,
+                     counts: Optional[Sequence[int]] = None):
     """Energies and gradients of a list of matrices of different shapes, one ragged launch per group.
 
+    Args:
+        counts: one positive int per matrix, the sum's divisor (the pair count of a mean; default: 1 each).
+            It is applied in float64 before rounding, with the pass's rows scaled by the group's smallest
+            ``1/count`` (as ``cs`` in :func:`row_pass`), so a mean whose sum would overflow float32 is still
+            computed; the Gaussian kind gets ``log(sum exp(-t d2) / count)`` with ``log(1/count)`` added in
+            float64 (a float32 log-sum near ``log(pairs)`` minus ``log(pairs)`` would cancel).
+
     Returns:
-        ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs; Gaussian: log-sums) and the list of
-        ``dE_k/dw_k``.
+        ``(E, Gs)``: float32 ``Tensor[K]`` (sums over unordered pairs divided by ``counts``; Gaussian:
+        log-means) and the list of ``dE_k/dw_k``.
     """
     if len(ws) == 0:
         raise ValueError("ws must hold at least one matrix")
@@ -622,23 +633,32 @@ def energy_many_grad(ws: Sequence[torch.Tensor], p: EnergyParams, precision: Opt
         check_input(w, f"ws[{k}]")
         if w.dim() != 2:
             raise ValueError(f"ws[{k}] must be [N, D], got shape {tuple(w.shape)}")
+    scales = [1.0] * len(ws) if counts is None else [1.0 / c for c in counts]
+    if len(scales) != len(ws):
+        raise ValueError(f"counts must hold one entry per matrix, got {len(scales)} for {len(ws)}")
+    for sc in scales:
+        _check_scale(sc)
+    gauss = p.spec.logsum
     energies = torch.empty(len(ws), dtype=torch.float64, device=ws[0].device)
     grads: List[Optional[torch.Tensor]] = [None] * len(ws)
     wide = [k for k, w in enumerate(ws) if tiled.raw_rows_need_wide(w, p)]
     for k in wide:  # squared distances beyond float32: the tiled path in float64, as in energy_grad
-        e, g = tiled.energy_grad(ws[k][None].to(torch.float64), p)
+        e, g = tiled.energy_grad(ws[k][None].to(torch.float64), p, scale=scales[k])
         energies[k], grads[k] = e[0], g[0].to(ws[k].dtype)
     for grp in _groups(ws, wide):
         flat = torch.cat([ws[k].reshape(-1) for k in grp])
         ns = [ws[k].shape[0] for k in grp]
         ds = [ws[k].shape[1] for k in grp]
         lay = _Layout(ns, ns, ds, flat.device, uniform=False)
-        e, g = row_pass(flat, flat, lay, p, True, precision)
-        if p.spec.logsum:
+        cs = 1.0 if gauss else tiled._coef_scale(min(scales[k] for k in grp))
+        e, g = row_pass(flat, flat, lay, p, True, precision, cs)
+        rest = [scales[k] / cs for k in grp]  # what the pass's cs leaves of each matrix's scale
+        if gauss:
             big_l, g = _gauss_self(flat, lay, p, e, g)
-            energies[grp] = big_l
+            energies[grp] = big_l + torch.tensor([math.log(r) for r in rest], dtype=torch.float64, device=flat.device)
         else:
-            energies[grp] = _segment_sums(e, lay)
+            energies[grp] = _segment_sums(e, lay) * torch.tensor(rest, dtype=torch.float64, device=flat.device)
         for j, k in enumerate(grp):
-            grads[k] = g[lay.xoff[j]: lay.xoff[j] + ns[j] * ds[j]].view(ns[j], ds[j])
+            gk = g[lay.xoff[j]: lay.xoff[j] + ns[j] * ds[j]].view(ns[j], ds[j])
+            grads[k] = gk if gauss else _rest_of_scale(gk, rest[j])
     return energies.to(torch.float32), grads
