@@ -1,5 +1,5 @@
-// Per-pair terms of the small-D kernels (csrc/cpu/hsu_cpu_small.cpp, csrc/cuda/hsu_cuda_small.cuh), host and
-// device, on top of the shared phi / phi' of csrc/hsu_pair.h.
+// Per-pair terms of the small-D kernel (csrc/cpu/hsu_cpu_small.cpp), on top of the shared phi / phi' of
+// csrc/hsu_pair.h.
 //
 // The small-D kernels never form 2 - 2g. They get the squared distances of a pair from coordinate
 // differences: with u_i = w_i / sqrt(|w_i|^2 + eps_norm) and a_i = eps_norm / (|w_i|^2 + eps_norm), so that

@@ -129,10 +129,6 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
     }
     return {at::cat(es), at::cat(gs)};
   }
-  // The D <= 4 kernel (hsu_cuda_small.cuh) is not used yet: its per-pair terms are in float for float32 rows
-  // (a term beyond float overflows to NaN gradients) and its float64 differences of rounded unit rows miss
-  // the close-pair bar that the general kernels below meet (issue 13; the CPU kernel for D <= 4 computes its
-  // terms in double and serves float32 only). It stays compiled and tested under emulation.
   const c10::cuda::CUDAGuard guard(w_in.device());
   if (raw_rows_need_double(w_in, normalize, kind, t)) {  // float rows whose squared distances overflow float
     auto [e, g] = energy_grad_cuda(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize,

@@ -576,7 +576,8 @@ __global__ void lse_epilogue_kernel(const FinishArgs<T> f, int64_t n, const doub
 // One block per batch entry, fixed order. Sums: out[b] = scale (pair_scale sum_i e_row + sum_i e_diag)
 // (pair_scale already in e_row's log terms for the Gaussian kind). Log-sum (lse): lz[b] = log(sum_i exp(e_row)
 // + sum_i exp(e_diag)), out[b] = lz[b] + log(scale).
-// static: this header is compiled into more than one translation unit of the extension (not a template).
+// static: internal linkage (not a template), so that the header can be included by more than one translation
+// unit (csrc/tests/cuda_link_check.cu checks it).
 static __global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row,
                                                                              const double* e_diag, int64_t n,
                                                                              double pair_scale, double scale,
