@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../hsu_checks.h"
+#include "../hsu_kinds.h"
 #include "../hsu_pair.h"
 #include "hsu_cpu_small.h"
 
@@ -45,7 +46,8 @@ namespace hsu {
 // The close-pair check (and the careful path it leads to) can be switched off for one measurement: the
 // benchmark's "close-pair check off" column times the kernel without it on inputs that have no close
 // pair, which is the check's whole cost there. Set from Python through hsu_kernels._C._set_close_pair_check;
-// it applies to the Riesz kind (see row_pass_kind), and in the D <= 4 kernel to float64 rows of every kind.
+// it applies to the pair-sum kinds' tiles and strips (PassCtx::check), and in the D <= 4 kernel to float64
+// rows of every kind.
 extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu_dispatch.cpp
 
 HSU_ISA_BEGIN
@@ -303,7 +305,7 @@ void direct_rows(const PassCtx<T>& cx, const Side<T, double>& X, int64_t i0, int
                  const double* YG, RowOut<T> out) {
   // Dot products and the gradient's sums in double: exact products of float inputs, so 1 - |g| keeps the
   // digits that matter for nearly parallel rows (points on a sphere, D = 3).
-  constexpr bool LSE = KIND == kGaussian;
+  constexpr bool LSE = KindTraits<KIND>::logsum;
   const int64_t n2 = Y.n, D = X.D;
   const double* XG = X.xg.template data_ptr<double>();
   double dot[kChunk], cj[kChunk];
@@ -405,7 +407,7 @@ struct WorkerScope {
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE>
 void gemm_rows(const PassCtx<T>& cx, const Side<T, T>& X, int64_t bb, int64_t i0, int64_t i1, const Side<T, T>& Y,
                RowOut<T> out) {
-  constexpr bool LSE = KIND == kGaussian;
+  constexpr bool LSE = KindTraits<KIND>::logsum;
   const int64_t n2 = Y.n, D = X.D;
   const int64_t bi = i1 - i0;
   at::Tensor xi = X.xg[bb].narrow(0, i0, bi);
@@ -757,7 +759,7 @@ void gemm_self_symmetric(const PassCtx<T>& cx, const Side<T, G>& X, int64_t B, R
     WorkerScope worker;
     const auto [i0, i1] = block(I);
     const auto [j0, j1] = block(J);
-    if constexpr (KIND == kGaussian) sym_tile_lse<T, G, HS, NORM>(cx, X, bb, i0, i1, j0, j1, out, inner_parallel);
+    if constexpr (KindTraits<KIND>::logsum) sym_tile_lse<T, G, HS, NORM>(cx, X, bb, i0, i1, j0, j1, out, inner_parallel);
     else sym_tile<T, G, KIND, HS, NORM, MODE>(cx, X, bb, i0, i1, j0, j1, out, inner_parallel);
   };
   // The tiles in round order. Round 0: every block with itself. Rounds 1..m-1 (the circle method):
@@ -942,42 +944,12 @@ void row_pass_fixed(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T
   });
 }
 
-template <typename T, int64_t KIND, int MODE>
-void row_pass_kind(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T>& Y, bool self, RowOut<T> out) {
-  const auto& p = cx.p;
-#define HSU_PASS(HS, NORM) row_pass_fixed<T, KIND, HS, NORM, MODE>(cx, X, Y, self, out)
-  if (p.normalize) {
-    if (p.half_space) HSU_PASS(true, true);
-    else HSU_PASS(false, true);
-  } else if constexpr (KIND == kRiesz || KIND == kLog || KIND == kGaussian) {
-    if (p.half_space) HSU_PASS(true, false);
-    else HSU_PASS(false, false);
-  } else {
-    TORCH_CHECK_VALUE(false, "angular kinds need normalize=True");
-  }
-#undef HSU_PASS
-}
-
-// The exponent of x^(-p) (s/2 for Riesz, s for angular) picks a loop without exp/log where it can.
-template <typename T, int64_t KIND>
-void row_pass_pow(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T>& Y, bool self, RowOut<T> out) {
-  switch (pow_mode(KIND == kRiesz ? T(0.5) * cx.p.s : cx.p.s)) {
-    case kPowRsqrt: return row_pass_kind<T, KIND, kPowRsqrt>(cx, X, Y, self, out);
-    case kPowRecip: return row_pass_kind<T, KIND, kPowRecip>(cx, X, Y, self, out);
-    case kPowRecip2: return row_pass_kind<T, KIND, kPowRecip2>(cx, X, Y, self, out);
-    default: return row_pass_kind<T, KIND, kPowGeneral>(cx, X, Y, self, out);
-  }
-}
-
+// The kind, flags and exponent mode as template arguments (hsu_pair.h's dispatch_pass).
 template <typename T>
 void row_pass(const PassCtx<T>& cx, const Prepared<T>& X, const Prepared<T>& Y, bool self, RowOut<T> out) {
-  switch (cx.p.kind) {
-    case kRiesz: return row_pass_pow<T, kRiesz>(cx, X, Y, self, out);
-    case kLog: return row_pass_kind<T, kLog, kPowGeneral>(cx, X, Y, self, out);
-    case kAngular: return row_pass_pow<T, kAngular>(cx, X, Y, self, out);
-    case kAngularLog: return row_pass_kind<T, kAngularLog, kPowGeneral>(cx, X, Y, self, out);
-    default: return row_pass_kind<T, kGaussian, kPowGeneral>(cx, X, Y, self, out);
-  }
+  dispatch_pass(cx.p, [&]<int64_t KIND, bool HS, bool NORM, int MODE>() {
+    row_pass_fixed<T, KIND, HS, NORM, MODE>(cx, X, Y, self, out);
+  });
 }
 
 // The per-row buffers of one pass. `grad` (T) holds the accumulators where the products are in T, and
@@ -1066,8 +1038,8 @@ PassCtx<T> make_ctx(int64_t kind, double s, double t, double eps_ang, bool half_
                     double scale, int64_t n) {
   PassCtx<T> c{make_params<T>(kind, s, t, eps_ang, half_space, normalize),
                make_params<double>(kind, s, t, eps_ang, half_space, normalize),
-               kind == kGaussian ? 1.0 : coef_scale(scale), g_close_pair_check.load(), false};
-  c.prescan = normalize && kind != kGaussian && !fast_terms_may_overflow<T>(c.pd, c.cs, n);
+               kind_info(kind).logsum ? 1.0 : coef_scale(scale), g_close_pair_check.load(), false};
+  c.prescan = normalize && !kind_info(kind).logsum && !fast_terms_may_overflow<T>(c.pd, c.cs, n);
   return c;
 }
 
@@ -1099,7 +1071,7 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cpu(const at::Tensor& w_in, int64
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hsu_energy_grad_cpu", [&] {
     using T = scalar_t;
     const PassCtx<T> cx = make_ctx<T>(kind, s, t, eps_ang, half_space, normalize, scale, n);
-    const bool lse = kind == kGaussian;
+    const bool lse = kind_info(kind).logsum;
     const Prepared<T> P = prepare<T>(w, normalize, eps_norm, w.size(2) <= kPreciseMaxD, "w");
     PassBuffers<T> buf(P, lse);
     row_pass<T>(cx, P, P, true, buf.out());
@@ -1162,7 +1134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cpu(const at::T
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hsu_cross_energy_grad_cpu", [&] {
     using T = scalar_t;
     const PassCtx<T> cx = make_ctx<T>(kind, s, t, eps_ang, half_space, normalize, scale, std::max(nx, ny));
-    const bool lse = kind == kGaussian;
+    const bool lse = kind_info(kind).logsum;
     const bool dg = x.size(2) <= kPreciseMaxD;
     const Prepared<T> PX = prepare<T>(x, normalize, eps_norm, dg, "x");
     const Prepared<T> PY = prepare<T>(y, normalize, eps_norm, dg, "y");

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -100,11 +101,7 @@ void emulated_rows(const hsu::Params<T>& p, const hsu::Params<double>& pd, const
     else if constexpr (sizeof(T) == 4) body = [&] { hc::pair_pass_small<T, K, 32>(a, mode); };
   };
   if (width == 0) body = [&] { hc::pair_pass_general<T>(a); };
-  else if (p.kind == hsu::kRiesz) small(std::integral_constant<int64_t, hsu::kRiesz>{});
-  else if (p.kind == hsu::kLog) small(std::integral_constant<int64_t, hsu::kLog>{});
-  else if (p.kind == hsu::kAngular) small(std::integral_constant<int64_t, hsu::kAngular>{});
-  else if (p.kind == hsu::kAngularLog) small(std::integral_constant<int64_t, hsu::kAngularLog>{});
-  else small(std::integral_constant<int64_t, hsu::kGaussian>{});
+  else HSU_KIND_SWITCH(p.kind, K, [&] { small(std::integral_constant<int64_t, K>{}); });
   launch(gx, static_cast<unsigned>(splits), hc::kBlock, body);
 
   const int64_t rows = B * n1;
@@ -217,6 +214,24 @@ int main() {
   // float: the logic is the one checked in double; close pairs go through the careful path, so the
   // tolerance is float rounding of well-separated pairs and of the accumulators
   check_all<float>(5e-5, rng);
+  // the exponent mode of every kind (power kinds: of power_scale * s), and an unknown kind code raises
+  for (int64_t kind = 0; kind < hsu::kNumKinds; ++kind) {
+    ++g_cases;
+    const int want = kind == hsu::kRiesz ? hsu::kPowRecip : kind == hsu::kAngular ? hsu::kPowRecip2 : hsu::kPowGeneral;
+    if (hsu::cuda::exponent_mode(hsu::Params<float>{kind, 2.0f, 2.0f, 1e-4f, false, true}) != want) {
+      ++g_fails;
+      std::printf("FAIL exponent_mode(kind %lld, s = 2)\n", static_cast<long long>(kind));
+    }
+  }
+  for (int64_t kind : {int64_t(5), int64_t(-1), int64_t(1000)}) {
+    ++g_cases;
+    try {
+      hsu::cuda::exponent_mode(hsu::Params<float>{kind, 2.0f, 2.0f, 1e-4f, false, true});
+      ++g_fails;
+      std::printf("FAIL exponent_mode(kind %lld) returned\n", static_cast<long long>(kind));
+    } catch (const std::invalid_argument&) {
+    }
+  }
   // the split count the launcher picks stays within its bounds
   ++g_cases;
   const int sp = hsu::cuda::choose_splits<float>(1, 4096, 4096, 3, 132);
