@@ -8,6 +8,8 @@
 #include <exception>
 #include <string>
 
+#include "hsu_kinds.h"
+
 namespace hsu {
 extern std::atomic<bool> g_close_pair_check;  // csrc/cpu/hsu_cpu_dispatch.cpp
 std::string cpu_capability();                 // csrc/cpu/hsu_cpu_dispatch.cpp
@@ -39,10 +41,28 @@ static PyObject* cpu_capabilities_built(PyObject*, PyObject*) {
   return PyUnicode_FromString(hsu::cpu_capabilities_built().c_str());
 }
 
+// _kind_codes() -> dict: {name: code} of every kind the C++ and CUDA kernels know, from csrc/hsu_kinds.h's
+// table (tests/test_kinds_cpp.py checks it against hsu_kernels.kinds.KIND_CODE).
+static PyObject* kind_codes(PyObject*, PyObject*) {
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  for (int64_t k = 0; k < hsu::kNumKinds; ++k) {
+    PyObject* code = PyLong_FromLongLong(k);
+    const int rc = code == nullptr ? -1 : PyDict_SetItemString(d, hsu::kKindNames[k], code);
+    Py_XDECREF(code);
+    if (rc != 0) {
+      Py_DECREF(d);
+      return nullptr;
+    }
+  }
+  return d;
+}
+
 static PyMethodDef methods[] = {
     {"_set_close_pair_check", set_close_pair_check, METH_O, "Benchmark switch of the CPU close-pair check."},
     {"_cpu_capability", cpu_capability, METH_NOARGS, "The instruction set the CPU kernels run with."},
     {"_cpu_capabilities_built", cpu_capabilities_built, METH_NOARGS, "The CPU kernel copies of this build."},
+    {"_kind_codes", kind_codes, METH_NOARGS, "{name: code} of the kinds the compiled kernels know."},
     {nullptr, nullptr, 0, nullptr}};
 
 // Importing hsu_kernels._C runs the static registrations below; the module holds the build fact `openmp`

@@ -8,26 +8,10 @@
 #include <cmath>
 #include <cstdint>
 #include "hsu_isa.h"
-
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define HSU_HD __host__ __device__ __forceinline__
-#else
-#define HSU_HD inline
-#endif
+#include "hsu_kinds.h"  // the kinds (codes, traits, HSU_KIND_SWITCH) and HSU_HD
 
 namespace hsu {
 HSU_ISA_BEGIN
-
-// Kind codes: the Python side (hsu_kernels/_params.py) uses the same numbers.
-enum Kind : int64_t {
-  kRiesz = 0,       // d2^(-s/2)
-  kLog = 1,         // -log(d2)
-  kAngular = 2,     // (theta/pi + eps_ang)^(-s)
-  kAngularLog = 3,  // -log(theta/pi + eps_ang)
-  kGaussian = 4,    // exp(-t d2)
-};
-
-constexpr int64_t kNumKinds = 5;
 
 template <typename T>
 struct Params {
@@ -190,13 +174,13 @@ HSU_HD bool is_finite(T x) {
   return x - x == T(0);
 }
 
-// Energies that depend on the squared chordal distance d2 only (Riesz, log, Gaussian):
-// f(d2) and its derivative df/dd2. d2 is clamped at 0 (rounding can push 2 - 2g a hair below zero).
-// MODE is the exponent mode of s/2 (Riesz only).
+// The distance kinds (KindTraits<KIND>::angle false: Riesz, log, Gaussian), whose energy depends on the
+// squared chordal distance d2 only: f(d2) and its derivative df/dd2. d2 is clamped at 0 (rounding can push
+// 2 - 2g a hair below zero). MODE is the exponent mode of s/2 (Riesz only).
 template <int64_t KIND, int MODE, typename T>
 HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
   d2 = hsu_max(d2, T(0));
-  if (KIND == kRiesz) {
+  if constexpr (KIND == kRiesz) {
     // f = d2^(-s/2), df = -(s/2) d2^(-s/2-1) = -(s/2) f / d2, from one division: inv = 1/d2.
     const T half = T(0.5) * s;
     const T inv = T(1) / d2;
@@ -205,12 +189,15 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
     else if (MODE == kPowRecip2) f = inv * inv;
     else f = pow_neg(d2, half);
     df = -half * f * inv;
-  } else if (KIND == kLog) {
+  } else if constexpr (KIND == kLog) {
     f = -hsu_log(d2);
     df = T(-1) / d2;
-  } else {  // kGaussian
+  } else if constexpr (KIND == kGaussian) {
     f = hsu_exp(-t * d2);
     df = -t * f;
+  } else {
+    static_assert(kNoSuchKind<KIND>, "phi_d2_k: no distance formula for this kind (an angle kind, or a new kind "
+                                     "whose phi(d2) is missing here)");
   }
 }
 
@@ -221,7 +208,7 @@ HSU_HD void phi_d2_k(T s, T t, T d2, T& f, T& df) {
 // (Riesz) or s (angular). G is the type g and om arrive in.
 template <int64_t KIND, int MODE, typename T, typename G>
 HSU_HD void phi_g_om_k(T s, T t, T eps_ang, G g, G om_g, T& f, T& df) {
-  if (KIND == kAngular || KIND == kAngularLog) {
+  if constexpr (KindTraits<KIND>::angle) {
     const T inv_pi = T(0.318309886183790671537767526745028724);
     // |g| < 1 strictly in exact arithmetic (eps_norm sits inside the norm); the clamps only guard
     // rounding and the eps_norm = 0 case, where the derivative would otherwise be infinite times zero.
@@ -231,12 +218,14 @@ HSU_HD void phi_g_om_k(T s, T t, T eps_ang, G g, G om_g, T& f, T& df) {
     const T sin_t = hsu_sqrt(om * (T(2) - om));  // sqrt(1 - g^2) = sqrt((1-|g|)(1+|g|))
     // d(theta/pi)/dg = -1/(pi sin(theta)); written as a quotient so sin = 0 gives inf, not NaN.
     const T dtheta = -inv_pi / sin_t;
-    if (KIND == kAngular) {
+    if constexpr (KIND == kAngular) {
       f = pow_neg_fixed<MODE>(a, s);
       df = -s * f / a * dtheta;  // s/pi (theta/pi + eps)^(-s-1) / sin(theta)
-    } else {
+    } else if constexpr (KIND == kAngularLog) {
       f = -hsu_log(a);
       df = -dtheta / a;  // 1/pi / (theta/pi + eps) / sin(theta)
+    } else {
+      static_assert(kNoSuchKind<KIND>, "phi_g_om_k: no formula for this angle kind");
     }
   } else {
     T fd, dfd;
@@ -255,23 +244,19 @@ HSU_HD void phi_g_k(T s, T t, T eps_ang, G g, T& f, T& df) {
   phi_g_om_k<KIND, MODE>(s, t, eps_ang, gcl, G(1) - (gcl < G(0) ? -gcl : gcl), f, df);
 }
 
-// Run-time dispatch of phi_g_k / phi_d2_k on the kind (general exponent path).
+// Run-time dispatch of phi_g_k / phi_d2_k on the kind (general exponent path). phi_d2 serves the distance
+// kinds only.
 template <typename T>
 HSU_HD void phi_d2(const Params<T>& p, T d2, T& f, T& df) {
-  if (p.kind == kRiesz) phi_d2_k<kRiesz, kPowGeneral>(p.s, p.t, d2, f, df);
-  else if (p.kind == kLog) phi_d2_k<kLog, kPowGeneral>(p.s, p.t, d2, f, df);
-  else phi_d2_k<kGaussian, kPowGeneral>(p.s, p.t, d2, f, df);
+  HSU_KIND_SWITCH(p.kind, KIND, [&] {
+    if constexpr (KindTraits<KIND>::angle) kind_error(p.kind, "angular kinds need normalize=True");
+    else phi_d2_k<KIND, kPowGeneral>(p.s, p.t, d2, f, df);
+  });
 }
 
 template <typename T>
 HSU_HD void phi_g_om(const Params<T>& p, T g, T om, T& f, T& df) {
-  switch (p.kind) {
-    case kRiesz: phi_g_om_k<kRiesz, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
-    case kLog: phi_g_om_k<kLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
-    case kAngular: phi_g_om_k<kAngular, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
-    case kAngularLog: phi_g_om_k<kAngularLog, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
-    default: phi_g_om_k<kGaussian, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); break;
-  }
+  HSU_KIND_SWITCH(p.kind, KIND, [&] { phi_g_om_k<KIND, kPowGeneral>(p.s, p.t, p.eps_ang, g, om, f, df); });
 }
 
 template <typename T>
@@ -354,6 +339,14 @@ HSU_HD bool pair_raw(T s, T t, T cs, G dot, G qi, G qj, T& e, T& cj, T& ci) {
   }
   return care || !is_finite(e) || !is_finite(cj);
 }
+
+// The log-sum kinds' log terms below (gauss_logs, gauss_coef, careful_logs, careful_gauss_coef, diag_term) and
+// the engines that reduce them are the Gaussian kind's formula: a second log-sum kind needs its own.
+#define HSU_ONLY_GAUSSIAN_LOGSUM_(id, code, name, angle, power, power_scale, logsum) &&(!(logsum) || id == kGaussian)
+static_assert(true HSU_KINDS(HSU_ONLY_GAUSSIAN_LOGSUM_),
+              "the log-sum code (hsu_pair.h's gauss_logs and after, the kernels' log-sum engines) is the Gaussian "
+              "kind's: a new log-sum kind needs its own log terms");
+#undef HSU_ONLY_GAUSSIAN_LOGSUM_
 
 // The Gaussian kind as log terms (docs/spec.md §4: reduced as a log-sum-exp): x1 = -t d2 of the pair, x2 = -t d2
 // of the pair with -y_j (half-space; otherwise x2 = -inf, a zero weight). v is the cosine (normalized) or
@@ -467,32 +460,36 @@ HSU_HD double careful_q(double om) {
 template <int64_t KIND>
 HSU_HD void phi_g_om_q(double s, double t, double eps_ang, double g, double om, double& f, double& dfq) {
   const double q = careful_q(om);
-  if (KIND == kAngular || KIND == kAngularLog) {
+  if constexpr (KindTraits<KIND>::angle) {
     const double inv_pi = 0.318309886183790671537767526745028724;
     const double gc = hsu_min(hsu_max(g, -1.0), 1.0);
     const double a = hsu_acos_om(gc, om) * inv_pi + eps_ang;
     // q / sin(theta) = 2 om / sqrt(om (2 - om)) = 2 sqrt(om / (2 - om)) (infinite at om = 0, q = 1)
     const double q_sin = om > 0.0 ? 2.0 * sqrt(om / (2.0 - om)) : 1.0 / sqrt(om * (2.0 - om));
-    if (KIND == kAngular) {
+    if constexpr (KIND == kAngular) {
       f = pow_neg(a, s);
       dfq = s * inv_pi * (f / a) * q_sin;
-    } else {
+    } else if constexpr (KIND == kAngularLog) {
       f = -log(a);
       dfq = inv_pi / a * q_sin;
+    } else {
+      static_assert(kNoSuchKind<KIND>, "phi_g_om_q: no careful-path formula for this angle kind");
     }
-    return;
-  }
-  const double d2 = g >= 0.0 ? 2.0 * om : 2.0 - 2.0 * g;
-  const double ratio = q / d2;  // 1 for g >= 0 (infinite at distance 0, where q = 1)
-  if (KIND == kRiesz) {
-    f = pow_neg(d2, 0.5 * s);
-    dfq = s * f * ratio;  // dphi/dg = s d2^(-s/2 - 1)
-  } else if (KIND == kLog) {
-    f = -log(d2);
-    dfq = 2.0 * ratio;  // dphi/dg = 2 / d2
   } else {
-    f = exp(-t * d2);
-    dfq = 2.0 * t * f * q;
+    const double d2 = g >= 0.0 ? 2.0 * om : 2.0 - 2.0 * g;
+    const double ratio = q / d2;  // 1 for g >= 0 (infinite at distance 0, where q = 1)
+    if constexpr (KIND == kRiesz) {
+      f = pow_neg(d2, 0.5 * s);
+      dfq = s * f * ratio;  // dphi/dg = s d2^(-s/2 - 1)
+    } else if constexpr (KIND == kLog) {
+      f = -log(d2);
+      dfq = 2.0 * ratio;  // dphi/dg = 2 / d2
+    } else if constexpr (KIND == kGaussian) {
+      f = exp(-t * d2);
+      dfq = 2.0 * t * f * q;
+    } else {
+      static_assert(kNoSuchKind<KIND>, "phi_g_om_q: no careful-path formula for this distance kind");
+    }
   }
 }
 
@@ -505,7 +502,7 @@ struct CarefulCoef {
 template <int64_t KIND, bool HS, bool NORM>
 HSU_HD CarefulCoef careful_terms(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
   double f, df;
-  if (NORM) {
+  if constexpr (NORM) {
     const double g = q.sign * (1.0 - q.om);
     phi_g_om_q<KIND>(p.s, p.t, p.eps_ang, g, q.om, f, df);
     e = f;
@@ -516,17 +513,18 @@ HSU_HD CarefulCoef careful_terms(const Params<double>& p, double cs, const Caref
       c -= df;
     }
     return CarefulCoef{cs * c, 0.0, careful_q(q.om)};
+  } else {
+    phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.om, f, df);
+    e = f;
+    const double k1 = 2.0 * cs * df;
+    double k2 = 0.0;
+    if (HS) {
+      phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.dp, f, df);
+      e += f;
+      k2 = 2.0 * cs * df;
+    }
+    return CarefulCoef{k1, k2, 1.0};
   }
-  phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.om, f, df);
-  e = f;
-  const double k1 = 2.0 * cs * df;
-  double k2 = 0.0;
-  if (HS) {
-    phi_d2_k<KIND, kPowGeneral>(p.s, p.t, q.dp, f, df);
-    e += f;
-    k2 = 2.0 * cs * df;
-  }
-  return CarefulCoef{k1, k2, 1.0};
 }
 
 // Gaussian log terms on the careful path (as gauss_logs).
@@ -585,43 +583,86 @@ HSU_HD void careful_apply(const CarefulCoef& k, double sign, const T* wi, const 
 
 // Run-time dispatch of pair_norm / pair_raw (general exponent path; the CUDA general engine, where the
 // products, not phi, bound the time): v is the cosine or the raw dot product. ci is 0 normalized.
+// Pair-sum kinds only: a log-sum kind goes through gauss_logs_rt.
 template <typename T, typename G>
 HSU_HD bool pair_rt(const Params<T>& p, T cs, G v, G qi, G qj, T& e, T& cj, T& ci) {
   ci = T(0);
-#define HSU_PAIR_RT(K)                                                                                   \
-  if (p.kind == K) {                                                                                     \
-    if (p.normalize) {                                                                                   \
-      if (p.half_space) return pair_norm<K, true, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);       \
-      return pair_norm<K, false, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);                        \
-    }                                                                                                    \
-    if (p.half_space) return pair_raw<K, true, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);         \
-    return pair_raw<K, false, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);                          \
-  }
-  HSU_PAIR_RT(kRiesz)
-  HSU_PAIR_RT(kLog)
-  if (p.normalize) {
-    HSU_PAIR_RT(kAngular)
-    HSU_PAIR_RT(kAngularLog)
-  }
-#undef HSU_PAIR_RT
-  return true;  // not reached: the Gaussian kind goes through gauss_logs_rt
+  return HSU_KIND_SWITCH(p.kind, KIND, [&] {
+    if constexpr (KindTraits<KIND>::logsum) {
+      return kind_error<bool>(p.kind, "pair_rt: a log-sum kind goes through gauss_logs_rt");
+    } else {
+      if (p.normalize) {
+        if (p.half_space) return pair_norm<KIND, true, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);
+        return pair_norm<KIND, false, kPowGeneral>(p.s, p.t, p.eps_ang, cs, v, e, cj);
+      }
+      if constexpr (KindTraits<KIND>::angle) {
+        return kind_error<bool>(p.kind, "angular kinds need normalize=True");
+      } else {
+        if (p.half_space) return pair_raw<KIND, true, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);
+        return pair_raw<KIND, false, kPowGeneral>(p.s, p.t, cs, v, qi, qj, e, cj, ci);
+      }
+    }
+  });
 }
 
-// Run-time dispatch of careful_terms (the careful path of every engine that dispatches at run time).
-HSU_HD CarefulCoef careful_terms_rt(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
-#define HSU_CAREFUL_RT(K)                                                                                \
-  if (p.kind == K) {                                                                                     \
-    if (p.normalize) return p.half_space ? careful_terms<K, true, true>(p, cs, q, e)                     \
-                                         : careful_terms<K, false, true>(p, cs, q, e);                   \
-    return p.half_space ? careful_terms<K, true, false>(p, cs, q, e) : careful_terms<K, false, false>(p, cs, q, e); \
+// careful_terms with the kind fixed at compile time and the flags at run time (a kernel compiled per kind),
+// pair-sum kinds only: a log-sum kind's careful pairs go through careful_logs.
+template <int64_t KIND>
+HSU_HD CarefulCoef careful_terms_flags(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
+  if constexpr (KindTraits<KIND>::logsum) {
+    return kind_error<CarefulCoef>(p.kind, "careful_terms: a log-sum kind goes through careful_logs");
+  } else {
+    if (p.normalize) return p.half_space ? careful_terms<KIND, true, true>(p, cs, q, e)
+                                         : careful_terms<KIND, false, true>(p, cs, q, e);
+    if constexpr (KindTraits<KIND>::angle) {
+      return kind_error<CarefulCoef>(p.kind, "angular kinds need normalize=True");
+    } else {
+      return p.half_space ? careful_terms<KIND, true, false>(p, cs, q, e)
+                          : careful_terms<KIND, false, false>(p, cs, q, e);
+    }
   }
-  HSU_CAREFUL_RT(kRiesz)
-  HSU_CAREFUL_RT(kLog)
-  HSU_CAREFUL_RT(kAngular)
-  HSU_CAREFUL_RT(kAngularLog)
-#undef HSU_CAREFUL_RT
-  e = 0.0;
-  return CarefulCoef{0.0, 0.0, 1.0};
+}
+
+// Run-time dispatch of careful_terms (the careful path of every engine that dispatches on the kind at run time).
+HSU_HD CarefulCoef careful_terms_rt(const Params<double>& p, double cs, const CarefulGeom& q, double& e) {
+  return HSU_KIND_SWITCH(p.kind, KIND, [&] { return careful_terms_flags<KIND>(p, cs, q, e); });
+}
+
+// The run-time parameters of a pass as compile-time ones, for the host engines compiled per kind (the CPU
+// kernels): calls f.template operator()<KIND, HS, NORM, MODE>() (a C++20 template lambda
+// []<int64_t KIND, bool HS, bool NORM, int MODE>() { ... }) with KIND = p.kind, HS = p.half_space,
+// NORM = p.normalize and MODE the exponent mode of power_scale * s (power kinds; kPowGeneral otherwise). An
+// unknown kind raises, so does an angle kind without normalize (no un-normalized code exists for it).
+template <int64_t KIND, int MODE, typename T, typename F>
+inline void dispatch_pass_flags(const Params<T>& p, F& f) {
+  if (p.normalize) {
+    if (p.half_space) f.template operator()<KIND, true, true, MODE>();
+    else f.template operator()<KIND, false, true, MODE>();
+  } else if constexpr (KindTraits<KIND>::angle) {
+    kind_error(p.kind, "angular kinds need normalize=True");
+  } else {
+    if (p.half_space) f.template operator()<KIND, true, false, MODE>();
+    else f.template operator()<KIND, false, false, MODE>();
+  }
+}
+
+template <int64_t KIND, typename T, typename F>
+inline void dispatch_pass_mode(const Params<T>& p, F& f) {
+  if constexpr (KindTraits<KIND>::power) {
+    switch (pow_mode(static_cast<T>(KindTraits<KIND>::power_scale) * p.s)) {  // a PowMode: any other is general
+      case kPowRsqrt: return dispatch_pass_flags<KIND, kPowRsqrt>(p, f);
+      case kPowRecip: return dispatch_pass_flags<KIND, kPowRecip>(p, f);
+      case kPowRecip2: return dispatch_pass_flags<KIND, kPowRecip2>(p, f);
+      default: return dispatch_pass_flags<KIND, kPowGeneral>(p, f);
+    }
+  } else {
+    dispatch_pass_flags<KIND, kPowGeneral>(p, f);
+  }
+}
+
+template <typename T, typename F>
+inline void dispatch_pass(const Params<T>& p, F&& f) {
+  HSU_KIND_SWITCH(p.kind, KIND, [&] { dispatch_pass_mode<KIND>(p, f); });
 }
 
 template <typename T, typename G>
@@ -670,29 +711,31 @@ HSU_HD double row_sq(const T* x, int64_t D) {
 // taken directly with respect to w_i, never through u_i: 1 - g_ii = a_i in closed form (it survives
 // |w|^2 >> eps_norm, where g_ii rounds to 1), and eps_norm = 0 gives 0, not infinity times zero.
 HSU_HD void diag_term(const Params<double>& p, double stat, double& e, double& k) {
-  if (p.normalize) {
-    const double a = stat;
-    // the pair's cosine is -g_ii = -(1 - a); d g_ii / dw_i = 2 a r u_i
-    if (p.kind == kGaussian) {
-      e = -p.t * (4.0 - 2.0 * a);
-      k = -4.0 * p.t * a;
-      return;
-    }
-    double f, df;
-    phi_g_om(p, -(1.0 - a), a, f, df);
-    e = f;
-    k = a == 0.0 ? 0.0 : -2.0 * a * df;
-  } else {
-    if (p.kind == kGaussian) {
+  HSU_KIND_SWITCH(p.kind, KIND, [&] {
+    if (p.normalize) {
+      const double a = stat;
+      // the pair's cosine is -g_ii = -(1 - a); d g_ii / dw_i = 2 a r u_i
+      if constexpr (KindTraits<KIND>::logsum) {  // the Gaussian kind's log term (see gauss_logs)
+        e = -p.t * (4.0 - 2.0 * a);
+        k = -4.0 * p.t * a;
+      } else {
+        double f, df;
+        phi_g_om_k<KIND, kPowGeneral>(p.s, p.t, p.eps_ang, -(1.0 - a), a, f, df);
+        e = f;
+        k = a == 0.0 ? 0.0 : -2.0 * a * df;
+      }
+    } else if constexpr (KindTraits<KIND>::angle) {
+      kind_error(p.kind, "angular kinds need normalize=True");
+    } else if constexpr (KindTraits<KIND>::logsum) {
       e = -4.0 * p.t * stat;
       k = -8.0 * p.t;
-      return;
+    } else {
+      double f, df;
+      phi_d2_k<KIND, kPowGeneral>(p.s, p.t, 4.0 * stat, f, df);
+      e = f;
+      k = 8.0 * df;
     }
-    double f, df;
-    phi_d2(p, 4.0 * stat, f, df);
-    e = f;
-    k = 8.0 * df;
-  }
+  });
 }
 
 // Scale of a row's pair sums in the total: a self energy counts each unordered pair twice in the per-row

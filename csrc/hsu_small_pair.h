@@ -1,5 +1,5 @@
-// Per-pair terms of the small-D kernels (csrc/cpu/hsu_cpu_small.cpp, csrc/cuda/hsu_cuda_small.cuh), host and
-// device, on top of the shared phi / phi' of csrc/hsu_pair.h.
+// Per-pair terms of the small-D kernel (csrc/cpu/hsu_cpu_small.cpp), on top of the shared phi / phi' of
+// csrc/hsu_pair.h.
 //
 // The small-D kernels never form 2 - 2g. They get the squared distances of a pair from coordinate
 // differences: with u_i = w_i / sqrt(|w_i|^2 + eps_norm) and a_i = eps_norm / (|w_i|^2 + eps_norm), so that
@@ -26,7 +26,7 @@ HSU_ISA_BEGIN
 // its squared distances d2m and d2p (d2p is read by the half-space and angular kinds only).
 template <int64_t KIND, bool HS, bool NORM, int MODE, typename T>
 HSU_HD void small_pair(T s, T t, T eps_ang, T d2m, T d2p, T& f, T& cm, T& cp) {
-  if (KIND == kAngular || KIND == kAngularLog) {
+  if constexpr (KindTraits<KIND>::angle) {
     // g = (d2p - d2m) / 4 and 1 - |g| = min(d2m, d2p) / 2, both without cancellation
     const T g = T(0.25) * (d2p - d2m);
     const T om = T(0.5) * hsu_min(d2m, d2p);

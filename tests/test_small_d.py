@@ -369,9 +369,9 @@ def test_bitwise_same_on_any_thread_count():
 @pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_cuda_kernel()),
                     reason="needs a GPU and the extension built with CUDA")
 def test_cuda_small_d_kernel():
-    """The CUDA kernel for D <= 4 (csrc/cuda/hsu_cuda_small.cuh) against the oracle: every kind and flag,
-    batched, odd N, hard rows; float64 to 1e-9, float32 within twice the CPU kernel's error on the same rows
-    (or 4 float32 ulps), nearly parallel rows included (hi + lo pairs)."""
+    """The CUDA backend at D <= 4 (served by the general CUDA kernels, csrc/cuda/hsu_cuda_kernels.cuh) against
+    the oracle: every kind and flag, batched, odd N, hard rows; float64 to 1e-9, float32 within twice the CPU
+    kernel's error on the same rows (or 4 float32 ulps), nearly parallel rows included."""
     gen = torch.Generator().manual_seed(7)
     cases = [rand_rows(2, n, d) for n, d in ((2, 3), (17, 2), (130, 4), (1100, 3))]
     cases += [_hard_rows(d, gen) for d in (2, 3, 4)]

@@ -1,12 +1,13 @@
 // The CPU kernels' registration, and the choice of the instruction set they run with.
 //
-// A portable build (setup.py's default on x86-64 with GCC) compiles the CPU kernels (hsu_cpu.cpp and
-// hsu_cpu_small.cpp) three times: for the build's baseline (x86-64-v2: SSE4.2, POPCNT), for AVX2 + FMA
-// (x86-64-v3) and for AVX-512 (x86-64-v4: F, BW, CD, DQ, VL), each copy in a namespace of its own (see
-// csrc/hsu_isa.h); setup.py then defines HSU_CPU_DISPATCH. On the first call this file asks the CPU which of
-// them it can run and takes the widest, unless the environment variable HSU_CPU_CAPABILITY names one
-// ("default", "avx2" or "avx512"; one the CPU cannot run is an error, an unknown name too). A build for one
-// CPU (HSU_CPU_ARCH=native or any other -march value) compiles the kernels once, and that copy always runs.
+// A portable build (setup.py's default on x86-64 with GCC) compiles the CPU kernels (hsu_cpu.cpp, the
+// engines hsu_cpu_self.cpp, hsu_cpu_logsum.cpp and hsu_cpu_cross.cpp, and hsu_cpu_small.cpp) three times:
+// for the build's baseline (x86-64-v2: SSE4.2, POPCNT), for AVX2 + FMA (x86-64-v3) and for AVX-512
+// (x86-64-v4: F, BW, CD, DQ, VL), each copy in a namespace of its own (see csrc/hsu_isa.h); setup.py then
+// defines HSU_CPU_DISPATCH. On the first call this file asks the CPU which of them it can run and takes the
+// widest, unless the environment variable HSU_CPU_CAPABILITY names one ("default", "avx2" or "avx512"; one
+// the CPU cannot run is an error, an unknown name too). A build for one CPU (HSU_CPU_ARCH=native or any
+// other -march value) compiles the kernels once, and that copy always runs.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -70,6 +70,7 @@
 #include <utility>
 #include <vector>
 
+#include "../hsu_kinds.h"
 #include "../hsu_pair.h"
 #include "../hsu_small_pair.h"
 
@@ -184,7 +185,7 @@ void geometry(const Rows& r, int64_t i, int64_t j, int64_t m, double* __restrict
 // Whether a pair is close (see the file's header): d2m, or d2p where antipodes enter, below thr (0: none is).
 template <int64_t KIND, bool HS>
 inline bool is_close(double d2m, double d2p, double thr) {
-  constexpr bool kAnti = HS || KIND == kAngular || KIND == kAngularLog;
+  constexpr bool kAnti = HS || KindTraits<KIND>::angle;
   return d2m < thr || (kAnti && d2p < thr);
 }
 
@@ -194,7 +195,7 @@ inline bool is_close(double d2m, double d2p, double thr) {
 template <typename T, int64_t KIND, bool HS, bool NORM, int MODE, bool CHECK>
 double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double* d2p, double thr, double* cm,
                  double* cp, int64_t& close, double& csum) {
-  constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;  // whether d2p was computed
+  constexpr bool kBoth = HS || KindTraits<KIND>::angle;  // whether d2p was computed
   double esum = 0.0, cs = 0.0;
   int64_t nclose = 0;
 #pragma omp simd reduction(+ : esum, nclose, cs)
@@ -223,7 +224,7 @@ double pair_math(const Params<T>& p, int64_t m, const double* d2m, const double*
 template <int D, int64_t KIND, bool HS>
 void careful_run(const Params<double>& p, const Rows& r, int64_t i, int64_t j, int64_t m, double thr,
                  const double* d2m, const double* d2p) {
-  constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;
+  constexpr bool kBoth = HS || KindTraits<KIND>::angle;
   const int64_t n = r.n;
   const double* wi = r.w + i * D;
   for (int64_t k = 0; k < m; ++k) {
@@ -309,7 +310,7 @@ void update(const Rows& r, int64_t i, int64_t j, int64_t m, const double* const*
 // tile the second row's run starts one column later, which its coefficient buffer marks with a 0.
 template <typename T, int D, int64_t KIND, bool HS, bool NORM, int MODE>
 void tile(const Params<T>& p, const Rows& r, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  constexpr bool kBoth = HS || KIND == kAngular || KIND == kAngularLog;
+  constexpr bool kBoth = HS || KindTraits<KIND>::angle;
   constexpr bool kSplit = NORM;
   constexpr int64_t kBuf = kMaxBlock + kLanes;  // room for the second row's runs shifted by one
   alignas(64) double d2m[2][kBuf], d2p[2][kBuf], cm[2][kBuf], cp[2][kBuf];
@@ -397,6 +398,11 @@ constexpr int64_t kRowGrain = 1 << 14;
 // and pi^(-32) stay far above float32's smallest normal number, so no term underflows.
 constexpr double kFloatTermsMaxS = 32.0;
 
+// Whether the pair terms of normalized float32 rows may be evaluated in float: the kinds whose float terms are
+// known to stay in range there (Riesz with s <= kFloatTermsMaxS, log). A list, not a trait: any other kind (a
+// new one too) is evaluated in double until its float terms have been checked.
+bool float_terms_ok(int64_t kind, double s) { return (kind == kRiesz || kind == kLog) && s <= kFloatTermsMaxS; }
+
 // At most this many parts (their buffers cost (D + 2) doubles per row each), and at least this many pairs
 // per part (about a millisecond of work: below that, forking costs more than it saves, and far more on a
 // machine whose cores other processes share, where a waiting thread may wait for a whole time slice).
@@ -479,43 +485,14 @@ void all_pairs(const Params<T>& p, const Plan& plan, const Work& wk) {
   });
 }
 
-// Compile-time dispatch: dimension, kind, half-space, normalization, exponent mode.
-template <typename T, int D, int64_t KIND, int MODE>
-void dispatch_flags(const Params<T>& p, const Plan& plan, const Work& wk) {
-  if (p.normalize) {
-    if (p.half_space) all_pairs<T, D, KIND, true, true, MODE>(p, plan, wk);
-    else all_pairs<T, D, KIND, false, true, MODE>(p, plan, wk);
-  } else if constexpr (KIND == kRiesz || KIND == kLog) {
-    if (p.half_space) all_pairs<T, D, KIND, true, false, MODE>(p, plan, wk);
-    else all_pairs<T, D, KIND, false, false, MODE>(p, plan, wk);
-  } else {
-    TORCH_CHECK_VALUE(false, "angular kinds need normalize=True");
-  }
-}
-
-template <typename T, int D, int64_t KIND>
-void dispatch_mode(const Params<T>& p, const Plan& plan, const Work& wk) {
-  if constexpr (KIND == kRiesz || KIND == kAngular) {
-    switch (pow_mode(KIND == kRiesz ? T(0.5) * p.s : p.s)) {
-      case kPowRsqrt: return dispatch_flags<T, D, KIND, kPowRsqrt>(p, plan, wk);
-      case kPowRecip: return dispatch_flags<T, D, KIND, kPowRecip>(p, plan, wk);
-      case kPowRecip2: return dispatch_flags<T, D, KIND, kPowRecip2>(p, plan, wk);
-      default: return dispatch_flags<T, D, KIND, kPowGeneral>(p, plan, wk);
-    }
-  } else {
-    dispatch_flags<T, D, KIND, kPowGeneral>(p, plan, wk);
-  }
-}
-
+// Compile-time dispatch: dimension, then kind, half-space, normalization and exponent mode (hsu_pair.h's
+// dispatch_pass). The log-sum kind is not served here (small_d_serves).
 template <typename T, int D>
 void dispatch_kind(const Params<T>& p, const Plan& plan, const Work& wk) {
-  switch (p.kind) {
-    case kRiesz: return dispatch_mode<T, D, kRiesz>(p, plan, wk);
-    case kLog: return dispatch_mode<T, D, kLog>(p, plan, wk);
-    case kAngular: return dispatch_mode<T, D, kAngular>(p, plan, wk);
-    case kAngularLog: return dispatch_mode<T, D, kAngularLog>(p, plan, wk);
-    default: TORCH_CHECK(false, "the small-D kernel does not serve kind ", p.kind);
-  }
+  dispatch_pass(p, [&]<int64_t KIND, bool HS, bool NORM, int MODE>() {
+    if constexpr (KindTraits<KIND>::logsum) kind_error(KIND, "the small-D kernel does not serve the log-sum kind");
+    else all_pairs<T, D, KIND, HS, NORM, MODE>(p, plan, wk);
+  });
 }
 
 template <typename T>
@@ -567,7 +544,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
   if constexpr (std::is_same_v<T, double>) w64 = wp;
   const Work wk{u.data(), normalize ? a.data() : nullptr, g.data(), split ? kacc.data() : nullptr, e.data(), B, D, n,
                 check ? w64 : nullptr, st.data(), check ? rad.data() : nullptr, &pd};
-  if (std::is_same_v<T, float> && normalize && (kind == kRiesz || kind == kLog) && s <= kFloatTermsMaxS) {
+  if (std::is_same_v<T, float> && normalize && float_terms_ok(kind, s)) {
     const Params<float> pf{kind, static_cast<float>(s), static_cast<float>(t), static_cast<float>(eps_ang), half_space,
                            normalize};
     dispatch_dim<float>(pf, plan, wk);
@@ -628,7 +605,7 @@ void energy_grad_small(const at::Tensor& w, int64_t kind, double s, double t, do
 }  // namespace
 
 bool small_d_serves(const at::Tensor& w, int64_t kind) {
-  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && kind != kGaussian;
+  return w.dim() == 3 && w.size(2) >= 1 && w.size(2) <= kSmallMaxD && !kind_info(kind).logsum;
 }
 
 std::tuple<at::Tensor, at::Tensor> energy_grad_small_cpu(const at::Tensor& w_in, int64_t kind, double s, double t,

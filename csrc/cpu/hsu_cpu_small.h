@@ -12,8 +12,8 @@ HSU_ISA_BEGIN
 
 constexpr int64_t kSmallMaxD = 4;
 
-// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the Gaussian, every
-// floating dtype).
+// Whether the small-D kernel computes this self energy (D <= kSmallMaxD, every kind but the log-sum one, every
+// floating dtype). An unknown kind code raises.
 bool small_d_serves(const at::Tensor& w, int64_t kind);
 
 // The op's self energy and gradient (same contract as hsu::energy_grad on CPU: E = scale * the sum); the

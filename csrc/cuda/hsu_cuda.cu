@@ -1,6 +1,6 @@
 // torch binding of the CUDA kernels (csrc/cuda/hsu_cuda_kernels.cuh) for the CUDA dispatch key.
 //
-// Same ops, semantics, checks and return dtypes as csrc/cpu/hsu_cpu.cpp: inputs are computed in float64
+// Same ops, semantics, checks and return dtypes as the CPU kernel (csrc/cpu/hsu_cpu.cpp): inputs are computed in float64
 // when they are float64 and in float32 otherwise (float16/bfloat16 are converted on entry, the gradient
 // converted back on exit); the energy is returned in that compute dtype. Autograd and fake kernels are
 // registered once for every dispatch key in hsu_kernels/_ext.py.
@@ -82,7 +82,7 @@ std::pair<RowResult, cuda::FinishArgs<T>> rows_against(const Params<T>& p, const
                                                        const Prepared<T>& X, const Prepared<T>& Y, bool self,
                                                        double gs, double kscale, bool with_diag, cudaStream_t stream) {
   const int64_t B = X.w.size(0), n1 = X.w.size(1), n2 = Y.w.size(1), D = X.w.size(2);
-  const bool lse = p.kind == kGaussian;
+  const bool lse = kind_info(p.kind).logsum;
   const int splits = cuda::choose_splits<T>(B, n1, n2, D, num_sms(X.w));
   const at::TensorOptions dopt = X.w.options().dtype(at::kDouble);
   at::Tensor part_e = at::empty({splits, B, n1}, dopt);
@@ -129,10 +129,6 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
     }
     return {at::cat(es), at::cat(gs)};
   }
-  // The D <= 4 kernel (hsu_cuda_small.cuh) is not used yet: its per-pair terms are in float for float32 rows
-  // (a term beyond float overflows to NaN gradients) and its float64 differences of rounded unit rows miss
-  // the close-pair bar that the general kernels below meet (issue 13; the CPU kernel for D <= 4 computes its
-  // terms in double and serves float32 only). It stays compiled and tested under emulation.
   const c10::cuda::CUDAGuard guard(w_in.device());
   if (raw_rows_need_double(w_in, normalize, kind, t)) {  // float rows whose squared distances overflow float
     auto [e, g] = energy_grad_cuda(w_in.to(at::kDouble), kind, s, t, eps_norm, eps_ang, half_space, normalize,
@@ -149,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> energy_grad_cuda(const at::Tensor& w_in, int6
     using T = scalar_t;
     const auto p = make_params<T>(kind, s, t, eps_ang, half_space, normalize);
     const auto pd = make_params<double>(kind, s, t, eps_ang, half_space, normalize);
-    const bool lse = kind == kGaussian;
+    const bool lse = kind_info(kind).logsum;
     const double cs = lse ? 1.0 : coef_scale(scale);
     const double gscale = grad_scale<double>(true, half_space);
     const Prepared<T> P = prepare<T>(w, normalize, eps_norm, "w", stream);
@@ -209,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_grad_cuda(const at::
     using T = scalar_t;
     const auto p = make_params<T>(kind, s, t, eps_ang, half_space, normalize);
     const auto pd = make_params<double>(kind, s, t, eps_ang, half_space, normalize);
-    const bool lse = kind == kGaussian;
+    const bool lse = kind_info(kind).logsum;
     const double cs = lse ? 1.0 : coef_scale(scale);
     const Prepared<T> PX = prepare<T>(x, normalize, eps_norm, "x", stream);
     const Prepared<T> PY = prepare<T>(y, normalize, eps_norm, "y", stream);

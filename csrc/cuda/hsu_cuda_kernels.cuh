@@ -91,44 +91,50 @@ struct PassArgs {
 
 template <int64_t KIND, bool HS, bool NORM, int MODE, typename T>
 __device__ __forceinline__ bool pair_k(const PassArgs<T>& a, T v, T qi, T qj, T& e, T& cj, T& ci) {
-  if (NORM) {
+  if constexpr (NORM) {
     ci = T(0);
     return pair_norm<KIND, HS, MODE>(a.p.s, a.p.t, a.p.eps_ang, a.cs, v, e, cj);
+  } else {
+    return pair_raw<KIND, HS, MODE>(a.p.s, a.p.t, a.cs, v, qi, qj, e, cj, ci);
   }
-  return pair_raw<KIND, HS, MODE>(a.p.s, a.p.t, a.cs, v, qi, qj, e, cj, ci);
 }
 
 template <int64_t KIND, bool HS, bool NORM, typename T>
 __device__ __forceinline__ bool pair_mode(const PassArgs<T>& a, int mode, T v, T qi, T qj, T& e, T& cj, T& ci) {
-  if (KIND == kRiesz || KIND == kAngular) {
-    switch (mode) {
+  if constexpr (KindTraits<KIND>::power) {
+    switch (mode) {  // the exponent mode (PowMode), not the kind: any other mode is the general one
       case kPowRsqrt: return pair_k<KIND, HS, NORM, kPowRsqrt>(a, v, qi, qj, e, cj, ci);
       case kPowRecip: return pair_k<KIND, HS, NORM, kPowRecip>(a, v, qi, qj, e, cj, ci);
       case kPowRecip2: return pair_k<KIND, HS, NORM, kPowRecip2>(a, v, qi, qj, e, cj, ci);
       default: return pair_k<KIND, HS, NORM, kPowGeneral>(a, v, qi, qj, e, cj, ci);
     }
+  } else {
+    return pair_k<KIND, HS, NORM, kPowGeneral>(a, v, qi, qj, e, cj, ci);
   }
-  return pair_k<KIND, HS, NORM, kPowGeneral>(a, v, qi, qj, e, cj, ci);
 }
 
 template <int64_t KIND, typename T>
 __device__ __forceinline__ bool pair_dev(const PassArgs<T>& a, int mode, T v, T qi, T qj, T& e, T& cj, T& ci) {
-  // Angular kinds exist only normalized (checked before launch); no un-normalized code is generated for them.
-  constexpr bool kMayBeRaw = KIND == kRiesz || KIND == kLog;
-  if (!kMayBeRaw || a.p.normalize) {
+  // Angle kinds exist only normalized (checked before launch); no un-normalized code is generated for them.
+  if constexpr (KindTraits<KIND>::angle) {
     if (a.p.half_space) return pair_mode<KIND, true, true>(a, mode, v, qi, qj, e, cj, ci);
     return pair_mode<KIND, false, true>(a, mode, v, qi, qj, e, cj, ci);
+  } else {
+    if (a.p.normalize) {
+      if (a.p.half_space) return pair_mode<KIND, true, true>(a, mode, v, qi, qj, e, cj, ci);
+      return pair_mode<KIND, false, true>(a, mode, v, qi, qj, e, cj, ci);
+    }
+    if (a.p.half_space) return pair_mode<KIND, true, false>(a, mode, v, qi, qj, e, cj, ci);
+    return pair_mode<KIND, false, false>(a, mode, v, qi, qj, e, cj, ci);
   }
-  if (a.p.half_space) return pair_mode<KIND, true, false>(a, mode, v, qi, qj, e, cj, ci);
-  return pair_mode<KIND, false, false>(a, mode, v, qi, qj, e, cj, ci);
 }
 
-// Exponent mode of x^(-q): q = s/2 for Riesz (d2^(-s/2)), q = s for angular.
+// Exponent mode of x^(-p), p = power_scale * s (Riesz: s/2 of d2^(-s/2); angular: s); the general mode for the
+// kinds without an exponent. An unknown kind raises.
 template <typename T>
 inline int exponent_mode(const Params<T>& p) {
-  if (p.kind == kRiesz) return pow_mode(T(0.5) * p.s);
-  if (p.kind == kAngular) return pow_mode(p.s);
-  return kPowGeneral;
+  const KindInfo k = kind_info(p.kind);
+  return k.power ? pow_mode(static_cast<T>(k.power_scale) * p.s) : kPowGeneral;
 }
 
 // Tiles [t0, t1) of the column range that split `split` owns (whole tiles, as even as possible).
@@ -194,7 +200,7 @@ __device__ __forceinline__ void careful_apply_rt(const PassArgs<T>& a, const Car
 
 template <typename T, int64_t KIND, int DP>
 __global__ void __launch_bounds__(kBlock) pair_pass_small(const PassArgs<T> a, const int mode) {
-  constexpr bool LSE = KIND == kGaussian;
+  constexpr bool LSE = KindTraits<KIND>::logsum;
   __shared__ __align__(16) T ys[kSmallTile][DP];
   __shared__ T sqy[kSmallTile];
   const int tid = threadIdx.x;
@@ -246,7 +252,7 @@ __global__ void __launch_bounds__(kBlock) pair_pass_small(const PassArgs<T> a, c
       for (int d = 0; d < DP; ++d) dot += xi[d] * yv[d];
       if (jj == skip) continue;
       T c, ci;
-      if (LSE) {
+      if constexpr (LSE) {
         T x1, x2;
         const bool care = gauss_logs_rt(a.p, dot, qi, sqy[jj], x1, x2);
         CarefulGeom q{0.0, 0.0, 1.0};
@@ -285,7 +291,7 @@ __global__ void __launch_bounds__(kBlock) pair_pass_small(const PassArgs<T> a, c
         if (care) {
           const CarefulGeom q = careful_geom_dev(a, bb, i, j0 + jj);
           double ep;
-          const CarefulCoef k = careful_terms_rt(a.pd, static_cast<double>(a.cs), q, ep);
+          const CarefulCoef k = careful_terms_flags<KIND>(a.pd, static_cast<double>(a.cs), q, ep);
           erow += ep;
           careful_apply_regs<DP>(a, k, q.sign, bb, i, j0 + jj, acc, rad);
           continue;
@@ -329,7 +335,7 @@ __global__ void __launch_bounds__(kBlock) pair_pass_general(const PassArgs<T> a)
   const int64_t D = a.D;
   const T* xb = a.x + bb * a.n1 * D;
   const T* yb = a.y + bb * a.n2 * D;
-  const bool norm = a.p.normalize, lse = a.p.kind == kGaussian;
+  const bool norm = a.p.normalize, lse = kind_info(a.p.kind).logsum;
   const T qi = (row_ok && !norm) ? a.qx[bb * a.n1 + i] : T(0);
   const int64_t r = (static_cast<int64_t>(split) * a.B + bb) * a.n1 + i;
   T* arow = a.part_a + r * D;
@@ -576,7 +582,8 @@ __global__ void lse_epilogue_kernel(const FinishArgs<T> f, int64_t n, const doub
 // One block per batch entry, fixed order. Sums: out[b] = scale (pair_scale sum_i e_row + sum_i e_diag)
 // (pair_scale already in e_row's log terms for the Gaussian kind). Log-sum (lse): lz[b] = log(sum_i exp(e_row)
 // + sum_i exp(e_diag)), out[b] = lz[b] + log(scale).
-// static: this header is compiled into more than one translation unit of the extension (not a template).
+// static: internal linkage (not a template), so that the header can be included by more than one translation
+// unit (csrc/tests/cuda_link_check.cu checks it).
 static __global__ void __launch_bounds__(kReduceThreads) reduce_energy_kernel(const double* e_row,
                                                                              const double* e_diag, int64_t n,
                                                                              double pair_scale, double scale,
@@ -686,13 +693,7 @@ inline cudaError_t launch_pair_pass(const PassArgs<T>& a, cudaStream_t stream) {
     pair_pass_general<T><<<grid, kBlock, 0, stream>>>(a);
     return cudaGetLastError();
   }
-  switch (a.p.kind) {
-    case kRiesz: launch_small_kind<T, kRiesz>(a, width, grid, stream); break;
-    case kLog: launch_small_kind<T, kLog>(a, width, grid, stream); break;
-    case kAngular: launch_small_kind<T, kAngular>(a, width, grid, stream); break;
-    case kAngularLog: launch_small_kind<T, kAngularLog>(a, width, grid, stream); break;
-    default: launch_small_kind<T, kGaussian>(a, width, grid, stream); break;
-  }
+  HSU_KIND_SWITCH(a.p.kind, KIND, [&] { launch_small_kind<T, KIND>(a, width, grid, stream); });
   return cudaGetLastError();
 }
 

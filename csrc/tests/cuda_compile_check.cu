@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "../cuda/hsu_cuda_kernels.cuh"
-#include "../cuda/hsu_cuda_small.cuh"
 #include "../hsu_pair.h"
 #include "host_reference.h"
 
@@ -88,45 +87,6 @@ void device_energy(const hsu::Params<T>& p, const hsu::Params<double>& pd, const
   for (void* ptr : ptrs) CHECK_CUDA(cudaFree(ptr));
 }
 
-// The D <= 4 pipeline (csrc/cuda/hsu_cuda_small.cu: rows, pass, finish, reduce) for one matrix.
-template <typename T>
-void device_energy_small(const hsu::Params<T>& p, const std::vector<double>& w64, int64_t n, int64_t D,
-                         double eps_norm, int splits, double& energy, std::vector<double>& grad) {
-  namespace hc = hsu::cuda;
-  std::vector<T> w(w64.begin(), w64.end());
-  T* dw = to_device(w);
-  T* hi = to_device(std::vector<T>(n * hc::kSmallDMax));
-  T* lo = to_device(std::vector<T>(n * hc::kSmallDMax));
-  T* a = to_device(std::vector<T>(n));
-  double* sq = to_device(std::vector<double>(n));
-  CHECK_CUDA(hc::launch_small_rows<T>(hc::SmallRowsArgs<T>{dw, n, D, p.normalize, eps_norm, hi, lo, a, sq}, 0));
-  double* part_e = to_device(std::vector<double>(splits * n));
-  T* part_a = to_device(std::vector<T>(splits * n * hc::kSmallDMax));
-  T* part_k = to_device(std::vector<T>(splits * n));
-  CHECK_CUDA(hc::launch_small_pass<T>(hc::SmallPassArgs<T>{hi, lo, a, 1, n, p, splits, part_e, part_a, part_k}, 0));
-  T* g = to_device(std::vector<T>(n * D));
-  double* e_row = to_device(std::vector<double>(n));
-  double* e_diag = to_device(std::vector<double>(n));
-  const hsu::Params<double> pd{p.kind, static_cast<double>(p.s), static_cast<double>(p.t),
-                               static_cast<double>(p.eps_ang), p.half_space, p.normalize};
-  CHECK_CUDA(hc::launch_small_finish<T>(hc::SmallFinishArgs<T>{dw, n, D, splits, part_e, part_a, part_k, pd,
-                                                                eps_norm, hsu::grad_scale<double>(true, p.half_space),
-                                                                1.0, g, e_row, e_diag},
-                                         0));
-  double* out = to_device(std::vector<double>(1));
-  CHECK_CUDA(hc::launch_reduce_energy(e_row, e_diag, 1, n, hsu::pair_scale<double>(true, p.half_space), 1.0, false,
-                                      out, nullptr, 0));
-  CHECK_CUDA(cudaDeviceSynchronize());
-  energy = to_host(out, 1)[0];
-  std::vector<T> gh = to_host(g, n * D);
-  grad.assign(gh.begin(), gh.end());
-  for (void* ptr : {static_cast<void*>(dw), static_cast<void*>(hi), static_cast<void*>(lo), static_cast<void*>(a),
-                    static_cast<void*>(sq), static_cast<void*>(part_e), static_cast<void*>(part_a),
-                    static_cast<void*>(part_k), static_cast<void*>(g), static_cast<void*>(e_row),
-                    static_cast<void*>(e_diag), static_cast<void*>(out)})
-    CHECK_CUDA(cudaFree(ptr));
-}
-
 template <typename T>
 int check_case(int64_t kind, double s, bool hs, bool norm, int64_t n, int64_t D, int splits, double tol,
                std::mt19937_64& rng) {
@@ -142,28 +102,20 @@ int check_case(int64_t kind, double s, bool hs, bool norm, int64_t n, int64_t D,
   std::vector<double> wt(w.size());
   for (size_t k = 0; k < w.size(); ++k) wt[k] = static_cast<double>(static_cast<T>(w[k]));
   hsu_test::host_energy_grad(p64, wt, wt, 1, n, n, D, eps, true, 1.0, e_ref, g_ref);
-  // the general kernels, and for D <= 4 (every kind but the Gaussian) the small-D kernel the binding uses
-  const bool small = D <= hsu::cuda::kSmallDMax && kind != hsu::kGaussian;
-  int fails = 0;
-  for (int engine = 0; engine < (small ? 2 : 1); ++engine) {
-    if (engine == 0) device_energy<T>(pt, p64, wt, n, D, eps, splits, e_dev, g_dev);
-    else device_energy_small<T>(pt, wt, n, D, eps, splits, e_dev, g_dev);
-    double gmax = 0.0, gerr = 0.0;
-    for (size_t k = 0; k < g_ref.size(); ++k) {
-      gmax = std::fmax(gmax, std::fabs(g_ref[k]));
-      gerr = std::fmax(gerr, std::fabs(g_ref[k] - g_dev[k]));
-    }
-    const double eerr = std::fabs(e_ref[0] - e_dev) / std::fmax(std::fabs(e_ref[0]), 1.0);
-    const bool ok = eerr <= tol && gerr <= tol * gmax && std::isfinite(e_dev);
-    if (!ok)
-      std::printf("FAIL %s%s kind=%lld s=%g hs=%d norm=%d n=%lld D=%lld splits=%d: energy %.17g vs %.17g (err %.3g), "
-                  "grad max err %.3g of %.3g\n",
-                  sizeof(T) == 4 ? "float" : "double", engine ? " small-D" : "", static_cast<long long>(kind), s, hs,
-                  norm, static_cast<long long>(n), static_cast<long long>(D), splits, e_dev, e_ref[0], eerr, gerr,
-                  gmax);
-    fails += ok ? 0 : 1;
+  device_energy<T>(pt, p64, wt, n, D, eps, splits, e_dev, g_dev);
+  double gmax = 0.0, gerr = 0.0;
+  for (size_t k = 0; k < g_ref.size(); ++k) {
+    gmax = std::fmax(gmax, std::fabs(g_ref[k]));
+    gerr = std::fmax(gerr, std::fabs(g_ref[k] - g_dev[k]));
   }
-  return fails;
+  const double eerr = std::fabs(e_ref[0] - e_dev) / std::fmax(std::fabs(e_ref[0]), 1.0);
+  const bool ok = eerr <= tol && gerr <= tol * gmax && std::isfinite(e_dev);
+  if (!ok)
+    std::printf("FAIL %s kind=%lld s=%g hs=%d norm=%d n=%lld D=%lld splits=%d: energy %.17g vs %.17g (err %.3g), "
+                "grad max err %.3g of %.3g\n",
+                sizeof(T) == 4 ? "float" : "double", static_cast<long long>(kind), s, hs, norm,
+                static_cast<long long>(n), static_cast<long long>(D), splits, e_dev, e_ref[0], eerr, gerr, gmax);
+  return ok ? 0 : 1;
 }
 
 template <typename T>

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -28,7 +29,6 @@ inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 #define __align__(n) __attribute__((aligned(n)))
 
 #include "../cuda/hsu_cuda_kernels.cuh"
-#include "../cuda/hsu_cuda_small.cuh"
 #include "../hsu_pair.h"
 #include "host_reference.h"
 
@@ -101,11 +101,7 @@ void emulated_rows(const hsu::Params<T>& p, const hsu::Params<double>& pd, const
     else if constexpr (sizeof(T) == 4) body = [&] { hc::pair_pass_small<T, K, 32>(a, mode); };
   };
   if (width == 0) body = [&] { hc::pair_pass_general<T>(a); };
-  else if (p.kind == hsu::kRiesz) small(std::integral_constant<int64_t, hsu::kRiesz>{});
-  else if (p.kind == hsu::kLog) small(std::integral_constant<int64_t, hsu::kLog>{});
-  else if (p.kind == hsu::kAngular) small(std::integral_constant<int64_t, hsu::kAngular>{});
-  else if (p.kind == hsu::kAngularLog) small(std::integral_constant<int64_t, hsu::kAngularLog>{});
-  else small(std::integral_constant<int64_t, hsu::kGaussian>{});
+  else HSU_KIND_SWITCH(p.kind, K, [&] { small(std::integral_constant<int64_t, K>{}); });
   launch(gx, static_cast<unsigned>(splits), hc::kBlock, body);
 
   const int64_t rows = B * n1;
@@ -128,163 +124,7 @@ void emulated_rows(const hsu::Params<T>& p, const hsu::Params<double>& pd, const
   grad.assign(g.begin(), g.end());
 }
 
-// Self energy and gradient in double from coordinate differences, written plainly (every ordered pair, the
-// gradient accumulated as dE/du = sum phi'(g) u_j and then hsu_pair.h's row epilogue): the oracle of the
-// D <= 4 kernel, whose nearly parallel rows the expanded form of host_rows cannot resolve in double.
-void host_small(const hsu::Params<double>& p, const std::vector<double>& x, int64_t B, int64_t n, int64_t D,
-                double eps, std::vector<double>& energy, std::vector<double>& grad) {
-  energy.assign(B, 0.0);
-  grad.assign(B * n * D, 0.0);
-  std::vector<double> sq(n, 0.0), st(n, 1.0), u(n * D), a(n, 0.0), acc(D);
-  for (int64_t b = 0; b < B; ++b) {
-    const double* xb = &x[b * n * D];
-    for (int64_t i = 0; i < n; ++i) {
-      if (p.normalize) hsu::row_norm(&xb[i * D], D, eps, st[i], a[i]);
-      else sq[i] = hsu::row_sq(&xb[i * D], D);
-      for (int64_t d = 0; d < D; ++d) u[i * D + d] = p.normalize ? xb[i * D + d] * st[i] : xb[i * D + d];
-    }
-    double pairs = 0.0, diag = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t j = 0; j < n; ++j) {
-        if (j == i) continue;
-        double d2m = a[i] + a[j], d2p = a[i] + a[j];
-        for (int64_t d = 0; d < D; ++d) {
-          d2m += (u[i * D + d] - u[j * D + d]) * (u[i * D + d] - u[j * D + d]);
-          d2p += (u[i * D + d] + u[j * D + d]) * (u[i * D + d] + u[j * D + d]);
-        }
-        double f, df, f2 = 0.0, df2 = 0.0;
-        if (p.normalize) {
-          const double g = 0.25 * (d2p - d2m), om = 0.5 * std::fmin(d2m, d2p);
-          hsu::phi_g_om(p, g, om, f, df);
-          if (p.half_space) hsu::phi_g_om(p, -g, om, f2, df2);
-          for (int64_t d = 0; d < D; ++d) acc[d] += (df - df2) * u[j * D + d];
-        } else {
-          hsu::phi_d2(p, d2m, f, df);
-          if (p.half_space) hsu::phi_d2(p, d2p, f2, df2);
-          for (int64_t d = 0; d < D; ++d)
-            acc[d] += 2.0 * df * (u[i * D + d] - u[j * D + d]) + 2.0 * df2 * (u[i * D + d] + u[j * D + d]);
-        }
-        pairs += f + f2;
-      }
-      double ed = 0.0, k = 0.0;
-      if (p.half_space) hsu::diag_term(p, p.normalize ? a[i] : sq[i], ed, k);
-      diag += ed;
-      hsu::row_grad(p.normalize, &xb[i * D], st[i], acc.data(), 0.0, hsu::grad_scale<double>(true, p.half_space), k,
-                    D, &grad[(b * n + i) * D]);
-    }
-    energy[b] = hsu::pair_scale<double>(true, p.half_space) * pairs + diag;
-  }
-}
-
-// The D <= 4 pipeline of csrc/cuda/hsu_cuda_small.cu (rows, pass, finish, reduce), emulated; a self energy.
-template <typename T>
-void emulated_small(const hsu::Params<T>& p, const std::vector<T>& x, int64_t B, int64_t n, int64_t D, double eps,
-                    int splits, std::vector<double>& energy, std::vector<double>& grad) {
-  namespace hc = hsu::cuda;
-  const int64_t rows = B * n;
-  std::vector<T> hi(rows * hc::kSmallDMax), lo(rows * hc::kSmallDMax), a(rows);
-  std::vector<double> sq(rows);
-  const hc::SmallRowsArgs<T> ra{x.data(), rows, D, p.normalize, eps, hi.data(), lo.data(), a.data(), sq.data()};
-  launch(static_cast<unsigned>((rows + 63) / 64), 1, 64, [&] { hc::small_rows_kernel<T>(ra); });
-  std::vector<double> part_e(splits * rows, NAN);
-  std::vector<T> part_a(splits * rows * hc::kSmallDMax, T(NAN)), part_k(splits * rows, T(NAN));
-  const hc::SmallPassArgs<T> pa{hi.data(), lo.data(), a.data(), B, n, p, splits, part_e.data(), part_a.data(),
-                                part_k.data()};
-  const int mode = hc::exponent_mode(p);
-  std::function<void()> body;
-  auto pick = [&](auto kind_tag, auto norm_tag) {
-    constexpr int64_t K = decltype(kind_tag)::value;
-    constexpr bool NORM = decltype(norm_tag)::value;
-    constexpr bool LO = NORM && sizeof(T) == 4;
-    if (p.half_space) body = [&] { hc::small_pass_kernel<T, K, true, NORM, LO>(pa, mode); };
-    else body = [&] { hc::small_pass_kernel<T, K, false, NORM, LO>(pa, mode); };
-  };
-  using yes = std::true_type;
-  using no = std::false_type;
-  if (p.kind == hsu::kRiesz && p.normalize) pick(std::integral_constant<int64_t, hsu::kRiesz>{}, yes{});
-  else if (p.kind == hsu::kRiesz) pick(std::integral_constant<int64_t, hsu::kRiesz>{}, no{});
-  else if (p.kind == hsu::kLog && p.normalize) pick(std::integral_constant<int64_t, hsu::kLog>{}, yes{});
-  else if (p.kind == hsu::kLog) pick(std::integral_constant<int64_t, hsu::kLog>{}, no{});
-  else if (p.kind == hsu::kAngular) pick(std::integral_constant<int64_t, hsu::kAngular>{}, yes{});
-  else pick(std::integral_constant<int64_t, hsu::kAngularLog>{}, yes{});
-  launch(static_cast<unsigned>(B * ((n + hc::kBlock - 1) / hc::kBlock)), static_cast<unsigned>(splits), hc::kBlock,
-         body);
-  std::vector<T> g(rows * D);
-  std::vector<double> e_row(rows), e_diag(rows);
-  const hsu::Params<double> pd{p.kind, static_cast<double>(p.s), static_cast<double>(p.t),
-                               static_cast<double>(p.eps_ang), p.half_space, p.normalize};
-  const hc::SmallFinishArgs<T> fa{x.data(), rows, D, splits, part_e.data(), part_a.data(), part_k.data(), pd, eps,
-                                  hsu::grad_scale<double>(true, p.half_space), 1.0, g.data(), e_row.data(),
-                                  e_diag.data()};
-  launch(static_cast<unsigned>((rows + 31) / 32), 1, 32, [&] { hc::small_finish_kernel<T>(fa); });
-  energy.assign(B, 0.0);
-  launch(static_cast<unsigned>(B), 1, hc::kReduceThreads, [&] {
-    hc::reduce_energy_kernel(e_row.data(), e_diag.data(), n, hsu::pair_scale<double>(true, p.half_space), 1.0,
-                             false, energy.data(), nullptr);
-  });
-  grad.assign(g.begin(), g.end());
-}
-
 int g_cases = 0, g_fails = 0;
-
-// The D <= 4 kernel against the host loop in double on the rows rounded to T. `close` makes every odd row
-// a copy of the row before it, moved by 1e-4 (relative): float 2 - 2g would keep no digit of their distance.
-template <typename T>
-void check_small(int64_t kind, double s, bool hs, bool norm, int64_t B, int64_t n, int64_t D, int splits,
-                 bool close, double tol, std::mt19937_64& rng) {
-  std::normal_distribution<double> nd;
-  std::vector<double> x64(B * n * D);
-  const double scale = norm ? 1.0 : 1.0 / std::sqrt(static_cast<double>(D));
-  for (double& v : x64) v = scale * nd(rng);
-  if (close)
-    for (int64_t r = 1; r < B * n; r += 2)
-      for (int64_t d = 0; d < D; ++d) x64[r * D + d] = x64[(r - 1) * D + d] * (1.0 + 1e-4 * nd(rng));
-  std::vector<T> x(x64.size());
-  for (size_t k = 0; k < x.size(); ++k) {
-    x[k] = static_cast<T>(x64[k]);
-    x64[k] = static_cast<double>(x[k]);
-  }
-  const double eps = 1e-4;
-  std::vector<double> e_ref, g_ref, e_dev, g_dev;
-  host_small(hsu::Params<double>{kind, s, 2.0, 1e-4, hs, norm}, x64, B, n, D, eps, e_ref, g_ref);
-  emulated_small<T>(hsu::Params<T>{kind, T(s), T(2), T(1e-4), hs, norm}, x, B, n, D, eps, splits, e_dev, g_dev);
-  double gmax = 0.0, gerr = 0.0, eerr = 0.0;
-  for (size_t k = 0; k < g_ref.size(); ++k) {
-    gmax = std::fmax(gmax, std::fabs(g_ref[k]));
-    gerr = std::fmax(gerr, std::fabs(g_ref[k] - g_dev[k]));
-  }
-  for (int64_t b = 0; b < B; ++b) eerr = std::fmax(eerr, std::fabs(e_ref[b] - e_dev[b]) / std::fabs(e_ref[b]));
-  ++g_cases;
-  if (!(eerr <= tol && gerr <= tol * gmax)) {
-    ++g_fails;
-    std::printf("FAIL small-D %s kind=%lld s=%g hs=%d norm=%d B=%lld n=%lld D=%lld splits=%d close=%d: "
-                "energy rel err %.3g, grad err %.3g of %.3g\n",
-                sizeof(T) == 4 ? "float" : "double", static_cast<long long>(kind), s, hs, norm,
-                static_cast<long long>(B), static_cast<long long>(n), static_cast<long long>(D), splits, close, eerr,
-                gerr, gmax);
-  }
-}
-
-template <typename T>
-void check_small_all(double tol, std::mt19937_64& rng) {
-  for (int64_t kind = 0; kind < hsu::kNumKinds; ++kind) {
-    if (kind == hsu::kGaussian) continue;  // served by the general kernels
-    for (int norm = 1; norm >= 0; --norm) {
-      if (!norm && (kind == hsu::kAngular || kind == hsu::kAngularLog)) continue;
-      for (int hs = 0; hs < 2; ++hs)
-        for (int64_t D = 1; D <= 4; ++D) {
-          const double s = (kind == hsu::kRiesz || kind == hsu::kAngular) ? (D == 1 ? 1.0 : D == 2 ? 2.0 : 1.5) : 0.0;
-          // every D with a tiny N; two tiles and a batch for D = 1, 3; three tiles over three splits for D = 2, 4
-          check_small<T>(kind, s, hs, norm, 1, 3, D, 1, false, tol, rng);
-          if (D % 2) check_small<T>(kind, s, hs, norm, 2, 130, D, 2, false, tol, rng);
-          else check_small<T>(kind, s, hs, norm, 1, 257, D, 3, norm && kind == hsu::kRiesz, tol, rng);
-        }
-    }
-  }
-  check_small<T>(hsu::kRiesz, 1.0, false, true, 1, 2, 3, 1, false, tol, rng);
-  check_small<T>(hsu::kRiesz, 0.5, true, true, 1, 300, 3, 5, true, tol, rng);
-}
 
 template <typename T>
 void check(int64_t kind, double s, bool hs, bool norm, int64_t B, int64_t n1, int64_t n2, int64_t D, bool self,
@@ -374,9 +214,24 @@ int main() {
   // float: the logic is the one checked in double; close pairs go through the careful path, so the
   // tolerance is float rounding of well-separated pairs and of the accumulators
   check_all<float>(5e-5, rng);
-  // the D <= 4 kernel; float rows 1e-4 apart are held to 1e-5, which 2 - 2g in float could not meet
-  check_small_all<double>(1e-10, rng);
-  check_small_all<float>(1e-5, rng);
+  // the exponent mode of every kind (power kinds: of power_scale * s), and an unknown kind code raises
+  for (int64_t kind = 0; kind < hsu::kNumKinds; ++kind) {
+    ++g_cases;
+    const int want = kind == hsu::kRiesz ? hsu::kPowRecip : kind == hsu::kAngular ? hsu::kPowRecip2 : hsu::kPowGeneral;
+    if (hsu::cuda::exponent_mode(hsu::Params<float>{kind, 2.0f, 2.0f, 1e-4f, false, true}) != want) {
+      ++g_fails;
+      std::printf("FAIL exponent_mode(kind %lld, s = 2)\n", static_cast<long long>(kind));
+    }
+  }
+  for (int64_t kind : {int64_t(5), int64_t(-1), int64_t(1000)}) {
+    ++g_cases;
+    try {
+      hsu::cuda::exponent_mode(hsu::Params<float>{kind, 2.0f, 2.0f, 1e-4f, false, true});
+      ++g_fails;
+      std::printf("FAIL exponent_mode(kind %lld) returned\n", static_cast<long long>(kind));
+    } catch (const std::invalid_argument&) {
+    }
+  }
   // the split count the launcher picks stays within its bounds
   ++g_cases;
   const int sp = hsu::cuda::choose_splits<float>(1, 4096, 4096, 3, 132);
