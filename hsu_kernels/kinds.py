@@ -13,8 +13,9 @@ have their own copy of each formula (``csrc/hsu_pair.h`` for C++ and CUDA, ``hsu
 for Triton), selected by :attr:`Kind.code`; tests check that they use this table's codes and reject any
 other code.
 
-Adding a kind: a record here, its ``phi`` in ``csrc/hsu_pair.h`` (``KindTraits`` and the two ``phi_*``
-functions) and in ``hsu_kernels/triton/kernels.py`` (``_phi_x``); see docs/development.md.
+Adding a kind: a record here, a row of ``HSU_KINDS`` in ``csrc/hsu_kinds.h`` and its formula in
+``csrc/hsu_pair.h`` (C++ and CUDA), and a code constant and branch of ``_phi_x`` in
+``hsu_kernels/triton/kernels.py``; see docs/development.md.
 """
 
 from __future__ import annotations
