@@ -101,6 +101,31 @@ def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale):
     return x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype)), torch.empty_like(x), torch.empty_like(y)
 
 
+@torch.library.custom_op("hsu::tiled_energy", mutates_args=())
+def tiled_energy(w: torch.Tensor, kind: int, s: float, t: float, eps_norm: float, eps_ang: float,
+                 half_space: bool, normalize: bool, scale: float) -> torch.Tensor:
+    """``tiled.energy_value`` as one operator: the ``E: [B]`` of ``hsu::tiled_energy_grad`` alone."""
+    return tiled.energy_value(w, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize), scale=scale)
+
+
+@tiled_energy.register_fake
+def _(w, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale):
+    return w.new_empty((w.shape[0],), dtype=compute_dtype(w.dtype))
+
+
+@torch.library.custom_op("hsu::tiled_cross_energy", mutates_args=())
+def tiled_cross_energy(x: torch.Tensor, y: torch.Tensor, kind: int, s: float, t: float, eps_norm: float,
+                       eps_ang: float, half_space: bool, normalize: bool, scale: float) -> torch.Tensor:
+    """``tiled.cross_energy_value`` as one operator."""
+    return tiled.cross_energy_value(x, y, _params(kind, s, t, eps_norm, eps_ang, half_space, normalize),
+                                    scale=scale)
+
+
+@tiled_cross_energy.register_fake
+def _(x, y, kind, s, t, eps_norm, eps_ang, half_space, normalize, scale):
+    return x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype, y.dtype))
+
+
 def _triton():
     from . import triton as hsu_triton
 
@@ -192,6 +217,45 @@ def self_pass(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optiona
     return torch.ops.hsu.tiled_energy_grad(w, *p.as_args(), scale)
 
 
+def _value_op(name: str):
+    """The compiled value-only operator ``torch.ops.hsu.<name>``, or None where this build has none."""
+    return getattr(torch.ops.hsu, name, None) if hasattr(torch.ops, "hsu") else None
+
+
+def self_value(backend: str, w: torch.Tensor, p: EnergyParams, precision: Optional[str],
+               scale: float = 1.0) -> torch.Tensor:
+    """The ``E`` of :func:`self_pass` alone, from a value-only pass where the backend has one (the torch
+    backend; the C++ op ``hsu::energy`` where the extension has it). The Triton kernels have none yet: they
+    run their energy + gradient pass."""
+    if backend in ("cpu", "cuda"):
+        op = _value_op("energy")
+        return op(w, *p.as_args(), scale) if op is not None else self_pass(backend, w, p, precision, scale)[0]
+    if backend == "torch":
+        return torch.ops.hsu.tiled_energy(w, *p.as_args(), scale)
+    return self_pass(backend, w, p, precision, scale)[0]
+
+
+def cross_value(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str],
+                scale: float = 1.0) -> torch.Tensor:
+    """The ``E`` of :func:`cross_pass` alone (see :func:`self_value`)."""
+    if backend in ("cpu", "cuda"):
+        op = _value_op("cross_energy")
+        if op is not None:
+            return op(x, y, *p.as_args(), scale)
+        return cross_pass(backend, x, y, p, precision, scale)[0]
+    if backend == "torch":
+        return torch.ops.hsu.tiled_cross_energy(x, y, *p.as_args(), scale)
+    return cross_pass(backend, x, y, p, precision, scale)[0]
+
+
+def wants_grad(*ts: torch.Tensor) -> bool:
+    """Whether a call must compute gradients: grad mode on and an input requiring one, or the inputs seen
+    through torch.func transforms or a compiled graph (where the pass with gradients always runs)."""
+    if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts):
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
 def cross_pass(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyParams, precision: Optional[str],
                scale: float = 1.0):
     """``(E, Gx, Gy)`` of ``x: [B, Nx, D]`` against ``y: [B, Ny, D]`` on a fused backend, without autograd."""
@@ -267,6 +331,8 @@ def energy_sum(backend: str, w: torch.Tensor, p: EnergyParams, precision: Option
     if _symbolic_count(count):
         return torch.ops.hsu.mean_energy_grad(w, backend, *p.as_args(), count, precision)[0]
     scale = 1.0 / count
+    if not wants_grad(w):
+        return self_value(backend, w, p, precision, scale)
     if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(w):
         return Energy.apply(w, backend, p, precision, scale)[0]
     return self_pass(backend, w, p, precision, scale)[0]
@@ -279,6 +345,8 @@ def cross_energy_sum(backend: str, x: torch.Tensor, y: torch.Tensor, p: EnergyPa
     if _symbolic_count(count):
         return torch.ops.hsu.mean_cross_energy_grad(x, y, backend, *p.as_args(), count, precision)[0]
     scale = 1.0 / count
+    if not wants_grad(x, y):
+        return cross_value(backend, x, y, p, precision, scale)
     if not torch.compiler.is_compiling() and (torch._C._functorch.is_functorch_wrapped_tensor(x)
                                                or torch._C._functorch.is_functorch_wrapped_tensor(y)):
         return CrossEnergy.apply(x, y, backend, p, precision, scale)[0]

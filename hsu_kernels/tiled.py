@@ -144,11 +144,15 @@ class _Rows:
         self.zg = self.geo if geo != x.dtype else self.z
 
 
-def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float, cs: float):
+def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float, cs: float,
+                grad: bool = True):
     """Energies ``e``, coefficients ``cj`` (of ``z_j``) and ``ci`` (of ``x_i``, un-normalized), and the mask
     of pairs that need the careful path, for rows ``[i0, i1)`` of ``xi`` against every row of ``yj``;
-    ``gb`` holds the block's products (cosines, or raw dot products un-normalized)."""
+    ``gb`` holds the block's products (cosines, or raw dot products un-normalized). ``grad=False``: the
+    energies and the mask alone (``c``, ``ci`` are None)."""
     dt = xi.x.dtype
+    if not grad:
+        return _pair_block_value(gb, xi, yj, i0, i1, p, tau)
     if p.normalize:
         om = 1 - gb.abs()
         care = om < tau
@@ -179,6 +183,36 @@ def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: Ene
             e, c, ci = e + e2, c + 2 * cs * df2, ci + 2 * cs * df2
     care = care | ~torch.isfinite(e) | ~torch.isfinite(c)
     return e, c, ci, care
+
+
+def _pair_block_value(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float):
+    """:func:`_pair_block`'s energies and careful mask, without the derivatives."""
+    dt = xi.x.dtype
+    if p.normalize:
+        om = 1 - gb.abs()
+        care = om < tau
+        gc, omc = gb.to(dt), om.to(dt).clamp_min(0)
+        e = _phi_g_value(gc, omc, p)
+        if p.half_space:
+            e = e + _phi_g_value(-gc, omc, p)
+    else:
+        qi, qj = xi.q[:, i0:i1, None], yj.q[:, None, :]
+        dot = gb.to(qi.dtype)
+        d2 = qi + qj - 2 * dot
+        care = ~(d2 >= tau * (qi + qj))
+        e = p.phi(d2.to(dt).clamp_min(0))
+        if p.half_space:
+            d2h = qi + qj + 2 * dot
+            care = care | ~(d2h >= tau * (qi + qj))
+            e = e + p.phi(d2h.to(dt).clamp_min(0))
+    return e, None, None, care | ~torch.isfinite(e)
+
+
+def _phi_g_value(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
+    """``phi(g)`` of :func:`_phi_g` without its derivative (``om >= 0``)."""
+    if p.spec.angle:
+        return p.phi(_theta(g.clamp(-1, 1), om) * _INV_PI + p.eps_ang)
+    return p.phi(torch.where(g >= 0, 2 * om, 2 - 2 * g))
 
 
 def _split(r: torch.Tensor):
@@ -310,15 +344,17 @@ def _careful_logs(xi: _Rows, yj: _Rows, b, i, j, p: EnergyParams):
 
 
 def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, cs: float, tau: float,
-             row_ids=None):
+             row_ids=None, grad: bool = True):
     """Per-row sums for the rows of ``xi`` against every row of ``yj`` (``j != i`` when ``self_mode``; the
     rows of ``xi`` are rows ``row_ids`` of ``yj``, default ``0, 1, ...``: the Triton backend's fix-up of
     some rows):
     ``e_i = sum_j psi_ij`` (wide), ``a_i = sum_j c_ij z_j`` (compute dtype, plus the careful pairs' vectors),
     ``b_i`` (wide: ``sum_j ci_ij`` un-normalized, the careful pairs' radial coefficients normalized).
-    For the Gaussian kind ``e_i`` is the row's log-sum and ``a_i``, ``b_i`` are relative to its maximum."""
+    For the Gaussian kind ``e_i`` is the row's log-sum and ``a_i``, ``b_i`` are relative to its maximum.
+    ``grad=False``: the energies alone (``a``, ``b`` are None): no product with the coefficients, no
+    accumulation of the careful pairs' vectors."""
     if p.spec.logsum:
-        return _row_pass_lse(xi, yj, p, self_mode, block, tau, row_ids)
+        return _row_pass_lse(xi, yj, p, self_mode, block, tau, row_ids, grad)
     x, wide = xi.x, xi.xw.dtype
     bsz, n1, d = x.shape
     n2 = yj.x.shape[1]
@@ -330,7 +366,7 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
     for i0 in range(0, n1, block):
         i1 = min(i0 + block, n1)
         gb = torch.bmm(xi.geo[:, i0:i1], ygt)
-        et, c, ci, care = _pair_block(gb, xi, yj, i0, i1, p, tau, cs)
+        et, c, ci, care = _pair_block(gb, xi, yj, i0, i1, p, tau, cs, grad)
         if self_mode:
             diag = (_ids(row_ids, i0, i1, x.device)[:, None] == cols[None, :])[None]
             care = care & ~diag
@@ -338,27 +374,30 @@ def row_pass(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int,
         else:
             skip = care
         et = torch.where(skip, 0.0, et)
-        c = torch.where(skip, 0.0, c)
         e[:, i0:i1] = et.sum(-1, dtype=wide)
-        a[:, i0:i1] = torch.bmm(c.to(a.dtype), yj.zg)
-        if ci is not None:
-            b[:, i0:i1] = torch.where(skip, 0.0, ci).sum(-1, dtype=wide)
+        if grad:
+            c = torch.where(skip, 0.0, c)
+            a[:, i0:i1] = torch.bmm(c.to(a.dtype), yj.zg)
+            if ci is not None:
+                b[:, i0:i1] = torch.where(skip, 0.0, ci).sum(-1, dtype=wide)
         if torch.compiler.is_compiling():  # no data-dependent shapes in a graph: every pair, masked
             ec, vec, rad = _careful_dense(xi, yj, i0, i1, care, p, cs)
             e[:, i0:i1] += ec
-            a[:, i0:i1] += vec.to(a.dtype)
-            if rad is not None:
-                b[:, i0:i1] += rad
+            if grad:
+                a[:, i0:i1] += vec.to(a.dtype)
+                if rad is not None:
+                    b[:, i0:i1] += rad
         elif bool(care.any()):
             bb, ii, jj = care.nonzero(as_tuple=True)
             ii = ii + i0
             ec, vec, rad = _careful(xi, yj, bb, ii, jj, p, cs)
             e.index_put_((bb, ii), ec, accumulate=True)
-            flat = a.view(-1, d)
-            flat.index_add_(0, bb * n1 + ii, vec.to(a.dtype))
-            if rad is not None:
-                b.index_put_((bb, ii), rad, accumulate=True)
-    return e, a, b, None
+            if grad:
+                flat = a.view(-1, d)
+                flat.index_add_(0, bb * n1 + ii, vec.to(a.dtype))
+                if rad is not None:
+                    b.index_put_((bb, ii), rad, accumulate=True)
+    return (e, a, b, None) if grad else (e, None, None, None)
 
 
 def _ids(row_ids, i0: int, i1: int, device) -> torch.Tensor:
@@ -367,7 +406,7 @@ def _ids(row_ids, i0: int, i1: int, device) -> torch.Tensor:
 
 
 def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block: int, tau: float,
-                  row_ids=None):
+                  row_ids=None, grad: bool = True):
     """The Gaussian kind's pass: per row ``m_i = max_j (-t d2_ij)``, ``s_i = sum_j exp(-t d2_ij - m_i)`` and
     the gradient sums with the same weights (the whole row is one block, so ``m_i`` is its exact maximum)."""
     x, wide = xi.x, xi.xw.dtype
@@ -411,6 +450,8 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
         w1 = torch.exp(x1 - mt[..., None])
         w2 = torch.exp(x2 - mt[..., None]) if x2 is not None else torch.zeros_like(w1)
         s[:, i0:i1] = (w1 + w2).sum(-1)
+        if not grad:
+            continue
         if p.normalize:
             c = 2 * tt * (w1 - w2)  # d/dg of exp(x1) + exp(x2), per unit weight
             ci = None
@@ -440,7 +481,7 @@ def _row_pass_lse(xi: _Rows, yj: _Rows, p: EnergyParams, self_mode: bool, block:
             else:
                 vec = (-2 * tt * fw1)[:, None] * v1 - (2 * tt * fw2)[:, None] * v2
             a.view(-1, d).index_add_(0, bb * n1 + ii + i0, vec.to(a.dtype))
-    return s, a, b, m
+    return (s, a, b, m) if grad else (s, None, None, m)
 
 
 def row_grad(xi: _Rows, a, b, scale, p: EnergyParams) -> torch.Tensor:
@@ -560,6 +601,28 @@ def energy_grad(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, sc
     return (scale * energy).to(x.dtype), grad.to(w.dtype)
 
 
+def energy_value(w: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK, scale: float = 1.0) -> torch.Tensor:
+    """The ``E`` of :func:`energy_grad` alone (no gradient products): the pass when no gradient is wanted."""
+    if raw_rows_need_wide(w, p):
+        return energy_value(w.to(torch.float64), p, block, scale).to(compute_dtype(w.dtype))
+    x = w.to(compute_dtype(w.dtype))
+    geo = _geo(x)
+    rows = _Rows(x, p, geo)
+    pair_scale = 1.0 if p.half_space else 0.5
+    if p.spec.logsum:
+        s, _, _, m = row_pass(rows, rows, p, True, block, 1.0, _tau(geo, x.dtype), grad=False)
+        ms, ss = [m], [pair_scale * s]
+        if p.half_space:
+            ms.append(diag_terms(rows, p)[0])
+            ss.append(torch.ones_like(ms[-1]))
+        return log_mean(torch.cat(ms, -1), torch.cat(ss, -1), scale)[0].to(x.dtype)
+    e = row_pass(rows, rows, p, True, block, _coef_scale(scale), _tau(geo, x.dtype), grad=False)[0]
+    energy = pair_scale * e.sum(-1)
+    if p.half_space:
+        energy = energy + diag_terms(rows, p)[0].sum(-1)
+    return (scale * energy).to(x.dtype)
+
+
 def _acc_overflowed(a: torch.Tensor, w: torch.Tensor, geo: torch.dtype) -> bool:
     """Whether float32 accumulators ``a`` (float32 cosines: D above ``PRECISE_MAX_D``) have a non-finite
     entry: a row's ``sum_j c_ij u_j`` can leave float32 while the gradient, ``r_i`` times it, fits (rows of
@@ -603,3 +666,20 @@ def cross_energy_grad(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: 
     gx = row_grad(rx, ax, bx, scale / cs, p)
     gy = row_grad(ry, ay, by, scale / cs, p)
     return energy.to(xa.dtype), gx.to(x.dtype), gy.to(y.dtype)
+
+
+def cross_energy_value(x: torch.Tensor, y: torch.Tensor, p: EnergyParams, block: int = DEFAULT_BLOCK,
+                       scale: float = 1.0) -> torch.Tensor:
+    """The ``E`` of :func:`cross_energy_grad` alone: one pass (rows of x against y), no gradient products."""
+    if raw_rows_need_wide(x, p) or raw_rows_need_wide(y, p):
+        e = cross_energy_value(x.to(torch.float64), y.to(torch.float64), p, block, scale)
+        return e.to(compute_dtype(x.dtype, y.dtype))
+    xa, ya = x.to(compute_dtype(x.dtype)), y.to(compute_dtype(y.dtype))
+    geo = _geo(xa)
+    rx, ry = _Rows(xa, p, geo), _Rows(ya, p, geo)
+    tau = _tau(geo, xa.dtype)
+    if p.spec.logsum:
+        sx, _, _, mx = row_pass(rx, ry, p, False, block, 1.0, tau, grad=False)
+        return log_mean(mx, sx, scale)[0].to(xa.dtype)
+    ex = row_pass(rx, ry, p, False, block, _coef_scale(scale), tau, grad=False)[0]
+    return (scale * ex.sum(-1)).to(xa.dtype)
