@@ -19,7 +19,7 @@ from hsu_kernels.kinds import KIND_CODE, KIND_TABLE
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason="the C++ extension is not built")
 
-UNKNOWN = (5, -1, 1000, len(KIND_TABLE), -(2**62))
+UNKNOWN = (len(KIND_TABLE), -1, 1000, len(KIND_TABLE) + 1, -(2**62))  # codes past the table, negative, huge
 # (self N, cross Nx, Ny, D): the small-D kernel (self) and the direct cross engine; float64 geometry in the self
 # tiles and the direct cross engine; float32 products, the GEMM cross engine
 SHAPES = ((7, 5, 6, 3), (9, 4, 11, 16), (6, 5, 7, 40))
@@ -30,7 +30,8 @@ def _args(kind, half_space, normalize, scale=1.0):
 
 
 def _unknown_code(code):
-    return rf"unknown kind code {code} \(known: riesz 0, log 1, angular 2, angular_log 3, gaussian 4\)"
+    known = ", ".join(f"{k.name} {k.code}" for k in KIND_TABLE)
+    return rf"unknown kind code {code} \(known: {known}\)"
 
 
 def test_kind_codes_match_the_python_table():

@@ -119,14 +119,13 @@ void test_phi() {
         expect_close(df2, df, 1e-13, 0.0, "phi' fixed mode " + tag);
       }
       // un-normalized kinds as functions of d2: f(d2), df/dd2
-      if (kind == hsu::kAngular || kind == hsu::kAngularLog) continue;
+      if (hsu::kind_info(kind).angle) continue;
       for (double d2 = 0.05; d2 < 6.0; d2 += 0.37) {
         const std::string tag = std::string(kind_name(kind)) + " s=" + std::to_string(s) + " d2=" + std::to_string(d2);
         double f, df;
         hsu::phi_d2(p, d2, f, df);
         const double g = 1.0 - d2 / 2.0;  // phi as a function of d2 is the table's phi at g = 1 - d2/2
-        expect_close(f, kind == hsu::kRiesz ? std::pow(d2, -s / 2) : kind == hsu::kLog ? -std::log(d2) : std::exp(-kT * d2),
-                     1e-13, 0.0, "phi_d2 " + tag);
+        expect_close(f, phi_closed(kind, s, g), 1e-13, 0.0, "phi_d2 " + tag);
         expect_close(df, -0.5 * dphi_closed(kind, s, g), 1e-12, 0.0, "phi_d2' " + tag);
       }
     }
@@ -358,7 +357,7 @@ void test_energy_and_grad(std::mt19937_64& rng) {
     for (double s : {1.0, 2.0, 3.5}) {
       if (kind != hsu::kRiesz && kind != hsu::kAngular && s != 1.0) continue;
       for (int norm = 0; norm < 2; ++norm) {
-        if (!norm && (kind == hsu::kAngular || kind == hsu::kAngularLog)) continue;
+        if (!norm && hsu::kind_info(kind).angle) continue;
         for (int hs = 0; hs < 2; ++hs) {
           for (double eps : {1e-4, 0.0, 0.3}) {
             if (!norm && eps != 1e-4) continue;
@@ -480,7 +479,7 @@ void test_diag_term(std::mt19937_64& rng) {
   const int64_t D = 3;
   for (int64_t kind = 0; kind < hsu::kNumKinds; ++kind) {
     for (int norm = 0; norm < 2; ++norm) {
-      if (!norm && (kind == hsu::kAngular || kind == hsu::kAngularLog)) continue;
+      if (!norm && hsu::kind_info(kind).angle) continue;
       for (double eps : {1e-4, 0.5, 0.0}) {
         if (!norm && eps != 1e-4) continue;
         const auto p = params(kind, 1.5, true, norm);
@@ -502,7 +501,7 @@ void test_diag_term(std::mt19937_64& rng) {
         // the pair (w, -w): phi at g = -|w|^2/(|w|^2 + eps) normalized, at d2 = 4|w|^2 otherwise (the
         // Gaussian kind: its log term)
         const double phi = norm ? phi_closed(kind, 1.5, -q / (q + eps)) : phi_closed(kind, 1.5, 1.0 - 2.0 * q);
-        expect_close(e, kind == hsu::kGaussian ? std::log(phi) : phi, 1e-12, 0.0, "diag energy " + tag);
+        expect_close(e, hsu::kind_info(kind).logsum ? std::log(phi) : phi, 1e-12, 0.0, "diag energy " + tag);
         // d(term)/dw = k r u = k w / (|w|^2 + eps) normalized, k w otherwise
         const double coef = norm ? k / (q + eps) : k;
         for (int64_t d = 0; d < D; ++d) {
