@@ -21,7 +21,9 @@ HSU_BACKENDS = ("reference", "torch", "cpu", "triton", "cuda")
 #: The C++ CPU kernel with its close-pair check switched off (hsu_kernels._C._set_close_pair_check, every
 #: kind): beside "cpu", timed in turns with it on the same inputs, it shows what the check costs where no pair
 #: is close (the results would be wrong where one is).
-VARIANTS = ("cpu-nocheck",)
+#: "<backend>-value": the same backend with no gradient wanted (under ``torch.no_grad``: the value-only pass),
+#: beside the energy + gradient step; its flop rate still counts 4 N^2 D (read its time, or its ratio).
+VARIANTS = ("cpu-nocheck", "cpu-value", "torch-value")
 RIVALS = ("compile", "keops")
 ALL_BACKENDS = HSU_BACKENDS + VARIANTS + RIVALS
 
@@ -32,6 +34,8 @@ LABELS = {
     "triton": "triton",
     "cuda": "cuda (C++)",
     "cpu-nocheck": "cpu, close-pair check off",
+    "cpu-value": "cpu (C++), value only",
+    "torch-value": "torch (tiled), value only",
     "compile": "torch.compile(reference)",
     "keops": "keops (LazyTensor)",
 }
@@ -236,6 +240,14 @@ def make_step(case: Case, e: Energy, backend: str):
         loss_fn = _without_close_pair_check(_loss_fn(case, e, "cpu"))
     elif backend == "compile":
         loss_fn = torch.compile(_loss_fn(case, e, "reference"))
+    elif backend.endswith("-value"):
+        value_fn = _loss_fn(case, e, backend[: -len("-value")])
+
+        def value_step(inputs):
+            with torch.no_grad():
+                return value_fn(inputs), ()
+
+        return value_step
     else:
         loss_fn = _loss_fn(case, e, backend)
 
@@ -278,6 +290,8 @@ def backend_unavailable(backend: str, device: str, explicit: bool = False) -> Op
         return None
     if backend == "cpu-nocheck":
         return backend_unavailable("cpu", device, explicit)
+    if backend.endswith("-value") and backend in VARIANTS:
+        return backend_unavailable(backend[: -len("-value")], device, explicit)
     if backend == "keops":
         try:
             import pykeops  # noqa: F401

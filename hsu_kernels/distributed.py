@@ -83,6 +83,16 @@ def _group_info(group) -> Tuple[object, int, int, List[int]]:
     return group, dist.get_rank(group), world, ranks
 
 
+def _add_own_pairs(w3: torch.Tensor, kw: Dict, need: bool, energy_acc: torch.Tensor,
+                   grad: Optional[torch.Tensor]) -> None:
+    """The ring's step 0: the energy of this rank's own pairs into ``energy_acc`` (float64) and, when
+    ``need``, its gradient into ``grad``."""
+    e, g = _with_grads(lambda a: _self_sum(a, kw), (w3,), need)
+    energy_acc += e.double()
+    if need:
+        grad += g[0]
+
+
 def _self_sum(x3: torch.Tensor, kw: Dict) -> torch.Tensor:
     """``sum_{i<j}`` energy of each block in ``x3: [B, n, D]`` (0 pairs for n < 2, but the half-space self
     pair ``(w_i, -w_i)`` of a single row still counts)."""
@@ -183,10 +193,7 @@ def _ring_owner(w3, kw, c, group, rank, world, ranks, sizes, need):
             peak = max(peak, _nbytes(w3, grad, cur, nxt))
         if k == 0:
             if n > 0:
-                e, g = _with_grads(lambda a: _self_sum(a, kw), (w3,), need)
-                energy_acc += e.double()
-                if need:
-                    grad += g[0]
+                _add_own_pairs(w3, kw, need, energy_acc, grad)
         elif n > 0 and cur.shape[1] > 0:
             e, g = _with_grads(lambda a, b: cross_energy(a, b, **kw), (w3, cur), need)
             energy_acc += 0.5 * c * e.double()  # the other owner counts the other half
@@ -229,10 +236,7 @@ def _ring_pair(w3, kw, c, group, rank, world, ranks, sizes, need):
         peak = max(peak, _nbytes(w3, grad, home, cur, nxt, pending_buf))
         if k == 0:
             if n > 0:
-                e, g = _with_grads(lambda a: _self_sum(a, kw), (w3,), need)
-                energy_acc += e.double()
-                if need:
-                    grad += g[0]
+                _add_own_pairs(w3, kw, need, energy_acc, grad)
             _Ring.wait(*reqs)
             cur = nxt
             continue
