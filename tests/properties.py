@@ -105,27 +105,34 @@ def oracle(pb: Problem):
     return e_true, g_true, e_bar, g_bar, peak, overflowing_rows(pb)
 
 
-def call(backend: str, pb: Problem):
-    """The public function a user calls for ``pb``, as ``(value, gradient)``; the Gaussian kind as its log."""
+def call(backend: str, pb: Problem, value_only: bool = False):
+    """The public function a user calls for ``pb``, as ``(value, gradient)``; the Gaussian kind as its log.
+    ``value_only``: the value alone, under ``torch.no_grad`` (the value-only pass), and None for the gradient."""
     if pb.kind == "gaussian" and not pb.normalize:
-        return energy_and_grad(lambda x: hk.uniformity_loss(x, t=pb.t, backend=backend), pb.w)
-    kw = dict(kind=pb.kind, s=pb.s, t=pb.t, eps_norm=pb.eps_norm, eps_ang=pb.eps_ang, half_space=pb.half_space,
-              normalize=pb.normalize, reduction=pb.reduction, backend=backend)
-    if pb.kind == "gaussian":
-        return energy_and_grad(lambda x: torch.log(hk.energy(x, **kw)), pb.w)
-    return energy_and_grad(lambda x: hk.energy(x, **kw), pb.w)
+        fn = lambda x: hk.uniformity_loss(x, t=pb.t, backend=backend)  # noqa: E731
+    else:
+        kw = dict(kind=pb.kind, s=pb.s, t=pb.t, eps_norm=pb.eps_norm, eps_ang=pb.eps_ang, half_space=pb.half_space,
+                  normalize=pb.normalize, reduction=pb.reduction, backend=backend)
+        if pb.kind == "gaussian":
+            fn = lambda x: torch.log(hk.energy(x, **kw))  # noqa: E731
+        else:
+            fn = lambda x: hk.energy(x, **kw)  # noqa: E731
+    if value_only:
+        with torch.no_grad():
+            return fn(pb.w), None
+    return energy_and_grad(fn, pb.w)
 
 
-def check(backend: str, pb: Problem, truth, slack: float = 1.0) -> None:
+def check(backend: str, pb: Problem, truth, slack: float = 1.0, value_only: bool = False) -> None:
     """One backend against the truth within the error model, with the documented conventions where the
     true value is not finite: +inf energies, NaN gradient rows exactly where the oracle has them, and
     no comparison of values beyond the dtype's range (an energy must then be large or inf; a gradient row
     is not compared), NaN allowed in the rows of a pair whose own term is beyond float64 (``truth[5]``, when
-    given). ``slack`` multiplies the bars."""
+    given). ``slack`` multiplies the bars. ``value_only``: the value-only pass, its energy held to the same bar."""
     e_true, g_true, e_bar, g_bar = truth[:4]
     e_bar, g_bar = slack * e_bar, slack * g_bar
-    e, g = call(backend, pb)
-    e, g = e.double().reshape(-1), g.double()
+    e, g = call(backend, pb, value_only)
+    e = e.double().reshape(-1)
     what = f"{backend} on {describe(pb)}"
     big = 0.25 * torch.finfo(torch.float32 if pb.w.dtype != torch.float64 else torch.float64).max
     for k in range(e.numel()):
@@ -139,6 +146,9 @@ def check(backend: str, pb: Problem, truth, slack: float = 1.0) -> None:
             assert err <= float(e_bar[k]), (
                 f"{what}: energy {float(e[k])!r} vs true {et!r}: error {err:.3g} > bar {float(e_bar[k]):.3g}"
             )
+    if g is None:
+        return
+    g = g.double()
     nan_true = torch.isnan(g_true).any(-1)
     nan_got = torch.isnan(g).any(-1)
     beyond = ~nan_true & ~(g_true.abs().amax(-1) <= big)  # the true row leaves the dtype: not compared
