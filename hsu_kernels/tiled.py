@@ -151,61 +151,49 @@ def _pair_block(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: Ene
     ``gb`` holds the block's products (cosines, or raw dot products un-normalized). ``grad=False``: the
     energies and the mask alone (``c``, ``ci`` are None)."""
     dt = xi.x.dtype
-    if not grad:
-        return _pair_block_value(gb, xi, yj, i0, i1, p, tau)
+    c = ci = None
     if p.normalize:
         om = 1 - gb.abs()
         care = om < tau
         gc, omc = gb.to(dt), om.to(dt)
-        e, c = _phi_g(gc, omc, p)
-        if p.half_space:
-            e2, c2 = _phi_g(-gc, omc, p)
-            e, c = e + e2, c - c2
-        c = c * cs
-        ci = None
+        if grad:
+            e, c = _phi_g(gc, omc, p)
+            if p.half_space:
+                e2, c2 = _phi_g(-gc, omc, p)
+                e, c = e + e2, c - c2
+            c = c * cs
+        else:
+            omc = omc.clamp_min(0)
+            e = _phi_g_value(gc, omc, p)
+            if p.half_space:
+                e = e + _phi_g_value(-gc, omc, p)
     else:
         qi, qj = xi.q[:, i0:i1, None], yj.q[:, None, :]
         dot = gb.to(qi.dtype)
         d2 = qi + qj - 2 * dot
         care = ~(d2 >= tau * (qi + qj))
-        # the coefficients of x_j (c) and x_i (ci) in the accumulators' dtype: where those are wide, c x_j and
-        # ci x_i of a close pair cancel there, and half-space's c = 2 (df2 - df), ci = 2 (df2 + df) must not
-        # be rounded to float32 apart (an error of ~1 ulp of df |x| against the pair's df |x_i - x_j|)
-        cd = yj.zg.dtype
-        e, df = _phi_d2(d2.to(dt), p)
-        df = df.to(cd)
-        c, ci = -2 * cs * df, 2 * cs * df
+        d2h = qi + qj + 2 * dot if p.half_space else None
         if p.half_space:
-            d2h = qi + qj + 2 * dot
             care = care | ~(d2h >= tau * (qi + qj))
-            e2, df2 = _phi_d2(d2h.to(dt), p)
-            df2 = df2.to(cd)
-            e, c, ci = e + e2, c + 2 * cs * df2, ci + 2 * cs * df2
-    care = care | ~torch.isfinite(e) | ~torch.isfinite(c)
-    return e, c, ci, care
-
-
-def _pair_block_value(gb: torch.Tensor, xi: _Rows, yj: _Rows, i0: int, i1: int, p: EnergyParams, tau: float):
-    """:func:`_pair_block`'s energies and careful mask, without the derivatives."""
-    dt = xi.x.dtype
-    if p.normalize:
-        om = 1 - gb.abs()
-        care = om < tau
-        gc, omc = gb.to(dt), om.to(dt).clamp_min(0)
-        e = _phi_g_value(gc, omc, p)
-        if p.half_space:
-            e = e + _phi_g_value(-gc, omc, p)
-    else:
-        qi, qj = xi.q[:, i0:i1, None], yj.q[:, None, :]
-        dot = gb.to(qi.dtype)
-        d2 = qi + qj - 2 * dot
-        care = ~(d2 >= tau * (qi + qj))
-        e = p.phi(d2.to(dt).clamp_min(0))
-        if p.half_space:
-            d2h = qi + qj + 2 * dot
-            care = care | ~(d2h >= tau * (qi + qj))
-            e = e + p.phi(d2h.to(dt).clamp_min(0))
-    return e, None, None, care | ~torch.isfinite(e)
+        if grad:
+            # the coefficients of x_j (c) and x_i (ci) in the accumulators' dtype: where those are wide, c x_j
+            # and ci x_i of a close pair cancel there, and half-space's c = 2 (df2 - df), ci = 2 (df2 + df)
+            # must not be rounded to float32 apart (an error of ~1 ulp of df |x| against the pair's
+            # df |x_i - x_j|)
+            cd = yj.zg.dtype
+            e, df = _phi_d2(d2.to(dt), p)
+            df = df.to(cd)
+            c, ci = -2 * cs * df, 2 * cs * df
+            if p.half_space:
+                e2, df2 = _phi_d2(d2h.to(dt), p)
+                df2 = df2.to(cd)
+                e, c, ci = e + e2, c + 2 * cs * df2, ci + 2 * cs * df2
+        else:
+            e = p.phi(d2.to(dt).clamp_min(0))
+            if p.half_space:
+                e = e + p.phi(d2h.to(dt).clamp_min(0))
+    care = care | ~torch.isfinite(e)
+    return e, c, ci, (care | ~torch.isfinite(c)) if grad else care
 
 
 def _phi_g_value(g: torch.Tensor, om: torch.Tensor, p: EnergyParams) -> torch.Tensor:
